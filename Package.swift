@@ -1,0 +1,55 @@
+// swift-tools-version:6.0
+// thor: THOR-MoE translation models trained across expert-worker processes.
+// Module layering (one way): ThorTensor -> ThorModel -> ThorWire/ThorTransport -> ThorCluster -> ThorCLI -> thor.
+// ThorData and ThorCheckpoint sit beside ThorModel (text, corpora, BLEU; safetensors files).
+import PackageDescription
+
+let optimize: [SwiftSetting] = [
+    .unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release)),
+]
+
+let package = Package(
+    name: "thor",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "thor", targets: ["thor"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // System libraries (Debian: libopenblas-dev, libzmq3-dev, libprotobuf-c-dev).
+        .systemLibrary(name: "CBLAS", pkgConfig: "openblas",
+                       providers: [.apt(["libopenblas-dev"])]),
+        // libzmq's pkg-config output carries -isystem flags SwiftPM rejects: link through the module map.
+        .systemLibrary(name: "CZMQ", providers: [.apt(["libzmq3-dev"])]),
+        .systemLibrary(name: "CProtobufC", providers: [.apt(["libprotobuf-c-dev"])]),
+        // protobuf-c code generated from Protos/ by scripts/gen-protos.sh (committed).
+        .target(name: "CThorProto", dependencies: ["CProtobufC"],
+                cSettings: [.unsafeFlags(["-O2"])],
+                linkerSettings: [.linkedLibrary("protobuf-c")]),
+
+        .target(name: "ThorTensor", dependencies: ["CBLAS"], swiftSettings: optimize),
+        .target(name: "ThorModel", dependencies: ["ThorTensor"], swiftSettings: optimize),
+        .target(name: "ThorData", dependencies: [], swiftSettings: optimize),
+        .target(name: "ThorCheckpoint", dependencies: ["ThorTensor"], swiftSettings: optimize),
+        .target(name: "ThorWire", dependencies: ["ThorTensor", "ThorModel", "CThorProto"], swiftSettings: optimize),
+        .target(name: "ThorTransport", dependencies: ["CZMQ"], swiftSettings: optimize),
+        .target(name: "ThorCluster",
+                dependencies: ["ThorTensor", "ThorModel", "ThorWire", "ThorTransport", "ThorCheckpoint"],
+                swiftSettings: optimize),
+        .target(name: "ThorCLI",
+                dependencies: ["ThorTensor", "ThorModel", "ThorData", "ThorCheckpoint", "ThorWire",
+                               "ThorTransport", "ThorCluster",
+                               .product(name: "ArgumentParser", package: "swift-argument-parser")],
+                swiftSettings: optimize),
+        .executableTarget(name: "thor", dependencies: ["ThorCLI"], swiftSettings: optimize),
+
+        .testTarget(name: "ThorTensorTests", dependencies: ["ThorTensor"]),
+        .testTarget(name: "ThorModelTests", dependencies: ["ThorTensor", "ThorModel"]),
+        .testTarget(name: "ThorDataTests", dependencies: ["ThorData", "ThorCheckpoint", "ThorTensor"]),
+        .testTarget(name: "ThorWireTests", dependencies: ["ThorWire", "ThorTransport", "ThorTensor", "ThorModel"]),
+        .testTarget(name: "ThorClusterTests", dependencies: ["ThorCluster", "ThorModel", "ThorTensor", "ThorWire", "ThorTransport"]),
+        .testTarget(name: "ThorCLITests", dependencies: ["ThorCLI"]),
+    ]
+)

@@ -1,0 +1,1 @@
+// ThorCheckpoint module: see docs/architecture.md

@@ -1,0 +1,1 @@
+// ThorCluster module: see docs/architecture.md

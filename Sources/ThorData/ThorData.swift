@@ -1,0 +1,1 @@
+// ThorData module: see docs/architecture.md

@@ -1,0 +1,98 @@
+import ThorTensor
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Activation of an FFN / expert (SPEC §1).
+public enum Activation: String, Codable, Sendable, CaseIterable {
+    case relu, gelu, swiglu
+
+    /// Width of the first projection's output for a hidden size `dFF`
+    /// (SwiGLU projects to `2·dFF`: gate half then up half).
+    public func firstProjectionWidth(dFF: Int) -> Int { self == .swiglu ? 2 * dFF : dFF }
+}
+
+/// The position-wise FFN `y = W2 · act(W1 · x + b1) + b2`, used for dense
+/// layers, shared experts and every routed expert.
+///
+/// Shapes (row-major, `f1 = act.firstProjectionWidth(dFF)`):
+///   x [n, d], w1 [d, f1], b1 [f1], h [n, f1] (pre-activation, kept),
+///   a [n, dFF] (post-activation, kept), w2 [dFF, d], b2 [d], y [n, d].
+/// SwiGLU: `h = [gate | up]`, `a = silu(gate) ⊙ up`.
+public enum FeedForward {
+    public static func forward(
+        y: UnsafeMutablePointer<Float>, h: UnsafeMutablePointer<Float>, a: UnsafeMutablePointer<Float>,
+        x: UnsafePointer<Float>,
+        w1: UnsafePointer<Float>, b1: UnsafePointer<Float>, w2: UnsafePointer<Float>, b2: UnsafePointer<Float>,
+        n: Int, d: Int, dFF: Int, activation: Activation
+    ) {
+        guard n > 0 else { return }
+        let f1 = activation.firstProjectionWidth(dFF: dFF)
+        // h = x · w1 + b1 (bias broadcast first, then GEMM accumulates with beta = 1)
+        for r in 0..<n { (h + r * f1).update(from: b1, count: f1) }
+        gemm(m: n, n: f1, k: d, a: x, b: w1, beta: 1, c: h)
+        switch activation {
+        case .relu:
+            for i in 0..<(n * dFF) { a[i] = h[i] > 0 ? h[i] : 0 }
+        case .gelu:
+            for i in 0..<(n * dFF) { a[i] = geluValue(h[i]) }
+        case .swiglu:
+            for r in 0..<n {
+                let gate = h + r * f1, up = gate + dFF, out = a + r * dFF
+                for j in 0..<dFF { out[j] = silu(gate[j]) * up[j] }
+            }
+        }
+        for r in 0..<n { (y + r * d).update(from: b2, count: d) }
+        gemm(m: n, n: d, k: dFF, a: a, b: w2, beta: 1, c: y)
+    }
+
+    /// Backward of `forward`. Parameter gradients (`dw1`, `db1`, `dw2`, `db2`)
+    /// are accumulated (+=); `dx` is overwritten. `dh` [n, f1] and `da` [n, dFF]
+    /// are scratch buffers.
+    public static func backward(
+        dx: UnsafeMutablePointer<Float>,
+        dw1: UnsafeMutablePointer<Float>, db1: UnsafeMutablePointer<Float>,
+        dw2: UnsafeMutablePointer<Float>, db2: UnsafeMutablePointer<Float>,
+        dy: UnsafePointer<Float>, h: UnsafePointer<Float>, a: UnsafePointer<Float>, x: UnsafePointer<Float>,
+        w1: UnsafePointer<Float>, w2: UnsafePointer<Float>,
+        dh: UnsafeMutablePointer<Float>, da: UnsafeMutablePointer<Float>,
+        n: Int, d: Int, dFF: Int, activation: Activation
+    ) {
+        guard n > 0 else { return }
+        let f1 = activation.firstProjectionWidth(dFF: dFF)
+        // dw2 += aᵀ · dy ; db2 += Σ_rows dy ; da = dy · w2ᵀ
+        gemm(transA: true, m: dFF, n: d, k: n, a: a, b: dy, beta: 1, c: dw2)
+        Kernels.addColumnSums(dy, rows: n, cols: d, into: db2)
+        gemm(transB: true, m: n, n: dFF, k: d, a: dy, b: w2, c: da)
+        switch activation {
+        case .relu:
+            for i in 0..<(n * dFF) { dh[i] = h[i] > 0 ? da[i] : 0 }
+        case .gelu:
+            for i in 0..<(n * dFF) { dh[i] = da[i] * geluDerivative(h[i]) }
+        case .swiglu:
+            for r in 0..<n {
+                let gate = h + r * f1, up = gate + dFF, g = da + r * dFF
+                let dgate = dh + r * f1, dup = dgate + dFF
+                for j in 0..<dFF {
+                    let s = sigmoid(gate[j])
+                    let si = gate[j] * s
+                    dup[j] = g[j] * si
+                    dgate[j] = g[j] * up[j] * s * (1 + gate[j] * (1 - s))
+                }
+            }
+        }
+        gemm(transA: true, m: d, n: f1, k: n, a: x, b: dh, beta: 1, c: dw1)
+        Kernels.addColumnSums(dh, rows: n, cols: f1, into: db1)
+        gemm(transB: true, m: n, n: d, k: f1, a: dh, b: w1, c: dx)
+    }
+
+    @inline(__always) public static func sigmoid(_ x: Float) -> Float { 1 / (1 + expf(-x)) }
+    @inline(__always) public static func silu(_ x: Float) -> Float { x / (1 + expf(-x)) }
+    /// Exact GELU, `0.5·x·(1 + erf(x/√2))` (PyTorch's default).
+    @inline(__always) public static func geluValue(_ x: Float) -> Float {
+        0.5 * x * (1 + erff(x * 0.70710678118654752))
+    }
+    @inline(__always) public static func geluDerivative(_ x: Float) -> Float {
+        0.5 * (1 + erff(x * 0.70710678118654752)) + x * expf(-0.5 * x * x) * 0.3989422804014327
+    }
+}

@@ -1,0 +1,210 @@
+import ThorTensor
+
+/// Tokens for one expert of one MoE layer: `tokens` is `[n, d]`.
+public struct ExpertBatch: @unchecked Sendable {
+    public var expert: Int
+    public var tokens: Tensor
+    public init(expert: Int, tokens: Tensor) { self.expert = expert; self.tokens = tokens }
+}
+
+/// Errors an expert backend reports (the distributed one adds transport errors).
+public enum ExpertBackendError: Error, CustomStringConvertible, Equatable {
+    case unknownExpert(ExpertKey)
+    case noPendingForward(layer: Int)
+    case shapeMismatch(String)
+    case missingState(String)
+
+    public var description: String {
+        switch self {
+        case .unknownExpert(let k): return "expert \(k) is not hosted here"
+        case .noPendingForward(let l): return "backward for MoE layer \(l) without a training forward before it"
+        case .shapeMismatch(let s): return "shape mismatch: \(s)"
+        case .missingState(let s): return "missing expert state: \(s)"
+        }
+    }
+}
+
+/// Where routed experts run: in this process, or on expert-worker processes.
+///
+/// The MoE layer routes and combines; the backend only runs token batches
+/// through experts. Both implementations must give bit-identical results, so
+/// everything order-dependent (combine order, norm summation) happens in the
+/// caller, in canonical expert order.
+public protocol ExpertBackend: AnyObject {
+    /// The experts' common shape and initialization seed.
+    var spec: ExpertSpec { get }
+
+    /// Runs `batches[i].tokens` through expert `batches[i].expert` of MoE layer
+    /// `layer` and returns the outputs in the same order. With `training`, the
+    /// activations are kept for the next `backward` of the same layer.
+    func forward(layer: Int, batches: [ExpertBatch], training: Bool) throws -> [Tensor]
+
+    /// Backward of the last training `forward` of `layer`: `gradients[i]` is
+    /// `w · ∂L/∂y` for `batches[i]` of that forward (same experts, same order,
+    /// same row counts). Accumulates parameter gradients; returns `∂L/∂x` per batch.
+    func backward(layer: Int, gradients: [ExpertBatch]) throws -> [Tensor]
+
+    /// Squared L2 norm of each hosted expert's accumulated gradient
+    /// (summed by the caller in key order, whatever the placement).
+    func squaredGradientNorms() throws -> [ExpertKey: Double]
+
+    /// Adam step on every expert with gradient `clipScale · grad`; zeroes gradients.
+    /// `step` counts optimizer steps from 1.
+    func step(learningRate: Float, clipScale: Float, step: Int) throws
+
+    /// Drops accumulated gradients and kept activations.
+    func zeroGradients() throws
+
+    /// Every expert's tensors (weights and Adam moments) by name
+    /// (`moe.L.experts.E.w1`, `….w1.adam_m`, `….w1.adam_v`, …).
+    func exportState() throws -> [ExpertKey: [String: Tensor]]
+
+    /// Replaces the listed experts' tensors (names as in `exportState`).
+    func importState(_ state: [ExpertKey: [String: Tensor]]) throws
+}
+
+/// A set of experts living in one process, with their kept activations.
+/// `InProcessExpertBackend` is one; an expert worker wraps another.
+public final class ExpertHost: @unchecked Sendable {
+    public let spec: ExpertSpec
+    public private(set) var experts: [ExpertKey: Expert]
+    private var pending: [Int: [(ExpertKey, ExpertActivations)]] = [:]
+
+    public init(spec: ExpertSpec, keys: [ExpertKey]) {
+        self.spec = spec
+        var e: [ExpertKey: Expert] = [:]
+        for k in keys { e[k] = Expert(key: k, spec: spec) }
+        experts = e
+    }
+
+    /// Hosted keys in canonical order.
+    public var keys: [ExpertKey] { experts.keys.sorted() }
+
+    /// Checks that `layer` and the experts of `batches` are hosted and the widths match,
+    /// before anything is computed (bad requests change no state).
+    public func validate(layer: Int, batches: [ExpertBatch]) throws {
+        for b in batches {
+            let k = ExpertKey(layer: layer, expert: b.expert)
+            guard experts[k] != nil else { throw ExpertBackendError.unknownExpert(k) }
+            guard b.tokens.columns == spec.modelDim, b.tokens.shape.count == 2 else {
+                throw ExpertBackendError.shapeMismatch("expert \(k) takes [n, \(spec.modelDim)], got \(b.tokens.shape)")
+            }
+        }
+    }
+
+    public func forward(layer: Int, batches: [ExpertBatch], training: Bool) throws -> [Tensor] {
+        try validate(layer: layer, batches: batches)
+        var outs: [Tensor] = []
+        var kept: [(ExpertKey, ExpertActivations)] = []
+        outs.reserveCapacity(batches.count)
+        for b in batches {
+            let k = ExpertKey(layer: layer, expert: b.expert)
+            let (y, acts) = experts[k]!.forward(b.tokens, keep: training)
+            outs.append(y)
+            if let acts { kept.append((k, acts)) }
+        }
+        if training { pending[layer] = kept }
+        return outs
+    }
+
+    public func backward(layer: Int, gradients: [ExpertBatch]) throws -> [Tensor] {
+        guard let kept = pending[layer] else { throw ExpertBackendError.noPendingForward(layer: layer) }
+        guard kept.count == gradients.count else {
+            throw ExpertBackendError.shapeMismatch("layer \(layer): \(gradients.count) gradient batches for \(kept.count) forward batches")
+        }
+        for (i, g) in gradients.enumerated() {
+            let (k, acts) = kept[i]
+            guard k.expert == g.expert, g.tokens.rows == acts.input.rows, g.tokens.columns == spec.modelDim else {
+                throw ExpertBackendError.shapeMismatch(
+                    "layer \(layer) batch \(i): gradient for expert \(g.expert) \(g.tokens.shape), forward had expert \(k.expert) [\(acts.input.rows), \(spec.modelDim)]")
+            }
+        }
+        pending[layer] = nil
+        return gradients.enumerated().map { i, g in experts[kept[i].0]!.backward(g.tokens, kept[i].1) }
+    }
+
+    public func squaredGradientNorms() -> [ExpertKey: Double] {
+        var r: [ExpertKey: Double] = [:]
+        for (k, e) in experts { r[k] = e.squaredGradientNorm() }
+        return r
+    }
+
+    public func step(learningRate: Float, clipScale: Float, step: Int) {
+        for k in keys {
+            for p in experts[k]!.parameters {
+                Adam.update(p, learningRate: learningRate, clipScale: clipScale, step: step, settings: spec.adam)
+            }
+        }
+        pending.removeAll()
+    }
+
+    public func zeroGradients() {
+        for e in experts.values { for p in e.parameters { p.grad.zero() } }
+        pending.removeAll()
+    }
+
+    public func exportState() -> [ExpertKey: [String: Tensor]] {
+        var r: [ExpertKey: [String: Tensor]] = [:]
+        for (k, e) in experts {
+            var s: [String: Tensor] = [:]
+            for p in e.parameters {
+                s[p.name] = Tensor(copying: p.value)
+                s[p.name + ".adam_m"] = Tensor(copying: p.m)
+                s[p.name + ".adam_v"] = Tensor(copying: p.v)
+            }
+            r[k] = s
+        }
+        return r
+    }
+
+    /// Validates every tensor first, then replaces: a bad state changes nothing.
+    /// Experts not hosted yet are created (a worker receiving a new assignment).
+    public func importState(_ state: [ExpertKey: [String: Tensor]]) throws {
+        var staged: [ExpertKey: Expert] = [:]
+        for (k, tensors) in state {
+            let e = Expert(key: k, spec: spec)
+            for p in e.parameters {
+                for (suffix, dst) in [("", p.value), (".adam_m", p.m), (".adam_v", p.v)] {
+                    guard let t = tensors[p.name + suffix] else {
+                        throw ExpertBackendError.missingState("\(p.name + suffix) for expert \(k)")
+                    }
+                    guard t.count == dst.count else {
+                        throw ExpertBackendError.shapeMismatch("\(p.name + suffix): \(t.shape), expected \(dst.shape)")
+                    }
+                    dst.copy(from: t)
+                }
+            }
+            staged[k] = e
+        }
+        for (k, e) in staged { experts[k] = e }
+        pending.removeAll()
+    }
+
+    /// Stops hosting `keys` (e.g. after a placement change).
+    public func remove(_ keys: [ExpertKey]) {
+        for k in keys { experts[k] = nil }
+        pending.removeAll()
+    }
+}
+
+/// Every expert in this process: the reference the distributed backend must match bit for bit.
+public final class InProcessExpertBackend: ExpertBackend, @unchecked Sendable {
+    public let host: ExpertHost
+    public var spec: ExpertSpec { host.spec }
+
+    public init(spec: ExpertSpec, keys: [ExpertKey]) { host = ExpertHost(spec: spec, keys: keys) }
+
+    public func forward(layer: Int, batches: [ExpertBatch], training: Bool) throws -> [Tensor] {
+        try host.forward(layer: layer, batches: batches, training: training)
+    }
+    public func backward(layer: Int, gradients: [ExpertBatch]) throws -> [Tensor] {
+        try host.backward(layer: layer, gradients: gradients)
+    }
+    public func squaredGradientNorms() throws -> [ExpertKey: Double] { host.squaredGradientNorms() }
+    public func step(learningRate: Float, clipScale: Float, step: Int) throws {
+        host.step(learningRate: learningRate, clipScale: clipScale, step: step)
+    }
+    public func zeroGradients() throws { host.zeroGradients() }
+    public func exportState() throws -> [ExpertKey: [String: Tensor]] { host.exportState() }
+    public func importState(_ state: [ExpertKey: [String: Tensor]]) throws { try host.importState(state) }
+}

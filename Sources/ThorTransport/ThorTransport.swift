@@ -1,0 +1,1 @@
+// ThorTransport module: see docs/architecture.md

@@ -1,0 +1,1 @@
+// ThorWire module: see docs/architecture.md

@@ -1,0 +1,3 @@
+import ThorCLI
+
+ThorCommand.main()
