@@ -70,8 +70,13 @@ public final class ExpertHost: @unchecked Sendable {
     public private(set) var experts: [ExpertKey: Expert]
     private var pending: [Int: [(ExpertKey, ExpertActivations)]] = [:]
 
-    public init(spec: ExpertSpec, keys: [ExpertKey]) {
+    /// Batches of one call run concurrently on up to this many threads, each
+    /// expert with one BLAS thread, so results never depend on it.
+    public let threads: Int
+
+    public init(spec: ExpertSpec, keys: [ExpertKey], threads: Int = 1) {
         self.spec = spec
+        self.threads = max(1, threads)
         var e: [ExpertKey: Expert] = [:]
         for k in keys { e[k] = Expert(key: k, spec: spec) }
         experts = e
@@ -83,8 +88,12 @@ public final class ExpertHost: @unchecked Sendable {
     /// Checks that `layer` and the experts of `batches` are hosted and the widths match,
     /// before anything is computed (bad requests change no state).
     public func validate(layer: Int, batches: [ExpertBatch]) throws {
+        var seen = Set<Int>()
         for b in batches {
             let k = ExpertKey(layer: layer, expert: b.expert)
+            guard seen.insert(b.expert).inserted else {
+                throw ExpertBackendError.shapeMismatch("expert \(k) appears twice in one request")
+            }
             guard experts[k] != nil else { throw ExpertBackendError.unknownExpert(k) }
             guard b.tokens.columns == spec.modelDim, b.tokens.shape.count == 2 else {
                 throw ExpertBackendError.shapeMismatch("expert \(k) takes [n, \(spec.modelDim)], got \(b.tokens.shape)")
@@ -94,17 +103,10 @@ public final class ExpertHost: @unchecked Sendable {
 
     public func forward(layer: Int, batches: [ExpertBatch], training: Bool) throws -> [Tensor] {
         try validate(layer: layer, batches: batches)
-        var outs: [Tensor] = []
-        var kept: [(ExpertKey, ExpertActivations)] = []
-        outs.reserveCapacity(batches.count)
-        for b in batches {
-            let k = ExpertKey(layer: layer, expert: b.expert)
-            let (y, acts) = experts[k]!.forward(b.tokens, keep: training)
-            outs.append(y)
-            if let acts { kept.append((k, acts)) }
-        }
-        if training { pending[layer] = kept }
-        return outs
+        let work = batches.map { experts[ExpertKey(layer: layer, expert: $0.expert)]! }
+        let results = runConcurrently(batches.count) { i in work[i].forward(batches[i].tokens, keep: training) }
+        if training { pending[layer] = results.enumerated().map { (work[$0.offset].key, $0.element.1!) } }
+        return results.map { $0.0 }
     }
 
     public func backward(layer: Int, gradients: [ExpertBatch]) throws -> [Tensor] {
@@ -120,7 +122,17 @@ public final class ExpertHost: @unchecked Sendable {
             }
         }
         pending[layer] = nil
-        return gradients.enumerated().map { i, g in experts[kept[i].0]!.backward(g.tokens, kept[i].1) }
+        let work = kept.map { experts[$0.0]! }
+        return runConcurrently(gradients.count) { i in work[i].backward(gradients[i].tokens, kept[i].1) }
+    }
+
+    /// Runs `body(i)` for `i < count` on up to `threads` threads with one BLAS
+    /// thread each, restoring the caller's BLAS thread count afterwards.
+    private func runConcurrently<T>(_ count: Int, _ body: (Int) -> T) -> [T] {
+        let saved = BLASThreads.current
+        BLASThreads.set(1)
+        defer { BLASThreads.set(saved) }
+        return Parallel.map(count, threads: threads, body)
     }
 
     public func squaredGradientNorms() -> [ExpertKey: Double] {
@@ -192,7 +204,10 @@ public final class InProcessExpertBackend: ExpertBackend, @unchecked Sendable {
     public let host: ExpertHost
     public var spec: ExpertSpec { host.spec }
 
-    public init(spec: ExpertSpec, keys: [ExpertKey]) { host = ExpertHost(spec: spec, keys: keys) }
+    /// `threads`: experts of one request computed concurrently (results do not depend on it).
+    public init(spec: ExpertSpec, keys: [ExpertKey], threads: Int = 1) {
+        host = ExpertHost(spec: spec, keys: keys, threads: threads)
+    }
 
     public func forward(layer: Int, batches: [ExpertBatch], training: Bool) throws -> [Tensor] {
         try host.forward(layer: layer, batches: batches, training: training)
@@ -208,3 +223,4 @@ public final class InProcessExpertBackend: ExpertBackend, @unchecked Sendable {
     public func exportState() throws -> [ExpertKey: [String: Tensor]] { host.exportState() }
     public func importState(_ state: [ExpertKey: [String: Tensor]]) throws { try host.importState(state) }
 }
+

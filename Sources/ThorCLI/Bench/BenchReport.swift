@@ -1,0 +1,91 @@
+import Foundation
+
+/// Output of a `thor bench` command: a table for people, and the same figures as
+/// one JSON object (`--json`) or CSV rows (`--csv FILE`) for plots.
+struct BenchReport {
+    /// One table row: a label and its cells by column name.
+    struct Row { var label: String; var cells: [String: String] }
+
+    var title: String
+    var columns: [String]
+    var rows: [Row] = []
+    /// Scalar results (goal metrics); ordered as added.
+    var fields: [(String, Any)] = []
+
+    init(title: String, columns: [String]) { self.title = title; self.columns = columns }
+
+    mutating func addRow(_ label: String, _ cells: [String: String]) { rows.append(Row(label: label, cells: cells)) }
+    mutating func set(_ key: String, _ value: Any) {
+        if let i = fields.firstIndex(where: { $0.0 == key }) { fields[i].1 = value } else { fields.append((key, value)) }
+    }
+
+    /// The table as aligned text.
+    func table() -> String {
+        let header = [""] + columns
+        var lines = [header] + rows.map { r in [r.label] + columns.map { r.cells[$0] ?? "" } }
+        let widths = (0..<header.count).map { c in lines.map { $0[c].count }.max() ?? 0 }
+        lines.insert(widths.map { String(repeating: "-", count: $0) }, at: 1)
+        var out = "\(title)\n"
+        for l in lines {
+            out += zip(l, widths).enumerated().map { i, p in
+                i == 0 ? p.0.padding(toLength: p.1, withPad: " ", startingAt: 0)
+                       : String(repeating: " ", count: p.1 - p.0.count) + p.0
+            }.joined(separator: "  ") + "\n"
+        }
+        for (k, v) in fields { out += "\(k): \(v)\n" }
+        return out
+    }
+
+    /// One JSON object: the scalar fields plus `rows` (label → cells).
+    func json() -> String {
+        var obj: [String: Any] = [:]
+        for (k, v) in fields { obj[k] = v }
+        obj["rows"] = rows.map { r -> [String: Any] in
+            var d: [String: Any] = ["label": r.label]
+            for (k, v) in r.cells { d[k] = Double(v) ?? v }
+            return d
+        }
+        let data = try! JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    /// CSV with a header row: label, then the columns.
+    func csv() -> String {
+        func esc(_ s: String) -> String { s.contains(",") || s.contains("\"") ? "\"" + s.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : s }
+        var out = (["label"] + columns).map(esc).joined(separator: ",") + "\n"
+        for r in rows { out += ([r.label] + columns.map { r.cells[$0] ?? "" }).map(esc).joined(separator: ",") + "\n" }
+        return out
+    }
+
+    /// Prints the table (or JSON with `json`) and writes CSV to `csvPath` when given.
+    func emit(json asJSON: Bool, csvPath: String?) throws {
+        print(asJSON ? json() : table(), terminator: asJSON ? "\n" : "")
+        if let csvPath { try csv().write(toFile: csvPath, atomically: true, encoding: .utf8) }
+    }
+}
+
+/// Keeps a value alive so the optimizer cannot remove the work that made it.
+@inline(never) func blackHole<T>(_ value: T) { withExtendedLifetime(value) {} }
+
+/// Wall-clock seconds of `body`, best of `repeats` after one warm-up run.
+func bestTime(repeats: Int = 3, _ body: () throws -> Void) rethrows -> Double {
+    try body()
+    var best = Double.infinity
+    for _ in 0..<max(1, repeats) {
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        try body()
+        best = min(best, Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+    }
+    return best
+}
+
+/// Options every bench command takes.
+import ArgumentParser
+struct BenchOutputOptions: ParsableArguments {
+    @Flag(help: "Print one JSON object instead of the table.")
+    var json = false
+    @Option(help: "Also write the table's rows as CSV to this file.")
+    var csv: String?
+    @Option(help: "Timed repetitions per measurement (best is reported).")
+    var repeats = 3
+}

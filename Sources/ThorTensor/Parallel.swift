@@ -1,0 +1,45 @@
+import Dispatch
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Work split over a few threads, with results in index order.
+public enum Parallel {
+    /// `body(i)` for `i < count` on up to `threads` threads; `results[i] = body(i)`.
+    /// Each index runs on exactly one thread, so results never depend on scheduling
+    /// as long as `body(i)` touches only its own data.
+    public static func map<T>(_ count: Int, threads: Int, _ body: (Int) -> T) -> [T] {
+        if threads <= 1 || count <= 1 { return (0..<count).map(body) }
+        return withoutActuallyEscaping(body) { body in
+            let slots = UnsafeMutableBufferPointer<T?>.allocate(capacity: count)
+            slots.initialize(repeating: nil)
+            defer { slots.deinitialize(); slots.deallocate() }
+            let counter = AtomicCounter()
+            nonisolated(unsafe) let run = body
+            nonisolated(unsafe) let out = slots
+            DispatchQueue.concurrentPerform(iterations: min(threads, count)) { _ in
+                while true {
+                    let i = counter.next()
+                    if i >= count { return }
+                    out[i] = run(i)
+                }
+            }
+            return slots.map { $0! }
+        }
+    }
+}
+
+/// A mutex-protected counter handing out 0, 1, 2, …
+final class AtomicCounter: @unchecked Sendable {
+    private var mutex = pthread_mutex_t()
+    private var value = 0
+    init() { pthread_mutex_init(&mutex, nil) }
+    deinit { pthread_mutex_destroy(&mutex) }
+    func next() -> Int {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        let v = value
+        value += 1
+        return v
+    }
+}
