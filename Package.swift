@@ -1,6 +1,6 @@
 // swift-tools-version:6.0
 // thor: THOR-MoE translation models trained across expert-worker processes.
-// Module layering (one way): ThorTensor -> ThorModel -> ThorWire/ThorTransport -> ThorCluster -> ThorCLI -> thor.
+// Module layering (one way): ThorTensor -> ThorModel -> ThorWire/ThorTransport -> ThorCluster -> ThorTraining -> ThorCLI -> thor.
 // ThorData and ThorCheckpoint sit beside ThorModel (text, corpora, BLEU; safetensors files).
 import PackageDescription
 
@@ -38,9 +38,13 @@ let package = Package(
         .target(name: "ThorCluster",
                 dependencies: ["ThorTensor", "ThorModel", "ThorWire", "ThorTransport", "ThorCheckpoint"],
                 swiftSettings: optimize),
+        // Training loop, checkpoints of a whole run, evaluation: glues model, data and cluster.
+        .target(name: "ThorTraining",
+                dependencies: ["ThorTensor", "ThorModel", "ThorData", "ThorCheckpoint", "ThorCluster"],
+                swiftSettings: optimize),
         .target(name: "ThorCLI",
                 dependencies: ["ThorTensor", "ThorModel", "ThorData", "ThorCheckpoint", "ThorWire",
-                               "ThorTransport", "ThorCluster",
+                               "ThorTransport", "ThorCluster", "ThorTraining",
                                .product(name: "ArgumentParser", package: "swift-argument-parser")],
                 swiftSettings: optimize),
         .executableTarget(name: "thor", dependencies: ["ThorCLI"], swiftSettings: optimize),
@@ -50,6 +54,7 @@ let package = Package(
         .testTarget(name: "ThorDataTests", dependencies: ["ThorData", "ThorCheckpoint", "ThorTensor"]),
         .testTarget(name: "ThorWireTests", dependencies: ["ThorWire", "ThorTransport", "ThorTensor", "ThorModel"]),
         .testTarget(name: "ThorClusterTests", dependencies: ["ThorCluster", "ThorModel", "ThorTensor", "ThorWire", "ThorTransport"]),
+        .testTarget(name: "ThorTrainingTests", dependencies: ["ThorTraining", "ThorModel", "ThorData", "ThorTensor", "ThorCluster", "ThorCheckpoint"]),
         .testTarget(name: "ThorCLITests", dependencies: ["ThorCLI"]),
     ]
 )

@@ -1,0 +1,1 @@
+// ThorTraining: the training loop, run checkpoints and evaluation (see docs/architecture.md).
