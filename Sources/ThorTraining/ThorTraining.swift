@@ -1,1 +1,0 @@
-// ThorTraining: the training loop, run checkpoints and evaluation (see docs/architecture.md).
