@@ -222,7 +222,7 @@ public struct SafeTensorsFile: Sendable, Equatable {
             }
             let (begin, end) = (off[0], off[1])
             guard begin >= 0, begin <= end, end <= dataSize else {
-                throw SafeTensorsError("tensor '\(name)' data_offsets [\(begin), \(end)] out of range (data has \(dataSize) bytes)")
+                throw SafeTensorsError("tensor '\(name)' data_offsets [\(begin), \(end)] out of range (data has \(dataSize) bytes: truncated file?)")
             }
             var count = 1
             for d in shape {
@@ -244,7 +244,7 @@ public struct SafeTensorsFile: Sendable, Equatable {
             cursor = s.end
         }
         guard cursor == dataSize else {
-            throw SafeTensorsError("data has \(dataSize) bytes but the tensors cover \(cursor) (truncated or trailing bytes)")
+            throw SafeTensorsError("data has \(dataSize) bytes but the tensors cover \(cursor) (trailing bytes)")
         }
         return SafeTensorsFile(entries: entries, metadata: metadata)
     }
