@@ -1,1 +1,0 @@
-// ThorCheckpoint module: see docs/architecture.md

@@ -1,0 +1,166 @@
+/// One sentence pair as token ids, ready for batching.
+///
+/// - `source`: `[CLS] (tag) s_1 … s_n </s>`
+/// - `targetInput`: `<s> y_1 … y_m` (decoder input)
+/// - `targetOutput`: `y_1 … y_m </s>` (what the decoder must predict)
+public struct EncodedPair: Sendable, Equatable {
+    /// Index of the task in the corpus' task list.
+    public var task: Int32
+    public var source: [Int32]
+    public var targetInput: [Int32]
+    public var targetOutput: [Int32]
+
+    public init(task: Int32, source: [Int32], targetInput: [Int32], targetOutput: [Int32]) {
+        self.task = task; self.source = source; self.targetInput = targetInput; self.targetOutput = targetOutput
+    }
+
+    /// Builds the three sequences from the token ids of the sentences.
+    public init(task: Int32, sourceTokens: [Int32], targetTokens: [Int32], tag: Int32? = nil) {
+        var s: [Int32] = [SpecialTokens.cls]
+        if let tag { s.append(tag) }
+        s += sourceTokens
+        s.append(SpecialTokens.eos)
+        self.init(task: task, source: s, targetInput: [SpecialTokens.bos] + targetTokens,
+                  targetOutput: targetTokens + [SpecialTokens.eos])
+    }
+}
+
+/// A padded batch of `batchSize` pairs, every array flat and row-major.
+/// Padding uses ``SpecialTokens/pad``; masks are 1 on real tokens and 0 on padding.
+public struct Batch: Sendable, Equatable {
+    /// B: number of sentences.
+    public var batchSize: Int
+    /// S: padded source length.
+    public var sourceLength: Int
+    /// T: padded target length.
+    public var targetLength: Int
+    /// [B, S] source ids.
+    public var source: [Int32]
+    /// [B, S] 1 for real source tokens, 0 for padding.
+    public var sourceMask: [Float]
+    /// [B, T] decoder input ids (`<s> y…`).
+    public var targetInput: [Int32]
+    /// [B, T] ids to predict (`y… </s>`).
+    public var targetOutput: [Int32]
+    /// [B, T] 1 for real target positions, 0 for padding.
+    public var targetMask: [Float]
+    /// [B] task index of each sentence.
+    public var taskLabels: [Int32]
+    /// [B] index of each sentence in its ``EncodedCorpus`` (to put outputs back in corpus order).
+    public var indices: [Int]
+
+    /// Pads `pairs` into a batch; `indices` default to `0..<pairs.count`.
+    public init(pairs: [EncodedPair], indices: [Int]? = nil) {
+        precondition(indices == nil || indices!.count == pairs.count, "Batch: one index per pair")
+        let b = pairs.count
+        let s = pairs.map(\.source.count).max() ?? 0
+        let t = pairs.map(\.targetInput.count).max() ?? 0
+        batchSize = b; sourceLength = s; targetLength = t
+        source = Array(repeating: SpecialTokens.pad, count: b * s)
+        sourceMask = Array(repeating: 0, count: b * s)
+        targetInput = Array(repeating: SpecialTokens.pad, count: b * t)
+        targetOutput = Array(repeating: SpecialTokens.pad, count: b * t)
+        targetMask = Array(repeating: 0, count: b * t)
+        taskLabels = pairs.map(\.task)
+        self.indices = indices ?? Array(0..<b)
+        for (row, p) in pairs.enumerated() {
+            for (j, id) in p.source.enumerated() { source[row * s + j] = id; sourceMask[row * s + j] = 1 }
+            for j in 0..<p.targetInput.count {
+                targetInput[row * t + j] = p.targetInput[j]
+                targetOutput[row * t + j] = p.targetOutput[j]
+                targetMask[row * t + j] = 1
+            }
+        }
+    }
+
+    /// Tokens including padding, as counted against a token budget: `B · max(S, T)`.
+    public var paddedTokens: Int { batchSize * max(sourceLength, targetLength) }
+    /// Real (non-pad) target tokens.
+    public var targetTokens: Int { Int(targetMask.reduce(0, +)) }
+}
+
+/// A corpus encoded to ids, with its task list.
+public struct EncodedCorpus: Sendable, Equatable {
+    /// Task names; `EncodedPair.task` indexes this list.
+    public var tasks: [String]
+    public var pairs: [EncodedPair]
+    /// Number of input pairs dropped for being longer than the limits.
+    public var droppedForLength: Int
+
+    /// Pairs per task.
+    public var taskSizes: [Int] {
+        var n = Array(repeating: 0, count: tasks.count)
+        for p in pairs { n[Int(p.task)] += 1 }
+        return n
+    }
+
+    /// Encodes `pairs`. `tags` maps a task to a tag token put after `[CLS]` (e.g. `"de": "<2en>"`
+    /// for multilingual data); tasks without an entry get no tag. Pairs whose source or target
+    /// sequence (with special tokens) is longer than `maxLength` are dropped and counted.
+    /// - Throws: ``TokenizerError`` for a pair whose task is not in `tasks` or a tag the tokenizer lacks.
+    public init(pairs: [TranslationPair], tokenizer: BPETokenizer, tasks: [String],
+                tags: [String: String] = [:], maxLength: Int = .max) throws {
+        self.tasks = tasks
+        var taskIndex: [String: Int32] = [:]
+        for (i, t) in tasks.enumerated() { taskIndex[t] = Int32(i) }
+        var tagIDs: [String: Int32] = [:]
+        for (task, tag) in tags {
+            guard let id = tokenizer.tagID(tag) else { throw TokenizerError("tag token '\(tag)' for task '\(task)' is not in the vocabulary") }
+            tagIDs[task] = id
+        }
+        let sources = tokenizer.encode(pairs.map(\.source))
+        let targets = tokenizer.encode(pairs.map(\.target))
+        var out: [EncodedPair] = []
+        out.reserveCapacity(pairs.count)
+        var dropped = 0
+        for (i, p) in pairs.enumerated() {
+            guard let t = taskIndex[p.task] else {
+                throw TokenizerError("pair \(i + 1) has task '\(p.task)', not one of \(tasks.joined(separator: ", "))")
+            }
+            let e = EncodedPair(task: t, sourceTokens: sources[i], targetTokens: targets[i], tag: tagIDs[p.task])
+            if e.source.count > maxLength || e.targetInput.count > maxLength { dropped += 1; continue }
+            out.append(e)
+        }
+        self.pairs = out
+        self.droppedForLength = dropped
+    }
+}
+
+/// Groups sentences into batches under a token budget.
+public enum Batching {
+    /// Splits `indices` (into `corpus.pairs`) into batches of at most `maxTokens`
+    /// padded tokens (`B · max(S, T)`), after sorting by (source length, target length)
+    /// so that similar lengths share a batch. Ties keep the order of `indices`.
+    /// A sentence longer than `maxTokens` alone forms its own batch.
+    public static func group(_ indices: [Int], of corpus: EncodedCorpus, maxTokens: Int) -> [[Int]] {
+        precondition(maxTokens > 0, "maxTokens must be positive")
+        let order = indices.enumerated().sorted { a, b in
+            let pa = corpus.pairs[a.element], pb = corpus.pairs[b.element]
+            if pa.source.count != pb.source.count { return pa.source.count < pb.source.count }
+            if pa.targetInput.count != pb.targetInput.count { return pa.targetInput.count < pb.targetInput.count }
+            return a.offset < b.offset
+        }.map(\.element)
+        var batches: [[Int]] = []
+        var current: [Int] = []
+        var width = 0
+        for i in order {
+            let p = corpus.pairs[i]
+            let w = max(width, p.source.count, p.targetInput.count)
+            if !current.isEmpty && w * (current.count + 1) > maxTokens {
+                batches.append(current); current = []; width = 0
+            }
+            current.append(i)
+            width = max(width, p.source.count, p.targetInput.count)
+        }
+        if !current.isEmpty { batches.append(current) }
+        return batches
+    }
+
+    /// Evaluation batches over the whole corpus in a fixed order (no sampling, no shuffling).
+    /// Use `Batch.indices` to put outputs back in corpus order.
+    public static func evaluationBatches(_ corpus: EncodedCorpus, maxTokens: Int) -> [Batch] {
+        group(Array(corpus.pairs.indices), of: corpus, maxTokens: maxTokens).map { idx in
+            Batch(pairs: idx.map { corpus.pairs[$0] }, indices: idx)
+        }
+    }
+}

@@ -1,1 +1,0 @@
-// ThorData module: see docs/architecture.md
