@@ -165,6 +165,10 @@ final class TransformerTests: XCTestCase {
         XCTAssertEqual(t.array, [1, 1, 0])
         _ = try m.decodeStep([5, 5, 5], cache: cache)
         XCTAssertEqual(probe.lastStart, 1)
+        // Beam search grows the batch from B to B·beam rows; the state must follow every step.
+        _ = try m.beamSearch(enc, beamSize: 3, bos: Self.bos, eos: Self.eos, maxLength: 4)
+        XCTAssertEqual(probe.lastRows, 6)
+        XCTAssertFalse(probe.sawMismatch, "IncrementalState rows out of step with the batch")
     }
 
     /// The dense model learns to reverse short sequences and greedy/beam decoding reproduce them.
@@ -223,11 +227,12 @@ final class TransformerTests: XCTestCase {
 
 /// An FFN sublayer (identity) that records rows in its incremental state.
 final class StateProbe: FeedForwardSublayer {
-    var lastStart = -1
+    var lastStart = -1, lastRows = 0, sawMismatch = false
     var parameters: [Parameter] { [] }
     func forward(_ x: Tensor, layout: TokenLayout, training: Bool) throws -> Tensor {
         if let s = layout.state {
-            lastStart = layout.startPosition
+            lastStart = layout.startPosition; lastRows = layout.batchSize
+            if let t = s.tensors["rows"], t.shape[0] != layout.batchSize { sawMismatch = true }
             if s.tensors["rows"] == nil {
                 s.tensors["rows"] = Tensor(shape: [layout.batchSize, 1], values: (0..<layout.batchSize).map(Float.init))
             }

@@ -83,11 +83,16 @@ public final class DecoderCache {
     /// Row `i` of the new cache is row `rows[i]` of the old one (beam search).
     func reorder(_ rows: [Int]) {
         for l in layers { l.reorder(rows) }
-        var mask = [Float](repeating: 0, count: rows.count * sourceLength)
-        for (i, r) in rows.enumerated() {
-            for j in 0..<sourceLength { mask[i * sourceLength + j] = sourceMask[r * sourceLength + j] }
+        let s = sourceLength
+        let old = sourceMask
+        sourceMask = [Float](unsafeUninitializedCapacity: rows.count * s) { out, count in
+            old.withUnsafeBufferPointer { src in
+                for (i, r) in rows.enumerated() {
+                    if s > 0 { (out.baseAddress! + i * s).initialize(from: src.baseAddress! + r * s, count: s) }
+                }
+            }
+            count = rows.count * s
         }
-        sourceMask = mask
         if let t = taskLabels { taskLabels = rows.map { t[$0] } }
         batchSize = rows.count
     }
@@ -191,19 +196,21 @@ extension Transformer {
         guard k >= 1 else { throw TransformerError.invalidArgument("beam size must be ≥ 1, got \(k)") }
         let b = encoded.batchSize, v = configuration.vocabularySize
         let cache = try makeCache(for: encoded, maxLength: maxLength)
-        try reorder(cache, by: (0..<(b * k)).map { $0 / k })
-        let rows = b * k
-        var scores = (0..<rows).map { $0 % k == 0 ? 0.0 : -Double.infinity }
-        var finished = [Bool](repeating: false, count: rows)
-        var hyps = [[Int32]](repeating: [], count: rows)
-        var tokens = [Int32](repeating: bos, count: rows)
+        // The first step runs on one row per sentence (every beam would be the same); the cache
+        // then grows to `k` rows per sentence through `reorder`, FFN incremental states included.
+        var width = 1
+        var scores = [Double](repeating: 0, count: b)
+        var finished = [Bool](repeating: false, count: b)
+        var hyps = [[Int32]](repeating: [], count: b)
+        var tokens = [Int32](repeating: bos, count: b)
         let logProbs = UnsafeMutableBufferPointer<Double>.allocate(capacity: v)
         defer { logProbs.deallocate() }
         for _ in 0..<maxLength {
             if !finished.contains(false) { break }
             let logits = try decodeStep(tokens, cache: cache)
+            let rows = b * k
             var source = [Int](repeating: 0, count: rows)
-            var newTokens = tokens, newScores = scores
+            var newTokens = [Int32](repeating: eos, count: rows), newScores = [Double](repeating: 0, count: rows)
             for s in 0..<b {
                 // Best `k` candidates (score, beam, token), kept sorted: higher score, then lower beam/token.
                 var best: [(score: Double, beam: Int, token: Int)] = []
@@ -214,8 +221,8 @@ extension Transformer {
                     best.insert(c, at: at)
                     if best.count > k { best.removeLast() }
                 }
-                for j in 0..<k {
-                    let r = s * k + j
+                for j in 0..<width {
+                    let r = s * width + j
                     if scores[r] == -Double.infinity { continue }
                     if finished[r] { offer((scores[r], j, Int(eos))); continue }
                     let row = logits.pointer + r * v
@@ -232,27 +239,29 @@ extension Transformer {
                     let r = s * k + j
                     if j < best.count {
                         let c = best[j]
-                        source[r] = s * k + c.beam; newTokens[r] = Int32(c.token); newScores[r] = c.score
+                        source[r] = s * width + c.beam; newTokens[r] = Int32(c.token); newScores[r] = c.score
                     } else {
-                        source[r] = s * k; newTokens[r] = eos; newScores[r] = -Double.infinity
+                        source[r] = s * width; newScores[r] = -Double.infinity
                     }
                 }
             }
             let oldHyps = hyps, oldFinished = finished
+            hyps = []; finished = []
             for r in 0..<rows {
                 let from = source[r]
-                hyps[r] = oldHyps[from]
-                finished[r] = oldFinished[from] || newTokens[r] == eos || newScores[r] == -Double.infinity
-                if !oldFinished[from] && newScores[r] > -Double.infinity { hyps[r].append(newTokens[r]) }
+                var h = oldHyps[from]
+                if !oldFinished[from] && newScores[r] > -Double.infinity { h.append(newTokens[r]) }
+                hyps.append(h)
+                finished.append(oldFinished[from] || newTokens[r] == eos || newScores[r] == -Double.infinity)
             }
-            scores = newScores; tokens = newTokens
+            scores = newScores; tokens = newTokens; width = k
             try reorder(cache, by: source)
         }
         var result: [[Int32]] = []
         for s in 0..<b {
             var bestRow = -1, bestValue = -Double.infinity
-            for j in 0..<k {
-                let r = s * k + j
+            for j in 0..<width {
+                let r = s * width + j
                 guard scores[r] > -Double.infinity else { continue }
                 let len = Double(max(1, hyps[r].count))
                 let value = scores[r] / pow(len, Double(lengthPenalty))
