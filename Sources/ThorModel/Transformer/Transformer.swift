@@ -125,7 +125,8 @@ public final class Transformer {
     }
 
     /// Forward pass over a batch: `L_mt` (label-smoothed CE, mean over non-pad targets).
-    /// With `training`, dropout is on and activations are kept for `backward`.
+    /// With `training`, dropout is on and activations are kept for `backward` (any later
+    /// `forward` replaces them; an evaluation forward drops them).
     /// Throws on a malformed batch (nothing changes then).
     @discardableResult
     public func forward(_ batch: Seq2SeqBatch, training: Bool) throws -> CrossEntropyResult {
