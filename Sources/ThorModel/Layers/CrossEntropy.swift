@@ -1,0 +1,73 @@
+import ThorTensor
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Result of the translation loss `L_mt` over one batch.
+public struct CrossEntropyResult: Sendable, Equatable {
+    /// Mean over non-pad target tokens of the label-smoothed cross-entropy.
+    public var loss: Float
+    /// Sum over non-pad tokens (Double-accumulated), `loss · tokenCount`.
+    public var lossSum: Double
+    /// Non-pad target tokens.
+    public var tokenCount: Int
+    /// Sum over non-pad tokens of the plain (unsmoothed) negative log-likelihood.
+    public var nllSum: Double
+    public init(loss: Float, lossSum: Double, tokenCount: Int, nllSum: Double) {
+        self.loss = loss; self.lossSum = lossSum; self.tokenCount = tokenCount; self.nllSum = nllSum
+    }
+}
+
+/// Label-smoothed cross-entropy (SPEC §3, PyTorch's definition): target
+/// `t = (1 − ε)·onehot(y) + ε/V` over the whole vocabulary,
+/// `loss_r = −Σ_v t_v · log_softmax(logits_r)_v`, mean over rows with `mask[r] = 1`.
+///
+/// Shapes: logits/dlogits [n, V], targets [n] (Int32), mask [n] (1 real, 0 pad).
+public enum CrossEntropy {
+    public static func forward(
+        logits: UnsafePointer<Float>, targets: UnsafePointer<Int32>, mask: UnsafePointer<Float>,
+        n: Int, vocabularySize v: Int, smoothing eps: Float
+    ) -> CrossEntropyResult {
+        var total = 0.0, nll = 0.0, count = 0
+        for r in 0..<n where mask[r] != 0 {
+            let row = logits + r * v
+            var mx = -Float.infinity
+            for j in 0..<v { mx = max(mx, row[j]) }
+            var sumExp = 0.0, sumLogits = 0.0
+            for j in 0..<v { sumExp += Double(expf(row[j] - mx)); sumLogits += Double(row[j]) }
+            let logZ = Double(mx) + log(sumExp)
+            let logpTarget = Double(row[Int(targets[r])]) - logZ
+            let sumLogp = sumLogits - Double(v) * logZ
+            total += -(1 - Double(eps)) * logpTarget - Double(eps) / Double(v) * sumLogp
+            nll -= logpTarget
+            count += 1
+        }
+        let mean = count > 0 ? total / Double(count) : 0
+        return CrossEntropyResult(loss: Float(mean), lossSum: total, tokenCount: count, nllSum: nll)
+    }
+
+    /// `dlogits = scale · (softmax(logits) − t) / tokenCount` on real rows, 0 on pad rows
+    /// (overwrites; `dlogits` may alias `logits`). `scale` is the loss scale.
+    public static func backward(
+        dlogits: UnsafeMutablePointer<Float>, logits: UnsafePointer<Float>, targets: UnsafePointer<Int32>,
+        mask: UnsafePointer<Float>, n: Int, vocabularySize v: Int, smoothing eps: Float, scale: Float
+    ) {
+        var count = 0
+        for r in 0..<n where mask[r] != 0 { count += 1 }
+        let k = count > 0 ? scale / Float(count) : 0
+        let uniform = eps / Float(v)
+        for r in 0..<n {
+            let row = logits + r * v, out = dlogits + r * v
+            if mask[r] == 0 { out.update(repeating: 0, count: v); continue }
+            var mx = -Float.infinity
+            for j in 0..<v { mx = max(mx, row[j]) }
+            var sumExp: Float = 0
+            for j in 0..<v { let e = expf(row[j] - mx); out[j] = e; sumExp += e }
+            let inv = 1 / sumExp
+            for j in 0..<v { out[j] = k * (out[j] * inv - uniform) }
+            out[Int(targets[r])] -= k * (1 - eps)
+        }
+    }
+}

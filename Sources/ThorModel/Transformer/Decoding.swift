@@ -1,0 +1,276 @@
+import ThorTensor
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Encoder states of a batch of sources, ready for decoding.
+public struct EncodedSource {
+    /// Final-LayerNormed encoder states `[B·S, d]`.
+    public var states: Tensor
+    public var sourceMask: [Float]
+    public var batchSize: Int
+    public var sourceLength: Int
+    public var taskLabels: [Int]?
+}
+
+/// The per-layer cache of incremental decoding: self-attention keys/values of the
+/// positions decoded so far, the cross-attention keys/values of the encoder states,
+/// and the FFN sublayer's own `IncrementalState`.
+public final class DecoderLayerCache {
+    /// `[B, capacity, d]`; rows `0 ..< step` of each sentence are filled.
+    public private(set) var selfKeys: Tensor, selfValues: Tensor
+    /// `[B, S, d]`.
+    public private(set) var crossKeys: Tensor, crossValues: Tensor
+    public let feedForwardState: IncrementalState
+    public let capacity: Int, sourceLength: Int
+
+    init(selfKeys: Tensor, selfValues: Tensor, crossKeys: Tensor, crossValues: Tensor,
+         feedForwardState: IncrementalState, capacity: Int, sourceLength: Int) {
+        self.selfKeys = selfKeys; self.selfValues = selfValues
+        self.crossKeys = crossKeys; self.crossValues = crossValues
+        self.feedForwardState = feedForwardState; self.capacity = capacity; self.sourceLength = sourceLength
+    }
+
+    /// Writes this step's `keys`/`values` `[B, d]` at position `step`.
+    func append(keys: Tensor, values: Tensor, at step: Int) {
+        let d = keys.columns, b = keys.rows
+        for i in 0..<b {
+            Kernels.copy(keys.pointer + i * d, to: selfKeys.pointer + (i * capacity + step) * d, count: d)
+            Kernels.copy(values.pointer + i * d, to: selfValues.pointer + (i * capacity + step) * d, count: d)
+        }
+    }
+
+    func reorder(_ rows: [Int]) {
+        selfKeys = gatherRows(selfKeys, rows); selfValues = gatherRows(selfValues, rows)
+        crossKeys = gatherRows(crossKeys, rows); crossValues = gatherRows(crossValues, rows)
+        for (key, t) in feedForwardState.tensors { feedForwardState.tensors[key] = gatherRows(t, rows) }
+    }
+}
+
+/// `out[i] = t[rows[i]]` along the first dimension.
+func gatherRows(_ t: Tensor, _ rows: [Int]) -> Tensor {
+    guard let first = t.shape.first, first > 0 else { return t }
+    let rowSize = t.count / first
+    var shape = t.shape
+    shape[0] = rows.count
+    let out = Tensor(shape: shape)
+    for (i, r) in rows.enumerated() {
+        precondition(r >= 0 && r < first, "reorder index \(r) outside 0..<\(first)")
+        Kernels.copy(t.pointer + r * rowSize, to: out.pointer + i * rowSize, count: rowSize)
+    }
+    return out
+}
+
+/// Everything incremental decoding keeps between steps, one row per hypothesis.
+public final class DecoderCache {
+    public let layers: [DecoderLayerCache]
+    public private(set) var sourceMask: [Float]
+    public private(set) var taskLabels: [Int]?
+    public private(set) var batchSize: Int
+    public let sourceLength: Int
+    /// Positions decoded so far (the next `decodeStep` decodes position `step`).
+    public internal(set) var step: Int = 0
+    public let capacity: Int
+
+    init(layers: [DecoderLayerCache], sourceMask: [Float], taskLabels: [Int]?, batchSize: Int,
+         sourceLength: Int, capacity: Int) {
+        self.layers = layers; self.sourceMask = sourceMask; self.taskLabels = taskLabels
+        self.batchSize = batchSize; self.sourceLength = sourceLength; self.capacity = capacity
+    }
+
+    /// Row `i` of the new cache is row `rows[i]` of the old one (beam search).
+    func reorder(_ rows: [Int]) {
+        for l in layers { l.reorder(rows) }
+        let s = sourceLength
+        let old = sourceMask
+        sourceMask = [Float](unsafeUninitializedCapacity: rows.count * s) { out, count in
+            old.withUnsafeBufferPointer { src in
+                for (i, r) in rows.enumerated() {
+                    if s > 0 { (out.baseAddress! + i * s).initialize(from: src.baseAddress! + r * s, count: s) }
+                }
+            }
+            count = rows.count * s
+        }
+        if let t = taskLabels { taskLabels = rows.map { t[$0] } }
+        batchSize = rows.count
+    }
+}
+
+extension Transformer {
+    /// Runs the encoder once (no dropout).
+    public func encode(source: [Int32], sourceMask: [Float], batchSize: Int, sourceLength: Int,
+                       taskLabels: [Int]? = nil) throws -> EncodedSource {
+        let b = Seq2SeqBatch(batchSize: batchSize, sourceLength: sourceLength, targetLength: 1, source: source,
+                             sourceMask: sourceMask, targetInput: [Int32](repeating: 0, count: batchSize),
+                             targetOutput: [Int32](repeating: 0, count: batchSize),
+                             targetMask: [Float](repeating: 0, count: batchSize), taskLabels: taskLabels)
+        return try encode(b)
+    }
+
+    /// Runs the encoder on the source side of `batch` (no dropout).
+    public func encode(_ batch: Seq2SeqBatch) throws -> EncodedSource {
+        try batch.validate(vocabularySize: configuration.vocabularySize, maxPositions: configuration.maxPositions)
+        let states = try runEncoder(batch, training: false).output
+        return EncodedSource(states: states, sourceMask: batch.sourceMask, batchSize: batch.batchSize,
+                             sourceLength: batch.sourceLength, taskLabels: batch.taskLabels)
+    }
+
+    /// A fresh cache for up to `maxLength` decoder positions, with the cross-attention
+    /// keys/values of `encoded` precomputed.
+    public func makeCache(for encoded: EncodedSource, maxLength: Int) throws -> DecoderCache {
+        guard maxLength > 0, maxLength <= configuration.maxPositions else {
+            throw TransformerError.invalidArgument("maxLength \(maxLength) must be in 1...\(configuration.maxPositions)")
+        }
+        let b = encoded.batchSize, s = encoded.sourceLength, d = configuration.modelDim
+        let layers = decoderLayers.map { layer -> DecoderLayerCache in
+            let (k, v) = layer.crossAttention.keysAndValues(encoded.states)
+            k.reshape([b, s, d]); v.reshape([b, s, d])
+            return DecoderLayerCache(selfKeys: Tensor(shape: [b, maxLength, d]), selfValues: Tensor(shape: [b, maxLength, d]),
+                                     crossKeys: k, crossValues: v, feedForwardState: IncrementalState(),
+                                     capacity: maxLength, sourceLength: s)
+        }
+        return DecoderCache(layers: layers, sourceMask: encoded.sourceMask, taskLabels: encoded.taskLabels,
+                            batchSize: b, sourceLength: s, capacity: maxLength)
+    }
+
+    /// Decodes position `cache.step` for every row: `tokens` [B] are the inputs at that
+    /// position (BOS first). Returns logits `[B, V]` and advances the cache.
+    public func decodeStep(_ tokens: [Int32], cache: DecoderCache) throws -> Tensor {
+        let b = cache.batchSize, d = configuration.modelDim, v = configuration.vocabularySize
+        guard tokens.count == b else { throw TransformerError.invalidArgument("decodeStep needs \(b) tokens, got \(tokens.count)") }
+        guard cache.step < cache.capacity else { throw TransformerError.invalidArgument("decoder cache full at \(cache.capacity) positions") }
+        if let bad = tokens.first(where: { $0 < 0 || Int($0) >= v }) {
+            throw TransformerError.invalidArgument("token id \(bad) outside the vocabulary 0..<\(v)")
+        }
+        var y = embed(tokens, batch: b, length: 1, start: cache.step)
+        for (layer, lc) in zip(decoderLayers, cache.layers) {
+            y = try layer.step(y, cache: lc, step: cache.step, sourceMask: cache.sourceMask, taskLabels: cache.taskLabels)
+        }
+        let out = decoderNorm.forward(y, training: false)
+        let logits = Tensor(shape: [b, v])
+        Embedding.projectForward(logits: logits.pointer, hidden: out.pointer, table: embedding.value.pointer,
+                                 n: b, d: d, vocabularySize: v)
+        cache.step += 1
+        return logits
+    }
+
+    /// Reorders every tensor of `cache` (self/cross keys and values, FFN incremental states,
+    /// source mask, task labels) by its first dimension: new row `i` = old row `rows[i]`.
+    public func reorder(_ cache: DecoderCache, by rows: [Int]) throws {
+        if let bad = rows.first(where: { $0 < 0 || $0 >= cache.batchSize }) {
+            throw TransformerError.invalidArgument("reorder index \(bad) outside 0..<\(cache.batchSize)")
+        }
+        cache.reorder(rows)
+    }
+
+    /// Greedy decoding: argmax at every step (ties: lower id) until `eos` or `maxLength`
+    /// tokens. Returns each sentence's tokens without BOS and without `eos`.
+    public func greedyDecode(_ encoded: EncodedSource, bos: Int32, eos: Int32, maxLength: Int) throws -> [[Int32]] {
+        let b = encoded.batchSize, v = configuration.vocabularySize
+        let cache = try makeCache(for: encoded, maxLength: maxLength)
+        var tokens = [Int32](repeating: bos, count: b)
+        var out = [[Int32]](repeating: [], count: b), done = [Bool](repeating: false, count: b)
+        for _ in 0..<maxLength {
+            let logits = try decodeStep(tokens, cache: cache)
+            for i in 0..<b {
+                let row = logits.pointer + i * v
+                var best = 0
+                for j in 1..<v where row[j] > row[best] { best = j }
+                tokens[i] = Int32(best)
+                if !done[i] { if Int32(best) == eos { done[i] = true } else { out[i].append(Int32(best)) } }
+            }
+            if !done.contains(false) { break }
+        }
+        return out
+    }
+
+    /// Batched beam search. Each sentence keeps `beamSize` hypotheses; a hypothesis that
+    /// emitted `eos` is frozen (kept with its score). Stops when every hypothesis is finished
+    /// or after `maxLength` steps; returns per sentence the hypothesis with the best
+    /// `score / length^lengthPenalty` (length counts `eos`; ties: earlier beam), without BOS/`eos`.
+    /// Candidate ties are broken by lower beam, then lower token id, so beam 1 equals greedy.
+    public func beamSearch(_ encoded: EncodedSource, beamSize k: Int, lengthPenalty: Float = 1,
+                           bos: Int32, eos: Int32, maxLength: Int) throws -> [[Int32]] {
+        guard k >= 1 else { throw TransformerError.invalidArgument("beam size must be ≥ 1, got \(k)") }
+        let b = encoded.batchSize, v = configuration.vocabularySize
+        let cache = try makeCache(for: encoded, maxLength: maxLength)
+        // The first step runs on one row per sentence (every beam would be the same); the cache
+        // then grows to `k` rows per sentence through `reorder`, FFN incremental states included.
+        var width = 1
+        var scores = [Double](repeating: 0, count: b)
+        var finished = [Bool](repeating: false, count: b)
+        var hyps = [[Int32]](repeating: [], count: b)
+        var tokens = [Int32](repeating: bos, count: b)
+        let logProbs = UnsafeMutableBufferPointer<Double>.allocate(capacity: v)
+        defer { logProbs.deallocate() }
+        for _ in 0..<maxLength {
+            if !finished.contains(false) { break }
+            let logits = try decodeStep(tokens, cache: cache)
+            let rows = b * k
+            var source = [Int](repeating: 0, count: rows)
+            var newTokens = [Int32](repeating: eos, count: rows), newScores = [Double](repeating: 0, count: rows)
+            for s in 0..<b {
+                // Best `k` candidates (score, beam, token), kept sorted: higher score, then lower beam/token.
+                var best: [(score: Double, beam: Int, token: Int)] = []
+                func offer(_ c: (score: Double, beam: Int, token: Int)) {
+                    if best.count == k, let last = best.last, !(c.score > last.score) { return }
+                    var at = best.count
+                    while at > 0 && c.score > best[at - 1].score { at -= 1 }
+                    best.insert(c, at: at)
+                    if best.count > k { best.removeLast() }
+                }
+                for j in 0..<width {
+                    let r = s * width + j
+                    if scores[r] == -Double.infinity { continue }
+                    if finished[r] { offer((scores[r], j, Int(eos))); continue }
+                    let row = logits.pointer + r * v
+                    var mx = -Float.infinity
+                    for t in 0..<v { mx = max(mx, row[t]) }
+                    var sum = 0.0
+                    for t in 0..<v { sum += Double(expf(row[t] - mx)) }
+                    let logZ = Double(mx) + log(sum)
+                    let base = scores[r]
+                    for t in 0..<v { logProbs[t] = base + (Double(row[t]) - logZ) }
+                    for t in 0..<v { offer((logProbs[t], j, t)) }
+                }
+                for j in 0..<k {
+                    let r = s * k + j
+                    if j < best.count {
+                        let c = best[j]
+                        source[r] = s * width + c.beam; newTokens[r] = Int32(c.token); newScores[r] = c.score
+                    } else {
+                        source[r] = s * width; newScores[r] = -Double.infinity
+                    }
+                }
+            }
+            let oldHyps = hyps, oldFinished = finished
+            hyps = []; finished = []
+            for r in 0..<rows {
+                let from = source[r]
+                var h = oldHyps[from]
+                if !oldFinished[from] && newScores[r] > -Double.infinity { h.append(newTokens[r]) }
+                hyps.append(h)
+                finished.append(oldFinished[from] || newTokens[r] == eos || newScores[r] == -Double.infinity)
+            }
+            scores = newScores; tokens = newTokens; width = k
+            try reorder(cache, by: source)
+        }
+        var result: [[Int32]] = []
+        for s in 0..<b {
+            var bestRow = -1, bestValue = -Double.infinity
+            for j in 0..<width {
+                let r = s * width + j
+                guard scores[r] > -Double.infinity else { continue }
+                let len = Double(max(1, hyps[r].count))
+                let value = scores[r] / pow(len, Double(lengthPenalty))
+                if bestRow < 0 || value > bestValue { bestRow = r; bestValue = value }
+            }
+            var h = bestRow >= 0 ? hyps[bestRow] : []
+            if h.last == eos { h.removeLast() }
+            result.append(h)
+        }
+        return result
+    }
+}
