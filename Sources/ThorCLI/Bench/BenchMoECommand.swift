@@ -1,9 +1,75 @@
+import Foundation
 import ArgumentParser
+import ThorTensor
+import ThorModel
 
 struct BenchMoECommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "moe",
-        abstract: "Plain top-2 against THOR top-2 and THOR top-p layer throughput."
+        abstract: "Plain top-2 against THOR top-2 and THOR top-p layer throughput.",
+        discussion: """
+        Forward + backward of one encoder MoE layer (the first, so THOR variants include the \
+        task predictor) with experts in process. Goal: thor_top2_tokens_per_s ≥ 0.9 × top2_tokens_per_s.
+        """
     )
-    func run() throws { throw NotBuiltYet(what: "thor bench moe") }
+
+    @OptionGroup var output: BenchOutputOptions
+    @Option(help: "Model width d.") var modelDim = 512
+    @Option(help: "Expert hidden width d_ff.") var hiddenDim = 2048
+    @Option(help: "Experts N (THOR candidates K = N/2).") var experts = 8
+    @Option(help: "Sentences per batch.") var sentences = 32
+    @Option(help: "Positions per sentence.") var length = 128
+    @Option(help: "Threads computing experts (InProcessExpertBackend).") var threads = 2
+    @Option(help: "Tasks T.") var tasks = 4
+
+    func run() throws {
+        let tokens = sentences * length
+        var report = BenchReport(
+            title: "MoE layer forward+backward: d=\(modelDim) d_ff=\(hiddenDim) N=\(experts) K=\(experts / 2), \(sentences)×\(length) = \(tokens) tokens, expert threads=\(threads)",
+            columns: ["ms", "tokens/s", "experts/token", "vs top2"])
+        let x = Tensor(shape: [tokens, modelDim]), dy = Tensor(shape: [tokens, modelDim])
+        var rng = RandomGenerator(seed: 7)
+        rng.fillNormal(x.pointer, count: x.count, std: 1)
+        rng.fillNormal(dy.pointer, count: dy.count, std: 0.01)
+        let labels = (0..<sentences).map { $0 % tasks }
+        let layout = TokenLayout(side: .encoder, batchSize: sentences, length: length,
+                                 mask: [Float](repeating: 1, count: tokens), taskLabels: labels)
+        let model = TransformerConfiguration(vocabularySize: 8, modelDim: modelDim, hiddenDim: hiddenDim,
+                                             heads: 8, encoderLayers: 1, decoderLayers: 1, activation: .relu)
+        let cases: [(label: String, key: String?, routing: RoutingConfiguration)] = [
+            ("top2 (GShard)", "top2", RoutingConfiguration(variant: .top2, experts: experts, moeEvery: 1, tasks: tasks)),
+            ("THOR top-k k=2", "thor_top2", RoutingConfiguration(variant: .thorTopK, experts: experts, k: 2, moeEvery: 1, tasks: tasks)),
+            ("THOR top-p p=0.5", "thor_topp", RoutingConfiguration(variant: .thorTopP, experts: experts, threshold: 0.5, moeEvery: 1, tasks: tasks)),
+        ]
+        var top2Rate = 0.0
+        for c in cases {
+            let keys = MoEStack.expertKeys(model: model, routing: c.routing).filter { $0.layer == 0 }
+            let backend = InProcessExpertBackend(spec: MoEStack.expertSpec(model: model, seed: 1), keys: keys, threads: threads)
+            let stack = try MoEStack(model: model, routing: c.routing, losses: LossConfiguration(), backend: backend, seed: 1)
+            let layer = stack.layers[0]
+            let seconds = try bestTime(repeats: output.repeats) {
+                let y = try layer.forward(x, layout: layout, training: true)
+                let dx = try layer.backward(dy)
+                blackHole((y, dx))
+            }
+            try backend.zeroGradients()
+            let dec = layer.lastDecision!
+            let perToken = Double(dec.keptAssignments) / Double(tokens)
+            let rate = Double(tokens) / seconds
+            if c.key == "top2" { top2Rate = rate }
+            report.addRow(c.label, ["ms": String(format: "%.1f", seconds * 1000), "tokens/s": String(format: "%.0f", rate),
+                                    "experts/token": String(format: "%.3f", perToken),
+                                    "vs top2": String(format: "%.3f", rate / top2Rate)])
+            if let key = c.key {
+                report.set("\(key)_tokens_per_s", (rate * 10).rounded() / 10)
+                report.set("\(key)_experts_per_token", (perToken * 1000).rounded() / 1000)
+            }
+        }
+        if let thor = report.fields.first(where: { $0.0 == "thor_top2_tokens_per_s" })?.1 as? Double {
+            let ratio = thor / top2Rate
+            report.set("thor_top2_over_top2", (ratio * 1000).rounded() / 1000)
+            report.set("goal_thor_top2_ge_0.9_top2", ratio >= 0.9)
+        }
+        try report.emit(json: output.json, csvPath: output.csv)
+    }
 }
