@@ -165,7 +165,9 @@ public final class MoELayer: FeedForwardSublayer {
             }
         } else {
             guard let labels = layout.taskLabels else { throw MoEError.missingTaskLabels("hard routing follows the gold task") }
-            for l in labels where l < 0 { throw MoEError.taskLabelOutOfRange(label: l, tasks: routing.tasks) }
+            for l in labels where l < 0 || (routing.tasks > 0 && l >= routing.tasks) {
+                throw MoEError.taskLabelOutOfRange(label: l, tasks: routing.tasks)
+            }
             decision = Selection.hard(labels: labels, length: len, experts: nExperts, k: routing.resolvedK, mask: mp)
         }
         if training, let cf = routing.capacityFactor { Selection.applyCapacity(decision, factor: cf, experts: nExperts) }
