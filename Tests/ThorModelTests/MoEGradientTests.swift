@@ -137,6 +137,10 @@ final class MoEGradientTests: XCTestCase {
     }
 
     func testThorTopKGradientsWithCapacityAndTaskPrior() throws {
+        let h = try MoEHarness(routing: routing(.thorTopK) { $0.capacityFactor = 1.0; $0.taskPrior = true })
+        _ = try h.loss()
+        let dropped = h.layers.map { l in (0..<l.lastDecision!.rows).reduce(0) { $0 + l.lastDecision!.selected($1).count } - l.lastDecision!.keptAssignments }
+        XCTAssertGreaterThan(dropped.reduce(0, +), 0, "the capacity case should drop assignments")
         try checkAll(routing(.thorTopK) { $0.capacityFactor = 1.0; $0.taskPrior = true }, label: "thor-topk",
                      expectParameters: taskLevel + layerParams(["task_router.w", "gate.w", "gate.b", "router.w"]))
     }
