@@ -26,7 +26,7 @@ struct BenchMoECommand: ParsableCommand {
         let tokens = sentences * length
         var report = BenchReport(
             title: "MoE layer forward+backward: d=\(modelDim) d_ff=\(hiddenDim) N=\(experts) K=\(experts / 2), \(sentences)×\(length) = \(tokens) tokens, expert threads=\(threads)",
-            columns: ["ms", "tokens/s", "experts/token", "busiest expert", "vs top2"])
+            columns: ["ms", "tokens/s", "experts/token", "busiest expert", "routing ms", "vs top2"])
         let x = Tensor(shape: [tokens, modelDim]), dy = Tensor(shape: [tokens, modelDim])
         var rng = RandomGenerator(seed: 7)
         rng.fillNormal(x.pointer, count: x.count, std: 1)
@@ -49,6 +49,16 @@ struct BenchMoECommand: ParsableCommand {
             let backend = InProcessExpertBackend(spec: MoEStack.expertSpec(model: model, seed: 1), keys: keys, threads: threads)
             let stack = try MoEStack(model: model, routing: c.routing, losses: LossConfiguration(), backend: backend, seed: 1)
             layers.append(stack.layers[0]); backends.append(backend)
+        }
+        // Coordinator-side cost alone: the same layers' routing with experts that return zeros at once.
+        var routingBest = [Double](repeating: .infinity, count: cases.count)
+        for (i, c) in cases.enumerated() {
+            let null = NullExpertBackend(spec: MoEStack.expertSpec(model: model, seed: 1))
+            let stack = try MoEStack(model: model, routing: c.routing, losses: LossConfiguration(), backend: null, seed: 1)
+            routingBest[i] = try bestTime(repeats: max(3, output.repeats)) {
+                let y = try stack.layers[0].forward(x, layout: layout, training: true)
+                blackHole((y, try stack.layers[0].backward(dy)))
+            }
         }
         var best = [Double](repeating: .infinity, count: cases.count)
         for round in 0...max(1, output.repeats) {
@@ -75,10 +85,12 @@ struct BenchMoECommand: ParsableCommand {
             report.addRow(c.label, ["ms": String(format: "%.1f", seconds * 1000), "tokens/s": String(format: "%.0f", rate),
                                     "experts/token": String(format: "%.3f", perToken),
                                     "busiest expert": String(format: "%.1f%%", busiest * 100),
+                                    "routing ms": String(format: "%.1f", routingBest[i] * 1000),
                                     "vs top2": String(format: "%.3f", rate / top2Rate)])
             if let key = c.key {
                 report.set("\(key)_tokens_per_s", (rate * 10).rounded() / 10)
                 report.set("\(key)_experts_per_token", (perToken * 1000).rounded() / 1000)
+                report.set("\(key)_routing_ms", (routingBest[i] * 10000).rounded() / 10)
             }
         }
         if let thor = report.fields.first(where: { $0.0 == "thor_top2_tokens_per_s" })?.1 as? Double {
@@ -95,4 +107,19 @@ private func timeOnce(_ body: () throws -> Void) rethrows -> Double {
     let t0 = DispatchTime.now().uptimeNanoseconds
     try body()
     return Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+}
+
+/// Experts that cost nothing (zeros of the right shape): isolates the MoE layer's own cost.
+private final class NullExpertBackend: ExpertBackend {
+    let spec: ExpertSpec
+    init(spec: ExpertSpec) { self.spec = spec }
+    func forward(layer: Int, batches: [ExpertBatch], training: Bool) throws -> [Tensor] {
+        batches.map { Tensor(shape: $0.tokens.shape) }
+    }
+    func backward(layer: Int, gradients: [ExpertBatch]) throws -> [Tensor] { gradients.map { Tensor(shape: $0.tokens.shape) } }
+    func squaredGradientNorms() throws -> [ExpertKey: Double] { [:] }
+    func step(learningRate: Float, clipScale: Float, step: Int) throws {}
+    func zeroGradients() throws {}
+    func exportState() throws -> [ExpertKey: [String: Tensor]] { [:] }
+    func importState(_ state: [ExpertKey: [String: Tensor]]) throws {}
 }
