@@ -1,9 +1,125 @@
+import Foundation
 import ArgumentParser
+import ThorTensor
+import ThorModel
 
 struct BenchMoECommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "moe",
-        abstract: "Plain top-2 against THOR top-2 and THOR top-p layer throughput."
+        abstract: "Plain top-2 against THOR top-2 and THOR top-p layer throughput.",
+        discussion: """
+        Forward + backward of one encoder MoE layer (the first, so THOR variants include the \
+        task predictor) with experts in process. Goal: thor_top2_tokens_per_s ≥ 0.9 × top2_tokens_per_s.
+        """
     )
-    func run() throws { throw NotBuiltYet(what: "thor bench moe") }
+
+    @OptionGroup var output: BenchOutputOptions
+    @Option(help: "Model width d.") var modelDim = 512
+    @Option(help: "Expert hidden width d_ff.") var hiddenDim = 2048
+    @Option(help: "Experts N (THOR candidates K = N/2).") var experts = 8
+    @Option(help: "Sentences per batch.") var sentences = 32
+    @Option(help: "Positions per sentence.") var length = 128
+    @Option(help: "Threads computing experts (InProcessExpertBackend).") var threads = 2
+    @Option(help: "Tasks T.") var tasks = 4
+
+    func run() throws {
+        let tokens = sentences * length
+        var report = BenchReport(
+            title: "MoE layer forward+backward: d=\(modelDim) d_ff=\(hiddenDim) N=\(experts) K=\(experts / 2), \(sentences)×\(length) = \(tokens) tokens, expert threads=\(threads)",
+            columns: ["ms", "tokens/s", "experts/token", "busiest expert", "routing ms", "vs top2"])
+        let x = Tensor(shape: [tokens, modelDim]), dy = Tensor(shape: [tokens, modelDim])
+        var rng = RandomGenerator(seed: 7)
+        rng.fillNormal(x.pointer, count: x.count, std: 1)
+        rng.fillNormal(dy.pointer, count: dy.count, std: 0.01)
+        let labels = (0..<sentences).map { $0 % tasks }
+        let layout = TokenLayout(side: .encoder, batchSize: sentences, length: length,
+                                 mask: [Float](repeating: 1, count: tokens), taskLabels: labels)
+        let model = TransformerConfiguration(vocabularySize: 8, modelDim: modelDim, hiddenDim: hiddenDim,
+                                             heads: 8, encoderLayers: 1, decoderLayers: 1, activation: .relu)
+        let cases: [(label: String, key: String?, routing: RoutingConfiguration)] = [
+            ("top2 (GShard)", "top2", RoutingConfiguration(variant: .top2, experts: experts, moeEvery: 1, tasks: tasks)),
+            ("THOR top-k k=2", "thor_top2", RoutingConfiguration(variant: .thorTopK, experts: experts, k: 2, moeEvery: 1, tasks: tasks)),
+            ("THOR top-p p=0.5", "thor_topp", RoutingConfiguration(variant: .thorTopP, experts: experts, threshold: 0.5, moeEvery: 1, tasks: tasks)),
+        ]
+        // Build every case first, then interleave the timed runs (round-robin, best per case),
+        // so that load from other processes affects the cases alike.
+        var layers: [MoELayer] = [], backends: [InProcessExpertBackend] = []
+        for c in cases {
+            let keys = MoEStack.expertKeys(model: model, routing: c.routing).filter { $0.layer == 0 }
+            let backend = InProcessExpertBackend(spec: MoEStack.expertSpec(model: model, seed: 1), keys: keys, threads: threads)
+            let stack = try MoEStack(model: model, routing: c.routing, losses: LossConfiguration(), backend: backend, seed: 1)
+            layers.append(stack.layers[0]); backends.append(backend)
+        }
+        // Coordinator-side cost alone: the same layers' routing with experts that return zeros at once.
+        var routingBest = [Double](repeating: .infinity, count: cases.count)
+        for (i, c) in cases.enumerated() {
+            let null = NullExpertBackend(spec: MoEStack.expertSpec(model: model, seed: 1))
+            let stack = try MoEStack(model: model, routing: c.routing, losses: LossConfiguration(), backend: null, seed: 1)
+            routingBest[i] = try bestTime(repeats: max(3, output.repeats)) {
+                let y = try stack.layers[0].forward(x, layout: layout, training: true)
+                blackHole((y, try stack.layers[0].backward(dy)))
+            }
+        }
+        var best = [Double](repeating: .infinity, count: cases.count)
+        for round in 0...max(1, output.repeats) {
+            for (i, layer) in layers.enumerated() {
+                let t = try timeOnce {
+                    let y = try layer.forward(x, layout: layout, training: true)
+                    let dx = try layer.backward(dy)
+                    blackHole((y, dx))
+                }
+                try backends[i].zeroGradients()
+                if round > 0 { best[i] = min(best[i], t) }   // round 0 warms up
+            }
+        }
+        var top2Rate = 0.0
+        for (i, c) in cases.enumerated() {
+            let seconds = best[i]
+            let dec = layers[i].lastDecision!
+            let perToken = Double(dec.keptAssignments) / Double(tokens)
+            var load = [Int](repeating: 0, count: experts)
+            for t in 0..<dec.rows { for e in dec.keptExperts(t) { load[e] += 1 } }
+            let busiest = Double(load.max() ?? 0) / Double(max(1, dec.keptAssignments))
+            let rate = Double(tokens) / seconds
+            if c.key == "top2" { top2Rate = rate }
+            report.addRow(c.label, ["ms": String(format: "%.1f", seconds * 1000), "tokens/s": String(format: "%.0f", rate),
+                                    "experts/token": String(format: "%.3f", perToken),
+                                    "busiest expert": String(format: "%.1f%%", busiest * 100),
+                                    "routing ms": String(format: "%.1f", routingBest[i] * 1000),
+                                    "vs top2": String(format: "%.3f", rate / top2Rate)])
+            if let key = c.key {
+                report.set("\(key)_tokens_per_s", (rate * 10).rounded() / 10)
+                report.set("\(key)_experts_per_token", (perToken * 1000).rounded() / 1000)
+                report.set("\(key)_routing_ms", (routingBest[i] * 10000).rounded() / 10)
+            }
+        }
+        if let thor = report.fields.first(where: { $0.0 == "thor_top2_tokens_per_s" })?.1 as? Double {
+            let ratio = thor / top2Rate
+            report.set("thor_top2_over_top2", (ratio * 1000).rounded() / 1000)
+            report.set("goal_thor_top2_ge_0.9_top2", ratio >= 0.9)
+        }
+        try report.emit(json: output.json, csvPath: output.csv)
+    }
+}
+
+/// Wall-clock seconds of one run of `body`.
+private func timeOnce(_ body: () throws -> Void) rethrows -> Double {
+    let t0 = DispatchTime.now().uptimeNanoseconds
+    try body()
+    return Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+}
+
+/// Experts that cost nothing (zeros of the right shape): isolates the MoE layer's own cost.
+private final class NullExpertBackend: ExpertBackend {
+    let spec: ExpertSpec
+    init(spec: ExpertSpec) { self.spec = spec }
+    func forward(layer: Int, batches: [ExpertBatch], training: Bool) throws -> [Tensor] {
+        batches.map { Tensor(shape: $0.tokens.shape) }
+    }
+    func backward(layer: Int, gradients: [ExpertBatch]) throws -> [Tensor] { gradients.map { Tensor(shape: $0.tokens.shape) } }
+    func squaredGradientNorms() throws -> [ExpertKey: Double] { [:] }
+    func step(learningRate: Float, clipScale: Float, step: Int) throws {}
+    func zeroGradients() throws {}
+    func exportState() throws -> [ExpertKey: [String: Tensor]] { [:] }
+    func importState(_ state: [ExpertKey: [String: Tensor]]) throws {}
 }

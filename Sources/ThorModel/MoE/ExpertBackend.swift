@@ -104,7 +104,9 @@ public final class ExpertHost: @unchecked Sendable {
     public func forward(layer: Int, batches: [ExpertBatch], training: Bool) throws -> [Tensor] {
         try validate(layer: layer, batches: batches)
         let work = batches.map { experts[ExpertKey(layer: layer, expert: $0.expert)]! }
-        let results = runConcurrently(batches.count) { i in work[i].forward(batches[i].tokens, keep: training) }
+        let results = runConcurrently(batches.count, largestFirst: batches.map { $0.tokens.rows }) { i in
+            work[i].forward(batches[i].tokens, keep: training)
+        }
         if training { pending[layer] = results.enumerated().map { (work[$0.offset].key, $0.element.1!) } }
         return results.map { $0.0 }
     }
@@ -123,16 +125,24 @@ public final class ExpertHost: @unchecked Sendable {
         }
         pending[layer] = nil
         let work = kept.map { experts[$0.0]! }
-        return runConcurrently(gradients.count) { i in work[i].backward(gradients[i].tokens, kept[i].1) }
+        return runConcurrently(gradients.count, largestFirst: gradients.map { $0.tokens.rows }) { i in
+            work[i].backward(gradients[i].tokens, kept[i].1)
+        }
     }
 
     /// Runs `body(i)` for `i < count` on up to `threads` threads with one BLAS
     /// thread each, restoring the caller's BLAS thread count afterwards.
-    private func runConcurrently<T>(_ count: Int, _ body: (Int) -> T) -> [T] {
+    /// Work starts with the largest `largestFirst` size (LPT scheduling, so a big
+    /// expert batch does not run alone at the end); results stay in index order.
+    private func runConcurrently<T>(_ count: Int, largestFirst sizes: [Int], _ body: (Int) -> T) -> [T] {
         let saved = BLASThreads.current
         BLASThreads.set(1)
         defer { BLASThreads.set(saved) }
-        return Parallel.map(count, threads: threads, body)
+        let order = (0..<count).sorted { sizes[$0] > sizes[$1] || (sizes[$0] == sizes[$1] && $0 < $1) }
+        let done = Parallel.map(count, threads: threads) { j in body(order[j]) }
+        var results = [T?](repeating: nil, count: count)
+        for (j, i) in order.enumerated() { results[i] = done[j] }
+        return results.map { $0! }
     }
 
     public func squaredGradientNorms() -> [ExpertKey: Double] {
