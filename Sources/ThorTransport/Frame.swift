@@ -27,13 +27,16 @@ public final class Frame {
 
     /// A frame holding the UTF-8 bytes of `string`.
     public convenience init(_ string: String) {
-        var s = string
-        self.init(copying: s.withUTF8 { UnsafeRawBufferPointer($0) })
+        self.init(Array(string.utf8))
     }
 
     /// A frame holding a copy of `bytes`.
-    public convenience init(_ bytes: [UInt8]) {
-        self.init(copying: bytes.withUnsafeBytes { $0 })
+    public init(_ bytes: [UInt8]) {
+        message = .allocate(capacity: 1)
+        zmq_msg_init_size(message, bytes.count)
+        bytes.withUnsafeBytes { b in
+            if b.count > 0 { memcpy(zmq_msg_data(message), b.baseAddress!, b.count) }
+        }
     }
 
     /// A frame that takes ownership of `pointer` (from `malloc`), freed by libzmq
