@@ -70,27 +70,6 @@ public final class ExpertWorker {
         incarnation = rng.next()
     }
 
-    /// Blocks SIGTERM and SIGINT in the calling thread (and threads it creates
-    /// later) so `run()` can notice them between requests and exit cleanly.
-    /// Call first thing in `main`, before any thread is started.
-    public static func blockTerminationSignals() {
-        var set = sigset_t()
-        sigemptyset(&set)
-        sigaddset(&set, SIGTERM)
-        sigaddset(&set, SIGINT)
-        pthread_sigmask(SIG_BLOCK, &set, nil)
-    }
-
-    /// SIGTERM or SIGINT if one is pending (blocked and delivered).
-    public static func pendingTerminationSignal() -> Int32? {
-        var set = sigset_t()
-        sigemptyset(&set)
-        sigpending(&set)
-        if sigismember(&set, SIGTERM) == 1 { return SIGTERM }
-        if sigismember(&set, SIGINT) == 1 { return SIGINT }
-        return nil
-    }
-
     private func log(_ s: String) {
         if options.verbose { writeStandardError("thor worker \(options.workerID): \(s)") }
     }
@@ -102,7 +81,8 @@ public final class ExpertWorker {
 
     /// Connects, registers and serves until Shutdown, a termination signal, the
     /// parent's death or a long disconnection.
-    public func run() throws -> WorkerExit {
+    /// With `signals`, SIGTERM/SIGINT end the loop cleanly (`.signal`).
+    public func run(signals: TerminationSignals? = nil) throws -> WorkerExit {
         let context = try ZMQContext()
         let socket = try Socket(context: context, type: .dealer)
         defer { socket.close() }
@@ -148,7 +128,7 @@ public final class ExpertWorker {
                     }
                 }
             }
-            if let s = ExpertWorker.pendingTerminationSignal() { return .signal(s) }
+            if let s = signals?.received { return .signal(s) }
             if let p = options.parentPID, getppid() != p { return .parentGone }
             if !connected, options.orphanTimeout > 0, monotonicSeconds() - disconnectedSince > options.orphanTimeout {
                 return .orphaned(seconds: options.orphanTimeout)

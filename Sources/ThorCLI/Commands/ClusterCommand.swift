@@ -76,7 +76,7 @@ struct ClusterCommand: ParsableCommand {
 
     func run() throws {
         // Ctrl-C / SIGTERM are noticed between steps so the workers are always torn down.
-        ExpertWorker.blockTerminationSignals()
+        let signals = TerminationSignals()
         var local: LocalCluster? = nil
         let coordinator: ClusterCoordinator
         if let bind {
@@ -84,7 +84,7 @@ struct ClusterCommand: ParsableCommand {
             print("coordinator listening on \(coordinator.endpoint); waiting for \(workers) workers")
             coordinator.onRegistration = { r in print("  registered \(r.workerID) (\(r.hostname), pid \(r.pid), \(r.threads) threads)") }
             try coordinator.waitForWorkers(count: workers, timeout: registrationTimeout) {
-                if let s = ExpertWorker.pendingTerminationSignal() { throw ExitCode(128 + s) }
+                if let s = signals.received { throw ExitCode(128 + s) }
             }
         } else {
             let cluster = try LocalCluster(workers: workers, transport: LocalCluster.Transport(rawValue: transport)!,
@@ -116,7 +116,7 @@ struct ClusterCommand: ParsableCommand {
         }
         if wait {
             print("cluster is up; Ctrl-C to stop")
-            while ExpertWorker.pendingTerminationSignal() == nil {
+            while signals.received == nil {
                 usleep(100_000)
                 if let local { try local.checkChildren() }
             }

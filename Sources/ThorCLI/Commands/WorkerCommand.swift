@@ -58,7 +58,7 @@ struct WorkerCommand: ParsableCommand {
     }
 
     func run() throws {
-        ExpertWorker.blockTerminationSignals()
+        let signals = TerminationSignals()
         var options = WorkerOptions(endpoint: connect, workerID: id ?? WorkerCommand.defaultID())
         options.threads = threads
         options.parentPID = parentPid
@@ -66,7 +66,7 @@ struct WorkerCommand: ParsableCommand {
         options.maxFrameBytes = maxFrameBytes
         options.verbose = verbose
         let worker = ExpertWorker(options: options)
-        let exit = try worker.run()
+        let exit = try worker.run(signals: signals)
         if verbose { print("thor worker \(options.workerID): \(exit)") }
         if case .orphaned = exit { throw ExitCode(3) }
     }
