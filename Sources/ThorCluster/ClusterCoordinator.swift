@@ -143,7 +143,7 @@ public final class ClusterCoordinator {
         let worker = frames[0].string
         counters.bytesReceived += frames[1].count
         let t0 = monotonicSeconds()
-        guard let envelope = try? WireCodec.decode(frames[1].bytes, maxFrameBytes: maxFrameBytes) else { return nil }
+        guard let envelope = try? frames[1].withUnsafeBytes({ try WireCodec.decode($0, maxFrameBytes: maxFrameBytes) }) else { return nil }
         let seconds = monotonicSeconds() - t0
         if case .register(let r) = envelope.message {
             guard r.workerID == worker else { return nil }

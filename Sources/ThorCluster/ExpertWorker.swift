@@ -153,7 +153,7 @@ public final class ExpertWorker {
         }
         let envelope: Envelope
         do {
-            envelope = try WireCodec.decode(frames[0].bytes, maxFrameBytes: options.maxFrameBytes)
+            envelope = try frames[0].withUnsafeBytes { try WireCodec.decode($0, maxFrameBytes: options.maxFrameBytes) }
         } catch let e as WireError {
             log("rejected a frame: \(e)")
             return (reply(e.requestID, .error(code: e.code, message: e.description)), nil)

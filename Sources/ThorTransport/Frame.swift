@@ -55,14 +55,20 @@ public final class Frame {
     /// Number of bytes.
     public var count: Int { zmq_msg_size(message) }
 
-    /// The bytes, valid while this frame is alive and unsent.
+    /// Calls `body` with the bytes, keeping the frame alive meanwhile.
+    public func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try withExtendedLifetime(self) { try body(bytes) }
+    }
+
+    /// The bytes, valid while this frame is alive and unsent. The optimizer may
+    /// end a frame's life right after its last use: prefer `withUnsafeBytes`.
     public var bytes: UnsafeRawBufferPointer {
         UnsafeRawBufferPointer(start: zmq_msg_data(message), count: zmq_msg_size(message))
     }
 
     /// The bytes as an array (copies).
-    public var array: [UInt8] { Array(bytes) }
+    public var array: [UInt8] { withUnsafeBytes { Array($0) } }
 
     /// The bytes decoded as UTF-8 (invalid sequences repaired).
-    public var string: String { String(decoding: bytes, as: UTF8.self) }
+    public var string: String { withUnsafeBytes { String(decoding: $0, as: UTF8.self) } }
 }

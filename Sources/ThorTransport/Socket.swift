@@ -211,9 +211,9 @@ public final class Socket {
     /// nil when none arrives within `timeout` seconds.
     public func receiveEvent(timeout: Double = 0) throws -> SocketEvent? {
         guard let frames = try receive(timeout: timeout), frames.count >= 1, frames[0].count >= 6 else { return nil }
-        let b = frames[0].bytes
-        let kind = UInt32(b.loadUnaligned(fromByteOffset: 0, as: UInt16.self))
-        let value = b.loadUnaligned(fromByteOffset: 2, as: UInt32.self)
+        let (kind, value) = frames[0].withUnsafeBytes { b in
+            (UInt32(b.loadUnaligned(fromByteOffset: 0, as: UInt16.self)), b.loadUnaligned(fromByteOffset: 2, as: UInt32.self))
+        }
         return SocketEvent(kind: SocketEvent.Kind(rawValue: kind), value: value,
                            endpoint: frames.count > 1 ? frames[1].string : "")
     }

@@ -26,7 +26,13 @@ public final class EncodedFrame {
         return p
     }
 
-    /// The bytes (while not taken).
+    /// Calls `body` with the bytes (empty once taken), keeping the buffer alive meanwhile.
+    public func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try withExtendedLifetime(self) { try body(bytes) }
+    }
+
+    /// The bytes (while not taken). The optimizer may free the frame right after
+    /// its last use: prefer `withUnsafeBytes`.
     public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: pointer, count: pointer == nil ? 0 : count) }
 
     deinit { if let p = pointer { free(p) } }

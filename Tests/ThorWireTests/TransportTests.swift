@@ -26,7 +26,7 @@ final class TransportTests: XCTestCase {
         try router.send([Frame("peer-1"), Frame(adoptingMalloced: buffer, count: 4)])
         let reply = try XCTUnwrap(dealer.receive(timeout: 5))
         XCTAssertEqual(reply.count, 1)
-        XCTAssertEqual(reply[0].bytes.loadUnaligned(as: UInt32.self), 0xDEADBEEF)
+        XCTAssertEqual(reply[0].withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }, 0xDEADBEEF)
 
         // Sending to an unknown peer is an error naming the cause.
         XCTAssertThrowsError(try router.send([Frame("nobody"), Frame("x")])) { e in

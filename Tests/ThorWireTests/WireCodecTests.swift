@@ -13,7 +13,7 @@ final class WireCodecTests: XCTestCase {
 
     func roundTrip(_ e: Envelope, dtype: WireDType = .f32) throws -> Envelope {
         let frame = WireCodec.encode(e, dtype: dtype)
-        return try WireCodec.decode(frame.bytes)
+        return try frame.withUnsafeBytes { try WireCodec.decode($0) }
     }
 
     func testForwardRoundTripIsBitExactInF32() throws {
@@ -94,7 +94,7 @@ final class WireCodecTests: XCTestCase {
         let bf16 = WireCodec.encode(Envelope(requestID: 1, message: .forwardReply(layer: 0, outputs: batches)), dtype: .bf16)
         // Half the tensor bytes, give or take the length prefixes and the dtype field.
         XCTAssertTrue((x.count * 2...x.count * 2 + 8).contains(f32.count - bf16.count), "\(f32.count) vs \(bf16.count)")
-        guard case .forwardReply(_, let got) = try WireCodec.decode(bf16.bytes).message else { return XCTFail() }
+        guard case .forwardReply(_, let got) = try bf16.withUnsafeBytes({ try WireCodec.decode($0) }).message else { return XCTFail() }
         let expected = Tensor(copying: x)
         TensorCodec.roundToBF16(expected)
         XCTAssertTrue(got[0].tokens.bitwiseEqual(expected))
@@ -104,7 +104,7 @@ final class WireCodecTests: XCTestCase {
 
     func testVersionMismatchIsNamedWithRequestID() {
         let frame = WireCodec.encode(Envelope(requestID: 77, message: .ack, version: 2))
-        XCTAssertThrowsError(try WireCodec.decode(frame.bytes)) { e in
+        XCTAssertThrowsError(try frame.withUnsafeBytes { try WireCodec.decode($0) }) { e in
             XCTAssertEqual(e as? WireError, .versionMismatch(received: 2, expected: thorProtocolVersion, requestID: 77))
             XCTAssertTrue("\(e)".contains("version 2"), "\(e)")
             XCTAssertEqual((e as? WireError)?.code, .versionMismatch)
@@ -118,12 +118,11 @@ final class WireCodecTests: XCTestCase {
         }
         let full = WireCodec.encode(Envelope(requestID: 1, message: .forward(layer: 0, training: false,
                                              batches: [ExpertBatch(expert: 0, tokens: tensor([4, 8], seed: 1))], replyDType: nil)))
-        let truncated = UnsafeRawBufferPointer(rebasing: full.bytes[0..<(full.count / 2)])
-        XCTAssertThrowsError(try WireCodec.decode(truncated)) { e in
+        XCTAssertThrowsError(try full.withUnsafeBytes { try WireCodec.decode(UnsafeRawBufferPointer(rebasing: $0[0..<($0.count / 2)])) }) { e in
             XCTAssertEqual((e as? WireError)?.code, .malformed)
             XCTAssertTrue("\(e)".contains("truncated"), "\(e)")
         }
-        XCTAssertThrowsError(try WireCodec.decode(full.bytes, maxFrameBytes: 64)) { e in
+        XCTAssertThrowsError(try full.withUnsafeBytes { try WireCodec.decode($0, maxFrameBytes: 64) }) { e in
             XCTAssertEqual(e as? WireError, .tooLarge(bytes: full.count, limit: 64))
         }
         try [UInt8]().withUnsafeBytes { b in
