@@ -17,10 +17,15 @@ extension WireCodec {
     public static func decode(_ bytes: UnsafeRawBufferPointer, maxFrameBytes: Int = defaultMaxFrameBytes) throws -> Envelope {
         guard bytes.count <= maxFrameBytes else { throw WireError.tooLarge(bytes: bytes.count, limit: maxFrameBytes) }
         guard bytes.count > 0 else { throw WireError.malformed("empty frame (0 bytes)") }
-        guard let e = thor__envelope__unpack(nil, bytes.count, bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)) else {
+        // Swift's allocator, so f32 tensor bytes can become `Tensor` storage without a copy.
+        var allocator = ProtobufCAllocator(
+            alloc: { _, size in UnsafeMutableRawPointer.allocate(byteCount: max(size, 1), alignment: 16) },
+            free: { _, pointer in pointer?.deallocate() },
+            allocator_data: nil)
+        guard let e = thor__envelope__unpack(&allocator, bytes.count, bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)) else {
             throw WireError.malformed("\(bytes.count) bytes are not a valid thor Envelope (truncated or corrupt protobuf)")
         }
-        defer { thor__envelope__free_unpacked(e, nil) }
+        defer { thor__envelope__free_unpacked(e, &allocator) }
         let env = e.pointee
         guard env.protocol_version == thorProtocolVersion else {
             if env.protocol_version == 0 {
@@ -53,15 +58,23 @@ extension WireCodec {
         return t
     }
 
+    /// The tensor of an unpacked message. f32 data is adopted (protobuf-c's
+    /// buffer, allocated by Swift's allocator, becomes the tensor's storage).
     static func tensor(_ p: UnsafeMutablePointer<Thor__Tensor>?, what: String) throws -> Tensor {
         guard let p else { throw WireError.badTensor("\(what): tensor is missing") }
-        let t = p.pointee
-        let shape = (0..<t.n_shape).map { t.shape[$0] }
-        guard let d = dtype(t.dtype) else {
-            throw WireError.badTensor("\(what): dtype \(t.dtype.rawValue) is missing or unknown")
+        let shape = (0..<p.pointee.n_shape).map { p.pointee.shape[$0] }
+        guard let d = dtype(p.pointee.dtype) else {
+            throw WireError.badTensor("\(what): dtype \(p.pointee.dtype.rawValue) is missing or unknown")
+        }
+        let n = try TensorCodec.validate(shape: shape, dtype: d, byteCount: p.pointee.data.len, what: what)
+        if d == .f32, n > 0, let data = p.pointee.data.data {
+            p.pointee.data.data = nil  // ours now; free_unpacked skips it
+            p.pointee.data.len = 0
+            return Tensor(adopting: UnsafeMutableRawPointer(data).bindMemory(to: Float.self, capacity: n),
+                          shape: shape.map { Int($0) })
         }
         return try TensorCodec.decode(shape: shape, dtype: d,
-                                      bytes: UnsafeRawBufferPointer(start: t.data.data, count: t.data.len), what: what)
+                                      bytes: UnsafeRawBufferPointer(start: p.pointee.data.data, count: p.pointee.data.len), what: what)
     }
 
     static func key(_ p: UnsafeMutablePointer<Thor__ExpertKey>?, what: String) throws -> ExpertKey {

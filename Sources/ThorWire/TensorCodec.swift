@@ -53,20 +53,27 @@ public enum TensorCodec {
         return Int(n)
     }
 
-    /// Builds a Float32 tensor from wire bytes, checking that the byte count matches shape × dtype size.
-    public static func decode(shape: [Int64], dtype: WireDType?, bytes: UnsafeRawBufferPointer, what: String) throws -> Tensor {
+    /// Checks dtype, dimensions and byte count; returns the element count.
+    public static func validate(shape: [Int64], dtype: WireDType?, byteCount: Int, what: String) throws -> Int {
         guard let dtype else { throw WireError.badTensor("\(what): dtype is missing or unknown") }
         let n = try elementCount(shape: shape, what: what)
-        guard bytes.count == n * dtype.size else {
-            throw WireError.badTensor("\(what): \(bytes.count) bytes for shape \(shape) of \(dtype) (needs \(n * dtype.size))")
+        guard byteCount == n * dtype.size else {
+            throw WireError.badTensor("\(what): \(byteCount) bytes for shape \(shape) of \(dtype) (needs \(n * dtype.size))")
         }
-        let t = Tensor(shape: shape.map { Int($0) })
-        if n > 0 {
-            switch dtype {
-            case .f32: memcpy(t.pointer, bytes.baseAddress!, n * 4)
-            case .bf16: decodeBF16(bytes.baseAddress!, count: n, into: t.pointer)
-            }
+        return n
+    }
+
+    /// Builds a Float32 tensor from wire bytes (copied), checking that the byte
+    /// count matches shape × dtype size.
+    public static func decode(shape: [Int64], dtype: WireDType?, bytes: UnsafeRawBufferPointer, what: String) throws -> Tensor {
+        let n = try validate(shape: shape, dtype: dtype, byteCount: bytes.count, what: what)
+        let dims = shape.map { Int($0) }
+        if n == 0 { return Tensor(shape: dims) }
+        let storage = UnsafeMutablePointer<Float>.allocate(capacity: n)
+        switch dtype! {
+        case .f32: memcpy(storage, bytes.baseAddress!, n * 4)
+        case .bf16: decodeBF16(bytes.baseAddress!, count: n, into: storage)
         }
-        return t
+        return Tensor(adopting: storage, shape: dims)
     }
 }
