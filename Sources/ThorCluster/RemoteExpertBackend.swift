@@ -6,7 +6,9 @@ import ThorWire
 ///
 /// Each call sends ONE request per worker that has work (all its batches of
 /// that layer), gathers the replies with a deadline and returns outputs in the
-/// caller's order. Workers compute with the same `ExpertHost` code as
+/// caller's order. With replicas in the placement, training forward/backward
+/// batches also go to every replica (kept bit-identical; the primary's result
+/// is used); inference goes to primaries only. Workers compute with the same `ExpertHost` code as
 /// `InProcessExpertBackend`, so results are bit-identical (with f32 on the wire).
 public final class RemoteExpertBackend: ExpertBackend {
     public let spec: ExpertSpec
@@ -35,23 +37,27 @@ public final class RemoteExpertBackend: ExpertBackend {
     public var counters: TransportCounters { coordinator.counters }
     public func resetCounters() { coordinator.counters = TransportCounters() }
 
-    /// Groups batch indices by the worker hosting each expert, in first-appearance order.
-    private func group(layer: Int, _ batches: [ExpertBatch]) throws -> [(worker: String, indices: [Int])] {
+    /// Groups batch indices by worker, in first-appearance order: each batch goes to
+    /// its expert's primary, and with `replicate` also to every replica (training
+    /// keeps replicas bit-identical by running them on the same batches).
+    private func group(layer: Int, _ batches: [ExpertBatch], replicate: Bool) throws -> [(worker: String, indices: [Int])] {
         var order: [String] = [], members: [String: [Int]] = [:]
         for (i, b) in batches.enumerated() {
             let k = ExpertKey(layer: layer, expert: b.expert)
-            guard let w = placement.primary(k) else { throw ExpertBackendError.unknownExpert(k) }
-            if members[w] == nil { order.append(w) }
-            members[w, default: []].append(i)
+            guard let hosts = placement.hosts[k], !hosts.isEmpty else { throw ExpertBackendError.unknownExpert(k) }
+            for w in replicate ? hosts : [hosts[0]] {
+                if members[w] == nil { order.append(w) }
+                members[w, default: []].append(i)
+            }
         }
         return order.map { ($0, members[$0]!) }
     }
 
-    /// Sends each worker its share and scatters the replies' tensors back into request order.
-    private func run(layer: Int, _ batches: [ExpertBatch], operation: String,
+    /// Sends each worker its share and scatters the primaries' tensors back into request order.
+    private func run(layer: Int, _ batches: [ExpertBatch], replicate: Bool, operation: String,
                      request: ([ExpertBatch]) -> WireMessage,
                      unpack: (WireMessage) -> [ExpertBatch]?) throws -> [Tensor] {
-        let groups = try group(layer: layer, batches)
+        let groups = try group(layer: layer, batches, replicate: replicate)
         let requests = groups.map { g in (worker: g.worker, message: request(g.indices.map { batches[$0] })) }
         let replies = try coordinator.exchange(requests, operation: operation, timeout: requestTimeout, dtype: wireDType)
         var out = [Tensor?](repeating: nil, count: batches.count)
@@ -65,20 +71,20 @@ public final class RemoteExpertBackend: ExpertBackend {
                     throw ClusterError.unexpectedReply(worker: g.worker, operation: operation,
                                                        detail: "tensor \(j) is for expert \(got[j].expert) \(got[j].tokens.shape), expected expert \(batches[i].expert)")
                 }
-                out[i] = got[j].tokens
+                if placement.primary(ExpertKey(layer: layer, expert: batches[i].expert)) == g.worker { out[i] = got[j].tokens }
             }
         }
         return out.map { $0! }
     }
 
     public func forward(layer: Int, batches: [ExpertBatch], training: Bool) throws -> [Tensor] {
-        try run(layer: layer, batches, operation: "Forward layer \(layer)",
+        try run(layer: layer, batches, replicate: training, operation: "Forward layer \(layer)",
                 request: { .forward(layer: layer, training: training, batches: $0, replyDType: self.wireDType) },
                 unpack: { if case .forwardReply(_, let o) = $0 { return o } else { return nil } })
     }
 
     public func backward(layer: Int, gradients: [ExpertBatch]) throws -> [Tensor] {
-        try run(layer: layer, gradients, operation: "Backward layer \(layer)",
+        try run(layer: layer, gradients, replicate: true, operation: "Backward layer \(layer)",
                 request: { .backward(layer: layer, gradients: $0, replyDType: self.wireDType) },
                 unpack: { if case .backwardReply(_, let o) = $0 { return o } else { return nil } })
     }
@@ -131,6 +137,18 @@ public final class RemoteExpertBackend: ExpertBackend {
             state.merge(s) { a, _ in a }
         }
         return state
+    }
+
+    /// The state of the experts `worker` hosts (primary or replica), e.g. to check replicas agree.
+    public func exportState(worker: String) throws -> [ExpertKey: [String: Tensor]] {
+        let keys = placement.keys(on: worker)
+        if keys.isEmpty { return [:] }
+        let reply = try coordinator.exchange([(worker: worker, message: .exportRequest(keys: keys))],
+                                             operation: "Export", timeout: requestTimeout)[0]
+        guard case .expertStates(let s) = reply else {
+            throw ClusterError.unexpectedReply(worker: worker, operation: "Export", detail: "got \(reply.name)")
+        }
+        return s
     }
 
     public func importState(_ state: [ExpertKey: [String: Tensor]]) throws {

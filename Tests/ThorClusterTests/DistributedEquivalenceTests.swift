@@ -14,8 +14,8 @@ final class DistributedEquivalenceTests: XCTestCase {
 
     /// forward → backward → squared norms → clipped Adam step, three times, then compare final weights.
     func runSteps(workers: Int, strategy: Placement.Strategy, transport: LocalCluster.Transport,
-                  activation: Activation, threads: Int = 1) throws {
-        let what = "\(workers) workers, \(strategy.rawValue), \(transport.rawValue), \(activation)"
+                  activation: Activation, threads: Int = 1, replicas: Int = 1) throws {
+        let what = "\(workers) workers, \(strategy.rawValue), \(transport.rawValue), \(activation), \(replicas) replicas"
         let keys = Placement.allKeys(layers: layers, experts: experts)
         let cluster = try LocalCluster(workers: workers, transport: transport, threadsPerWorker: threads)
         let pids = cluster.processIDs
@@ -23,7 +23,7 @@ final class DistributedEquivalenceTests: XCTestCase {
             cluster.shutdown()
             for p in pids { XCTAssertTrue(processIsGone(p), "worker \(p) outlived the test (\(what))") }
         }
-        let placement = try Placement(keys: keys, workers: cluster.workerIDs, strategy: strategy)
+        let placement = try Placement(keys: keys, workers: cluster.workerIDs, strategy: strategy, replicas: replicas)
         let remote = try RemoteExpertBackend(coordinator: cluster.coordinator, spec: spec(activation), placement: placement,
                                              requestTimeout: 30)
         let local = InProcessExpertBackend(spec: spec(activation), keys: keys)
@@ -58,6 +58,11 @@ final class DistributedEquivalenceTests: XCTestCase {
         }
         let final = try local.exportState()
         assertSameState(try remote.exportState(), final, "\(what): final weights and Adam moments")
+        for w in cluster.workerIDs {  // every replica holds the same bits as the primary
+            let hosted = try remote.exportState(worker: w)
+            XCTAssertEqual(Set(hosted.keys), Set(placement.keys(on: w)), what)
+            assertSameState(hosted, final.filter { hosted[$0.key] != nil }, "\(what): state on \(w)")
+        }
         // The weights moved: the comparison is not between two untouched initial states.
         let w = final[ExpertKey(layer: 0, expert: 0)]!["moe.0.experts.0.w1"]!
         XCTAssertFalse(w.bitwiseEqual(Expert(key: ExpertKey(layer: 0, expert: 0), spec: spec(activation)).w1.value))
@@ -80,6 +85,11 @@ final class DistributedEquivalenceTests: XCTestCase {
         try runSteps(workers: 2, strategy: .roundRobin, transport: .tcp, activation: .gelu)
         try runSteps(workers: 3, strategy: .blocked, transport: .tcp, activation: .relu)
         try runSteps(workers: 3, strategy: .roundRobin, transport: .tcp, activation: .swiglu, threads: 2)
+    }
+
+    func testReplicasStayBitIdentical() throws {
+        try runSteps(workers: 3, strategy: .roundRobin, transport: .ipc, activation: .gelu, replicas: 2)
+        try runSteps(workers: 2, strategy: .blocked, transport: .tcp, activation: .swiglu, replicas: 2)
     }
 
     /// Importing a state into the workers and exporting it back is exact, and
