@@ -160,6 +160,25 @@ public final class ClusterCoordinator {
         return (envelope.requestID, worker, envelope.message, seconds)
     }
 
+    /// Sends a Heartbeat to every registered worker at once and waits for all echoes;
+    /// returns, per worker, the seconds until all had answered (an upper bound on its
+    /// round trip). Throws `ClusterError.timeout` naming the workers that did not answer.
+    public func heartbeat(timeout: Double) throws -> [String: Double] {
+        var result: [String: Double] = [:]
+        let start = monotonicSeconds()
+        let ids = workerIDs
+        let replies = try exchange(ids.enumerated().map { (worker: $1, message: .heartbeat(sequence: UInt64($0), sentUnixNanos: unixNanoseconds())) },
+                                   operation: "Heartbeat", timeout: timeout)
+        let elapsed = monotonicSeconds() - start
+        for (i, (id, r)) in zip(ids, replies).enumerated() {
+            guard case .heartbeat(let seq, _) = r, seq == UInt64(i) else {
+                throw ClusterError.unexpectedReply(worker: id, operation: "Heartbeat", detail: "got \(r.name)")
+            }
+            result[id] = elapsed
+        }
+        return result
+    }
+
     /// Asks every registered worker to exit; waits up to `timeout` seconds for their Acks.
     public func shutdownWorkers(reason: String, timeout: Double = 2) {
         let requests = workerIDs.map { (worker: $0, message: WireMessage.shutdown(reason: reason)) }

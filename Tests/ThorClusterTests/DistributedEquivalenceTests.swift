@@ -104,6 +104,8 @@ final class DistributedEquivalenceTests: XCTestCase {
         let remote = try RemoteExpertBackend(coordinator: cluster.coordinator, spec: s,
                                              placement: try Placement(keys: keys, workers: cluster.workerIDs, strategy: .blocked))
         try remote.importState(state)
+        let rtt = try cluster.coordinator.heartbeat(timeout: 10)
+        XCTAssertEqual(Set(rtt.keys), Set(cluster.workerIDs))
         assertSameState(try remote.exportState(), state, "imported state")
         var rng = RandomGenerator(seed: 5)
         let inputs = randomBatches(experts: experts, modelDim: 6, rng: &rng)
