@@ -21,6 +21,17 @@ public final class Tensor: @unchecked Sendable {
         self.storage = UnsafeMutableBufferPointer(rebasing: raw[0..<count])
     }
 
+    /// Creates a tensor that takes ownership of `storage`, which must come from
+    /// `UnsafeMutableRawPointer.allocate` / `UnsafeMutablePointer.allocate` with room
+    /// for `max(count, 1)` floats; it is deallocated with the tensor. No copy, no zero-fill
+    /// (used by the wire decoder to keep protobuf-c's unpacked bytes).
+    public init(adopting storage: UnsafeMutablePointer<Float>, shape: [Int]) {
+        precondition(shape.allSatisfy { $0 >= 0 }, "Tensor shape must be non-negative: \(shape)")
+        self.shape = shape
+        self.count = shape.reduce(1, *)
+        self.storage = UnsafeMutableBufferPointer(start: storage, count: count)
+    }
+
     /// Creates a tensor of the given shape holding `values` (row-major).
     public convenience init(shape: [Int], values: [Float]) {
         self.init(shape: shape)

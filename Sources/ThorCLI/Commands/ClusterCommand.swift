@@ -1,9 +1,128 @@
 import ArgumentParser
+import ThorCluster
+import ThorModel
+import ThorWire
+#if canImport(Glibc)
+import Glibc
+#endif
 
 struct ClusterCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cluster",
-        abstract: "Start a local cluster of a coordinator and expert workers."
+        abstract: "Start a local cluster of a coordinator and expert workers.",
+        discussion: """
+        Starts W `thor worker` processes on this machine (over ipc or loopback tcp), \
+        waits until they registered, prints them, assigns experts, and runs a short \
+        smoke exchange: random training steps on the workers and in-process, which \
+        must agree bit for bit. With --wait it then keeps the workers up until Ctrl-C.
+
+        With --bind, no workers are started: the coordinator binds that tcp \
+        endpoint and waits for --workers external workers, each started on its \
+        machine with `thor worker --connect tcp://THIS_HOST:PORT` (see cluster/README.md).
+
+        Examples:
+          thor cluster --workers 3
+          thor cluster --workers 2 --transport tcp --placement blocked --steps 5
+          thor cluster --bind tcp://0.0.0.0:5555 --workers 4 --wait
+        """
     )
-    func run() throws { throw NotBuiltYet(what: "thor cluster") }
+
+    @Option(name: .shortAndLong, help: "Number of workers.")
+    var workers: Int = 2
+
+    @Option(name: .long, help: "Transport for local workers: ipc or tcp.")
+    var transport: String = "ipc"
+
+    @Option(name: .long, help: "Bind this endpoint and wait for external workers instead of starting them.")
+    var bind: String?
+
+    @Option(name: .long, help: "Threads per worker.")
+    var threads: Int = 1
+
+    @Option(name: .long, help: "Expert placement: round-robin or blocked.")
+    var placement: String = "round-robin"
+
+    @Option(name: .long, help: "MoE layers in the smoke exchange.")
+    var layers: Int = 2
+    @Option(name: .long, help: "Experts per MoE layer in the smoke exchange.")
+    var experts: Int = 4
+    @Option(name: .long, help: "Model width d of the smoke experts.")
+    var modelDim: Int = 16
+    @Option(name: .long, help: "Hidden width d_ff of the smoke experts.")
+    var hiddenDim: Int = 32
+    @Option(name: .long, help: "Training steps in the smoke exchange (0: skip it).")
+    var steps: Int = 2
+
+    @Option(name: .long, help: "Seconds to wait for workers to register.")
+    var registrationTimeout: Double = 60
+
+    @Flag(name: .long, help: "Keep the cluster up after the smoke exchange until Ctrl-C.")
+    var wait = false
+
+    func validate() throws {
+        guard workers >= 1 else { throw ValidationError("--workers must be at least 1, got \(workers)") }
+        guard LocalCluster.Transport(rawValue: transport) != nil else {
+            throw ValidationError("--transport must be ipc or tcp, got \(transport)")
+        }
+        guard Placement.Strategy(rawValue: placement) != nil else {
+            throw ValidationError("--placement must be round-robin or blocked, got \(placement)")
+        }
+        guard layers >= 1, experts >= 1, modelDim >= 1, hiddenDim >= 1, steps >= 0, threads >= 1 else {
+            throw ValidationError("--layers, --experts, --model-dim, --hidden-dim and --threads must be positive, --steps >= 0")
+        }
+        if let bind { guard bind.hasPrefix("tcp://") || bind.hasPrefix("ipc://") else {
+            throw ValidationError("--bind must be tcp://HOST:PORT or ipc://PATH, got \(bind)") } }
+    }
+
+    func run() throws {
+        // Ctrl-C / SIGTERM are noticed between steps so the workers are always torn down.
+        let signals = TerminationSignals()
+        var local: LocalCluster? = nil
+        let coordinator: ClusterCoordinator
+        if let bind {
+            coordinator = try ClusterCoordinator(bind: bind)
+            print("coordinator listening on \(coordinator.endpoint); waiting for \(workers) workers")
+            coordinator.onRegistration = { r in print("  registered \(r.workerID) (\(r.hostname), pid \(r.pid), \(r.threads) threads)") }
+            try coordinator.waitForWorkers(count: workers, timeout: registrationTimeout) {
+                if let s = signals.received { throw ExitCode(128 + s) }
+            }
+        } else {
+            let cluster = try LocalCluster(workers: workers, transport: LocalCluster.Transport(rawValue: transport)!,
+                                           threadsPerWorker: threads, registrationTimeout: registrationTimeout)
+            local = cluster
+            coordinator = cluster.coordinator
+            print("coordinator on \(coordinator.endpoint) with \(workers) local workers (\(cluster.binary))")
+            for (id, pid) in zip(cluster.workerIDs, cluster.processIDs) {
+                let r = coordinator.registrations[id]!
+                print("  registered \(id) (pid \(pid), \(r.threads) threads, incarnation \(String(r.incarnation, radix: 16)))")
+            }
+        }
+        defer {
+            if let local { local.shutdown() } else { coordinator.shutdownWorkers(reason: "thor cluster exiting") }
+        }
+
+        let spec = ExpertSpec(modelDim: modelDim, hiddenDim: hiddenDim, activation: .gelu, seed: 1)
+        let keys = Placement.allKeys(layers: layers, experts: experts)
+        let place = try Placement(keys: keys, workers: local?.workerIDs ?? coordinator.workerIDs.sorted(), strategy: Placement.Strategy(rawValue: placement)!)
+        print("placement (\(placement)):\n" + place.description.split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
+        let remote = try RemoteExpertBackend(coordinator: coordinator, spec: spec, placement: place)
+        if steps > 0 {
+            let reference = InProcessExpertBackend(spec: spec, keys: keys)
+            let report = try BackendComparison(layers: layers, experts: experts).run(remote, reference, steps: steps)
+            let c = remote.counters
+            print("smoke exchange: \(report)")
+            print("  \(c.requests) requests, \(c.bytesSent) bytes sent, \(c.bytesReceived) received; encode \(ms(c.encodeSeconds)), wait \(ms(c.waitSeconds)), decode \(ms(c.decodeSeconds))")
+            if !report.identical { throw ExitCode(1) }
+        }
+        if wait {
+            print("cluster is up; Ctrl-C to stop")
+            while signals.received == nil {
+                usleep(100_000)
+                if let local { try local.checkChildren() }
+            }
+            print("stopping")
+        }
+    }
+
+    private func ms(_ s: Double) -> String { String(Int((s * 1e6).rounded())) + " µs" }
 }

@@ -1,9 +1,80 @@
 import ArgumentParser
+import ThorCluster
+import ThorWire
+#if canImport(Glibc)
+import Glibc
+#endif
 
 struct WorkerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "worker",
-        abstract: "Run an expert worker that hosts routed experts."
+        abstract: "Run an expert worker that hosts routed experts.",
+        discussion: """
+        The worker connects (ZeroMQ DEALER) to a coordinator's ROUTER endpoint, \
+        registers, receives its expert assignment, and serves forward, backward, \
+        gradient-norm, optimizer-step, export/import and heartbeat requests until \
+        it is told to shut down. A malformed, oversized or wrong-version frame gets \
+        an Error reply naming the problem and changes nothing.
+
+        It exits on Shutdown, on SIGTERM/SIGINT, when --parent-pid is given and \
+        that process is gone, or after being disconnected from the coordinator \
+        for --orphan-timeout seconds.
+
+        Examples:
+          thor worker --connect tcp://10.0.0.1:5555 --id gpu-box-1 --threads 2
+          thor worker --connect ipc:///tmp/thor/coordinator.sock
+        """
     )
-    func run() throws { throw NotBuiltYet(what: "thor worker") }
+
+    @Option(name: .long, help: "Coordinator endpoint: tcp://HOST:PORT or ipc://PATH.")
+    var connect: String
+
+    @Option(name: .long, help: "Worker id, unique in the cluster (default: HOSTNAME-PID).")
+    var id: String?
+
+    @Option(name: .long, help: "Experts of one request computed concurrently (one BLAS thread each).")
+    var threads: Int = 1
+
+    @Option(name: .long, help: "Exit when this process is no longer the parent (set by launchers).")
+    var parentPid: Int32?
+
+    @Option(name: .long, help: "Exit after this many seconds disconnected from the coordinator (0: never).")
+    var orphanTimeout: Double = 30
+
+    @Option(name: .long, help: "Largest frame accepted; larger ones get a TOO_LARGE Error reply.")
+    var maxFrameBytes: Int = WireCodec.defaultMaxFrameBytes
+
+    @Flag(name: .long, help: "Log connection events and assignments to stderr.")
+    var verbose = false
+
+    func validate() throws {
+        guard connect.hasPrefix("tcp://") || connect.hasPrefix("ipc://") else {
+            throw ValidationError("--connect must be tcp://HOST:PORT or ipc://PATH, got \(connect)")
+        }
+        guard threads >= 1 else { throw ValidationError("--threads must be at least 1, got \(threads)") }
+        guard orphanTimeout >= 0 else { throw ValidationError("--orphan-timeout must be >= 0, got \(orphanTimeout)") }
+        guard maxFrameBytes > 0 else { throw ValidationError("--max-frame-bytes must be positive, got \(maxFrameBytes)") }
+        if let id { guard !id.isEmpty, id.utf8.count <= 255 else { throw ValidationError("--id must be 1…255 bytes") } }
+    }
+
+    func run() throws {
+        let signals = TerminationSignals()
+        var options = WorkerOptions(endpoint: connect, workerID: id ?? WorkerCommand.defaultID())
+        options.threads = threads
+        options.parentPID = parentPid
+        options.orphanTimeout = orphanTimeout
+        options.maxFrameBytes = maxFrameBytes
+        options.verbose = verbose
+        let worker = ExpertWorker(options: options)
+        let exit = try worker.run(signals: signals)
+        if verbose { print("thor worker \(options.workerID): \(exit)") }
+        if case .orphaned = exit { throw ExitCode(3) }
+    }
+
+    static func defaultID() -> String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        gethostname(&buffer, 255)
+        let host = buffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+        return "\(host)-\(getpid())"
+    }
 }

@@ -1,1 +1,0 @@
-// ThorCluster module: see docs/architecture.md

@@ -1,1 +1,0 @@
-// ThorTransport module: see docs/architecture.md

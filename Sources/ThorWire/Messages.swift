@@ -1,0 +1,163 @@
+import ThorTensor
+import ThorModel
+
+/// The protocol version this build speaks (`Envelope.protocol_version`, Protos/thor.proto).
+public let thorProtocolVersion: UInt32 = 1
+
+/// Element type of tensors on the wire. Decoded tensors are always Float32.
+public enum WireDType: Sendable, Equatable, CaseIterable {
+    /// 4 bytes per element, exact.
+    case f32
+    /// 2 bytes per element: the upper half of the f32, rounded to nearest even (lossy).
+    case bf16
+
+    /// Bytes per element.
+    public var size: Int { self == .f32 ? 4 : 2 }
+}
+
+/// Error codes carried by `Error` replies (Protos/thor.proto `ErrorCode`).
+public enum WireErrorCode: UInt32, Sendable, Equatable, CaseIterable {
+    case unspecified = 0
+    case malformed = 1
+    case versionMismatch = 2
+    case tooLarge = 3
+    case badTensor = 4
+    case unknownExpert = 5
+    case shapeMismatch = 6
+    case noPendingForward = 7
+    case missingState = 8
+    case notAssigned = 9
+    case unexpectedMessage = 10
+    case `internal` = 11
+}
+
+/// A worker announcing itself (sent on connect and after every reconnect).
+public struct Registration: Sendable, Equatable {
+    public var workerID: String
+    public var threads: Int
+    public var capacityBytes: UInt64
+    public var pid: Int
+    public var hostname: String
+    /// Random per process start: a changed incarnation means the worker restarted and lost its state.
+    public var incarnation: UInt64
+    /// Experts it already hosts (a rejoining worker).
+    public var hosted: [ExpertKey]
+
+    public init(workerID: String, threads: Int, capacityBytes: UInt64 = 0, pid: Int, hostname: String,
+                incarnation: UInt64, hosted: [ExpertKey] = []) {
+        self.workerID = workerID; self.threads = threads; self.capacityBytes = capacityBytes
+        self.pid = pid; self.hostname = hostname; self.incarnation = incarnation; self.hosted = hosted
+    }
+}
+
+/// Which experts a worker hosts, and what they look like.
+public struct Assignment: Sendable, Equatable {
+    public var spec: ExpertSpec
+    public var keys: [ExpertKey]
+    public var placementEpoch: UInt64
+    /// Keep experts already hosted (and their state) instead of re-initializing them.
+    public var keepExisting: Bool
+
+    public init(spec: ExpertSpec, keys: [ExpertKey], placementEpoch: UInt64 = 0, keepExisting: Bool = false) {
+        self.spec = spec; self.keys = keys; self.placementEpoch = placementEpoch; self.keepExisting = keepExisting
+    }
+}
+
+/// Every message body of the protocol.
+public enum WireMessage: @unchecked Sendable {
+    case register(Registration)
+    case assign(Assignment)
+    /// Run `batches` through experts of MoE layer `layer`; reply `forwardReply`.
+    case forward(layer: Int, training: Bool, batches: [ExpertBatch], replyDType: WireDType?)
+    case forwardReply(layer: Int, outputs: [ExpertBatch])
+    /// Backward of the last training forward of `layer`; reply `backwardReply`.
+    case backward(layer: Int, gradients: [ExpertBatch], replyDType: WireDType?)
+    case backwardReply(layer: Int, inputGradients: [ExpertBatch])
+    case gradNormRequest
+    case gradNormReport([ExpertKey: Double])
+    case step(learningRate: Float, clipScale: Float, step: Int)
+    case zeroGradients
+    /// Export the listed experts (empty: all hosted); reply `expertStates`.
+    case exportRequest(keys: [ExpertKey])
+    case expertStates([ExpertKey: [String: Tensor]])
+    case importRequest([ExpertKey: [String: Tensor]])
+    case heartbeat(sequence: UInt64, sentUnixNanos: UInt64)
+    case shutdown(reason: String)
+    case ack
+    case error(code: WireErrorCode, message: String)
+
+    /// Short name for logs and errors.
+    public var name: String {
+        switch self {
+        case .register: return "Register"
+        case .assign: return "Assign"
+        case .forward: return "Forward"
+        case .forwardReply: return "ForwardReply"
+        case .backward: return "Backward"
+        case .backwardReply: return "BackwardReply"
+        case .gradNormRequest: return "GradNormRequest"
+        case .gradNormReport: return "GradNormReport"
+        case .step: return "Step"
+        case .zeroGradients: return "ZeroGradients"
+        case .exportRequest: return "ExportRequest"
+        case .expertStates: return "ExpertStates"
+        case .importRequest: return "ImportRequest"
+        case .heartbeat: return "Heartbeat"
+        case .shutdown: return "Shutdown"
+        case .ack: return "Ack"
+        case .error: return "Error"
+        }
+    }
+}
+
+/// One frame of the protocol: routing metadata and a body.
+public struct Envelope: @unchecked Sendable {
+    public var version: UInt32
+    /// Replies carry the id of their request.
+    public var requestID: UInt64
+    /// Worker id or coordinator id.
+    public var sender: String
+    /// Coordinator incarnation.
+    public var session: UInt64
+    public var message: WireMessage
+
+    public init(requestID: UInt64, sender: String = "", session: UInt64 = 0, message: WireMessage,
+                version: UInt32 = thorProtocolVersion) {
+        self.version = version; self.requestID = requestID; self.sender = sender
+        self.session = session; self.message = message
+    }
+}
+
+/// Why a frame or tensor was rejected.
+public enum WireError: Error, CustomStringConvertible, Equatable {
+    case malformed(String)
+    case versionMismatch(received: UInt32, expected: UInt32, requestID: UInt64)
+    case tooLarge(bytes: Int, limit: Int)
+    case badTensor(String)
+
+    public var description: String {
+        switch self {
+        case .malformed(let s): return "malformed frame: \(s)"
+        case .versionMismatch(let r, let e, _):
+            return "protocol version mismatch: frame has version \(r), this peer speaks version \(e)"
+        case .tooLarge(let b, let l): return "frame too large: \(b) bytes exceeds the limit of \(l) bytes"
+        case .badTensor(let s): return "bad tensor: \(s)"
+        }
+    }
+
+    /// The code an `Error` reply carries for this failure.
+    public var code: WireErrorCode {
+        switch self {
+        case .malformed: return .malformed
+        case .versionMismatch: return .versionMismatch
+        case .tooLarge: return .tooLarge
+        case .badTensor: return .badTensor
+        }
+    }
+
+    /// The request id, when the frame was readable enough to have one.
+    public var requestID: UInt64 {
+        if case .versionMismatch(_, _, let id) = self { return id }
+        return 0
+    }
+}

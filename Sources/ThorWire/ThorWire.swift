@@ -1,1 +1,0 @@
-// ThorWire module: see docs/architecture.md

@@ -1,0 +1,209 @@
+import XCTest
+import ThorTensor
+import ThorModel
+import ThorWire
+import ThorTransport
+import ThorCluster
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A real worker process driven by a raw ROUTER socket playing the coordinator.
+final class RawCoordinator {
+    let context: ZMQContext
+    let router: Socket
+    let endpoint: String
+    let pid: pid_t
+    let workerID = "victim"
+    var nextID: UInt64 = 100
+
+    init(maxFrameBytes: Int) throws {
+        context = try ZMQContext()
+        router = try Socket(context: context, type: .router)
+        try router.setRouterMandatory(true)
+        try router.bind("tcp://127.0.0.1:*")
+        endpoint = try router.lastEndpoint()
+        pid = try LocalCluster.spawn(try LocalCluster.locateThorBinary(),
+                                     ["worker", "--connect", endpoint, "--id", workerID, "--parent-pid", String(getpid()),
+                                      "--max-frame-bytes", String(maxFrameBytes)])
+    }
+
+    /// Kills and reaps the worker.
+    func stop() {
+        kill(pid, SIGKILL)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        router.close()
+    }
+
+    func receive() throws -> Envelope {
+        let frames = try XCTUnwrap(router.receive(timeout: 20), "no reply from the worker")
+        XCTAssertEqual(frames.count, 2)
+        XCTAssertEqual(frames[0].string, workerID)
+        do { return try frames[1].withUnsafeBytes { try WireCodec.decode($0) } } catch {
+            XCTFail("undecodable reply \(frames[1].array): \(error)"); throw error
+        }
+    }
+
+    func sendRaw(_ frames: [Frame]) throws -> Envelope {
+        try router.send([Frame(workerID)] + frames)
+        return try receive()
+    }
+
+    func call(_ m: WireMessage, version: UInt32 = thorProtocolVersion) throws -> (UInt64, Envelope) {
+        nextID += 1
+        let f = WireCodec.encode(Envelope(requestID: nextID, sender: "test", message: m, version: version))
+        return (nextID, try sendRaw([Frame(adoptingMalloced: f.take(), count: f.count)]))
+    }
+}
+
+final class WorkerRobustnessTests: XCTestCase {
+    let spec = ExpertSpec(modelDim: 8, hiddenDim: 16, activation: .gelu, seed: 3)
+    let keys = [ExpertKey(layer: 0, expert: 0), ExpertKey(layer: 0, expert: 1), ExpertKey(layer: 1, expert: 0)]
+
+    func batches(seed: UInt64, rows: [Int]) -> [ExpertBatch] {
+        var rng = RandomGenerator(seed: seed)
+        return rows.enumerated().map { e, n in
+            let t = Tensor(shape: [n, 8])
+            rng.fillUniform(t.pointer, count: t.count, limit: 1)
+            return ExpertBatch(expert: e, tokens: t)
+        }
+    }
+
+    func expectError(_ e: Envelope, _ code: WireErrorCode, _ needle: String, requestID: UInt64? = nil,
+                     file: StaticString = #filePath, line: UInt = #line) {
+        guard case .error(let got, let message) = e.message else {
+            return XCTFail("expected an Error reply, got \(e.message.name)", file: file, line: line)
+        }
+        XCTAssertEqual(got, code, message, file: file, line: line)
+        XCTAssertTrue(message.contains(needle), "'\(message)' should mention '\(needle)'", file: file, line: line)
+        if let requestID { XCTAssertEqual(e.requestID, requestID, file: file, line: line) }
+    }
+
+    func testBadFramesGetNamedErrorsAndChangeNoState() throws {
+        let raw = try RawCoordinator(maxFrameBytes: 16 * 1024)
+        defer {
+            raw.stop()
+            XCTAssertTrue(processIsGone(raw.pid), "worker outlived the test")
+        }
+        guard case .register(let r) = try raw.receive().message else { return XCTFail("expected Register first") }
+        XCTAssertEqual(r.workerID, "victim")
+        XCTAssertEqual(r.pid, Int(raw.pid))
+
+        // Compute before any Assign is refused.
+        expectError(try raw.call(.gradNormRequest).1, .notAssigned, "no experts assigned")
+        guard case .ack = try raw.call(.assign(Assignment(spec: spec, keys: keys))).1.message else { return XCTFail("Assign") }
+        let reference = InProcessExpertBackend(spec: spec, keys: keys)
+
+        // A training forward whose backward comes after the bad frames.
+        let x = batches(seed: 1, rows: [3, 5])
+        guard case .forwardReply(_, let y) = try raw.call(.forward(layer: 0, training: true, batches: x, replyDType: nil)).1.message else {
+            return XCTFail("forward")
+        }
+        assertBitwiseEqual(y.map(\.tokens), try reference.forward(layer: 0, batches: x, training: true), "forward")
+
+        // Malformed: not protobuf.
+        expectError(try raw.sendRaw([Frame([0xFF, 0xFF, 0xFF, 0xFF, 0x0F, 0x01, 0x02])]), .malformed, "not a valid thor Envelope")
+        // Malformed: two frames where one is expected.
+        expectError(try raw.sendRaw([Frame("a"), Frame("b")]), .malformed, "expected 1 frame")
+        // Truncated: half of a valid backward request.
+        let g = batches(seed: 2, rows: [3, 5])
+        let full = WireCodec.encode(Envelope(requestID: 7, message: .backward(layer: 0, gradients: g, replyDType: nil)))
+        expectError(try raw.sendRaw([full.withUnsafeBytes { Frame(copying: UnsafeRawBufferPointer(rebasing: $0[0..<$0.count / 2])) }]),
+                    .malformed, "truncated")
+        // Oversized: a valid forward above the worker's 16 KiB limit.
+        let (_, big) = try raw.call(.forward(layer: 0, training: true, batches: batches(seed: 3, rows: [600]), replyDType: nil))
+        expectError(big, .tooLarge, "exceeds the limit of 16384 bytes")
+        // Wrong protocol version: refused, but the request id is echoed.
+        let (id, wrong) = try raw.call(.forward(layer: 0, training: true, batches: x, replyDType: nil), version: 99)
+        expectError(wrong, .versionMismatch, "version 99", requestID: id)
+        // Semantically bad requests: unknown expert, backward with the wrong rows.
+        expectError(try raw.call(.forward(layer: 1, training: true, batches: batches(seed: 4, rows: [2, 2]), replyDType: nil)).1,
+                    .unknownExpert, "L1E1")
+        expectError(try raw.call(.backward(layer: 0, gradients: batches(seed: 5, rows: [3, 4]), replyDType: nil)).1,
+                    .shapeMismatch, "layer 0")
+        // Messages only a worker sends.
+        expectError(try raw.call(.ack).1, .unexpectedMessage, "Ack")
+
+        // The worker kept serving and its state is what it would be without the bad frames.
+        guard case .backwardReply(_, let dx) = try raw.call(.backward(layer: 0, gradients: g, replyDType: nil)).1.message else {
+            return XCTFail("backward after bad frames")
+        }
+        assertBitwiseEqual(dx.map(\.tokens), try reference.backward(layer: 0, gradients: g), "backward after bad frames")
+        guard case .gradNormReport(let norms) = try raw.call(.gradNormRequest).1.message else { return XCTFail("norms") }
+        XCTAssertEqual(norms, try reference.squaredGradientNorms())
+        guard case .ack = try raw.call(.step(learningRate: 0.01, clipScale: 1, step: 1)).1.message else { return XCTFail("step") }
+        try reference.step(learningRate: 0.01, clipScale: 1, step: 1)
+        guard case .expertStates(let state) = try raw.call(.exportRequest(keys: [])).1.message else { return XCTFail("export") }
+        assertSameState(state, try reference.exportState(), "state after bad frames")
+        guard case .heartbeat(let seq, _) = try raw.call(.heartbeat(sequence: 5, sentUnixNanos: 0)).1.message else { return XCTFail("heartbeat") }
+        XCTAssertEqual(seq, 5)
+
+        // Shutdown: acknowledged, then the process exits by itself.
+        guard case .ack = try raw.call(.shutdown(reason: "test over")).1.message else { return XCTFail("shutdown") }
+        var status: Int32 = 0
+        let deadline = Date().addingTimeInterval(10)
+        while waitpid(raw.pid, &status, WNOHANG) == 0 && Date() < deadline { usleep(10_000) }
+        XCTAssertTrue(processIsGone(raw.pid), "worker did not exit after Shutdown")
+    }
+
+    func testSilentWorkerTimesOutNamingItAndLateRepliesAreDropped() throws {
+        let cluster = try LocalCluster(workers: 2, transport: .ipc)
+        let pids = cluster.processIDs
+        defer {
+            for p in pids { kill(p, SIGCONT) }
+            cluster.shutdown()
+            for p in pids { XCTAssertTrue(processIsGone(p)) }
+        }
+        let allKeys = Placement.allKeys(layers: 1, experts: 4)
+        let remote = try RemoteExpertBackend(coordinator: cluster.coordinator, spec: spec,
+                                             placement: try Placement(keys: allKeys, workers: cluster.workerIDs, strategy: .roundRobin),
+                                             requestTimeout: 0.5)
+        let reference = InProcessExpertBackend(spec: spec, keys: allKeys)
+        let x = batches(seed: 9, rows: [2, 3, 1, 4])
+        kill(pids[1], SIGSTOP)
+        XCTAssertThrowsError(try remote.forward(layer: 0, batches: x, training: false)) { e in
+            XCTAssertEqual(e as? ClusterError, .timeout(operation: "Forward layer 0", workers: ["w1"], seconds: 0.5))
+            XCTAssertTrue("\(e)".contains("w1"), "\(e)")
+        }
+        kill(pids[1], SIGCONT)
+        remote.requestTimeout = 20
+        // The late reply to the timed-out request is recognized as stale and dropped.
+        assertBitwiseEqual(try remote.forward(layer: 0, batches: x, training: false),
+                           try reference.forward(layer: 0, batches: x, training: false), "after a timeout")
+    }
+
+    func testNoWorkerOutlivesAFailingTestOrAFailedLaunch() throws {
+        struct Boom: Error {}
+        var pids: [pid_t] = []
+        func failingTest() throws {
+            let cluster = try LocalCluster(workers: 2, transport: .tcp)
+            pids = cluster.processIDs
+            XCTAssertEqual(Set(childProcesses()), Set(pids))
+            throw Boom()  // no explicit shutdown: deinit must clean up
+        }
+        XCTAssertThrowsError(try failingTest())
+        XCTAssertEqual(pids.count, 2)
+        for p in pids { XCTAssertTrue(processIsGone(p), "worker \(p) outlived its cluster") }
+        XCTAssertEqual(childProcesses(), [])
+
+        // Workers that die at start-up: init fails naming one, and leaves nothing behind.
+        XCTAssertThrowsError(try LocalCluster(workers: 2, transport: .ipc, extraArguments: ["--max-frame-bytes", "0"])) { e in
+            XCTAssertTrue("\(e)".contains("exited"), "\(e)")
+        }
+        XCTAssertEqual(childProcesses(), [])
+
+        // Workers notice their parent's death: a worker whose --parent-pid is not its parent exits at once.
+        let orphan = try LocalCluster.spawn(try LocalCluster.locateThorBinary(),
+                                            ["worker", "--connect", "ipc:///nonexistent/thor.sock", "--parent-pid", "1"])
+        var status: Int32 = 0
+        let deadline = Date().addingTimeInterval(10)
+        var reaped = false
+        while Date() < deadline {
+            if waitpid(orphan, &status, WNOHANG) == orphan { reaped = true; break }
+            usleep(10_000)
+        }
+        if !reaped { kill(orphan, SIGKILL); waitpid(orphan, &status, 0) }
+        XCTAssertTrue(reaped, "a worker whose parent is gone kept running")
+    }
+}
