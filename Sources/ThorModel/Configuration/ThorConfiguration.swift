@@ -71,7 +71,7 @@ public struct TrainingConfiguration: Sendable, Equatable {
     /// Steps between log lines.
     public var logInterval: Int = 100
     /// Expert-worker processes (0: experts run in the coordinator process).
-    public var workers: Int = 0
+    public var workers: Int = 2
     /// Threads computing experts concurrently in one process.
     public var expertThreads: Int = 2
 
@@ -99,7 +99,7 @@ public struct TrainingConfiguration: Sendable, Equatable {
         devInterval = try r.int("dev_interval", default: 1000)
         checkpointInterval = try r.int("checkpoint_interval", default: 1000)
         logInterval = try r.int("log_interval", default: 100)
-        workers = try r.int("workers", default: 0)
+        workers = try r.int("workers", default: 2)
         expertThreads = try r.int("expert_threads", default: 2)
     }
 
@@ -140,7 +140,8 @@ public struct TrainingConfiguration: Sendable, Equatable {
     }
 }
 
-/// A whole run's configuration: one JSON file with sections `model`, `routing`, `losses`, `training`.
+/// A whole run's configuration: one JSON file with sections `model`, `routing`, `losses`, `training`,
+/// `data`, `evaluation`.
 ///
 /// Every key is optional except `model.vocabulary_size` may be left 0 (taken from the
 /// BPE vocabulary). Reading rejects unknown keys, wrong types and impossible values
@@ -150,15 +151,20 @@ public struct ThorConfiguration: Sendable, Equatable {
     public var routing: RoutingConfiguration
     public var losses: LossConfiguration
     public var training: TrainingConfiguration
+    public var data: DataConfiguration
+    public var evaluation: EvaluationConfiguration
 
     public init(model: TransformerConfiguration = TransformerConfiguration(vocabularySize: 0),
                 routing: RoutingConfiguration = RoutingConfiguration(),
                 losses: LossConfiguration = LossConfiguration(),
-                training: TrainingConfiguration = TrainingConfiguration()) {
+                training: TrainingConfiguration = TrainingConfiguration(),
+                data: DataConfiguration = DataConfiguration(),
+                evaluation: EvaluationConfiguration = EvaluationConfiguration()) {
         self.model = model; self.routing = routing; self.losses = losses; self.training = training
+        self.data = data; self.evaluation = evaluation
     }
 
-    static let sections = ["model", "routing", "losses", "training"]
+    static let sections = ["model", "routing", "losses", "training", "data", "evaluation"]
     static let modelKeys = ["vocabulary_size", "model_dim", "hidden_dim", "heads", "encoder_layers", "decoder_layers",
                             "activation", "dropout", "attention_dropout", "max_positions", "pad_id"]
 
@@ -195,6 +201,8 @@ public struct ThorConfiguration: Sendable, Equatable {
         routing = try RoutingConfiguration(reading: top.raw("routing"), path: "routing")
         losses = try LossConfiguration(reading: top.raw("losses"), path: "losses")
         training = try TrainingConfiguration(reading: top.raw("training"), path: "training")
+        data = try DataConfiguration(reading: top.raw("data"), path: "data")
+        evaluation = try EvaluationConfiguration(reading: top.raw("evaluation"), path: "evaluation")
         try validate()
     }
 
@@ -211,6 +219,7 @@ public struct ThorConfiguration: Sendable, Equatable {
                 "attention_dropout": f(m.attentionDropout), "max_positions": i(m.maxPositions), "pad_id": i(m.padID),
             ]),
             "routing": routing.json, "losses": losses.json, "training": training.json,
+            "data": data.json, "evaluation": evaluation.json,
         ])
     }
 
@@ -257,6 +266,8 @@ public struct ThorConfiguration: Sendable, Equatable {
         try routing.validate()
         try losses.validate()
         try training.validate()
+        try data.validate()
+        try evaluation.validate()
         if routing.variant.usesTaskPredictor {
             try Check.require(routing.moeEvery <= m.encoderLayers, "routing.moe_every",
                 "variant \(routing.variant.rawValue) needs an encoder MoE layer (its task predictor reads the first one's input): moe_every (\(routing.moeEvery)) must be ≤ encoder_layers (\(m.encoderLayers))")

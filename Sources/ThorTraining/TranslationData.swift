@@ -1,0 +1,67 @@
+import ThorData
+import ThorModel
+
+/// The corpora of a run, tokenized: the built-in synthetic corpus or corpus files
+/// (`task<TAB>source<TAB>target`), and the byte-level BPE vocabulary learned from
+/// the training side (or loaded from a checkpoint).
+public struct TranslationData: Sendable {
+    public let tasks: [String]
+    public let tokenizer: BPETokenizer
+    public let train: EncodedCorpus
+    public let dev: EncodedCorpus
+    public let test: EncodedCorpus
+    /// Dev and test pairs as text, in the same order as `dev.pairs` / `test.pairs`.
+    public let devPairs: [TranslationPair]
+    public let testPairs: [TranslationPair]
+
+    /// Reads or generates the corpora. With `tokenizer` (from a checkpoint) the vocabulary is
+    /// reused; otherwise it is learned from the training pairs (sources and targets).
+    /// `tasks`, when given (from a checkpoint), fixes the task order.
+    public static func load(_ c: DataConfiguration, seed: UInt64, maxPositions: Int,
+                            tokenizer given: BPETokenizer? = nil, tasks givenTasks: [String]? = nil) throws -> TranslationData {
+        let train: [TranslationPair], dev: [TranslationPair], test: [TranslationPair]
+        let tasks: [String]
+        if c.usesBuiltinCorpus {
+            var sc = SyntheticCorpus.Configuration()
+            sc.seed = seed
+            sc.trainSize = c.syntheticPairs
+            sc.devSizePerDomain = c.syntheticEvalPairsPerTask
+            sc.testSizePerDomain = c.syntheticEvalPairsPerTask
+            let corpus = try SyntheticCorpus(configuration: sc)
+            (train, dev, test, tasks) = (corpus.train, corpus.dev, corpus.test, corpus.tasks)
+        } else {
+            train = try CorpusFile.read(path: c.train, tasks: givenTasks)
+            tasks = givenTasks ?? Array(Set(train.map(\.task))).sorted()
+            dev = try CorpusFile.read(path: c.dev, tasks: tasks)
+            test = try CorpusFile.read(path: c.test, tasks: tasks)
+        }
+        if let givenTasks, givenTasks != tasks {
+            throw TrainingError.data("the corpus tasks \(tasks) differ from the checkpoint's \(givenTasks)")
+        }
+        guard !train.isEmpty else { throw TrainingError.data("the training corpus is empty") }
+        let tokenizer = try given ?? BPETokenizer.learn(from: train.map(\.source) + train.map(\.target),
+                                                        vocabularySize: c.vocabularySize)
+        let limit = min(c.maxLength, maxPositions)
+        let encodedTrain = try EncodedCorpus(pairs: train, tokenizer: tokenizer, tasks: tasks, maxLength: limit)
+        guard !encodedTrain.pairs.isEmpty else {
+            throw TrainingError.data("every training pair is longer than data.max_length (\(limit) tokens)")
+        }
+        // Evaluation sets keep every pair (references align by index); only the positional table limits them.
+        let encodedDev = try EncodedCorpus(pairs: dev, tokenizer: tokenizer, tasks: tasks, maxLength: maxPositions)
+        let encodedTest = try EncodedCorpus(pairs: test, tokenizer: tokenizer, tasks: tasks, maxLength: maxPositions)
+        guard encodedDev.droppedForLength == 0, encodedTest.droppedForLength == 0 else {
+            throw TrainingError.data("dev/test pairs longer than model.max_positions (\(maxPositions) tokens): raise it")
+        }
+        return TranslationData(tasks: tasks, tokenizer: tokenizer, train: encodedTrain, dev: encodedDev,
+                               test: encodedTest, devPairs: dev, testPairs: test)
+    }
+}
+
+extension Seq2SeqBatch {
+    /// The model's view of a data batch (same layout, task labels as Int).
+    public init(_ b: Batch) {
+        self.init(batchSize: b.batchSize, sourceLength: b.sourceLength, targetLength: b.targetLength,
+                  source: b.source, sourceMask: b.sourceMask, targetInput: b.targetInput,
+                  targetOutput: b.targetOutput, targetMask: b.targetMask, taskLabels: b.taskLabels.map(Int.init))
+    }
+}

@@ -1,0 +1,72 @@
+import ThorTensor
+import ThorModel
+
+/// A THOR-MoE encoder-decoder translation model as the coordinator sees it:
+/// the Transformer (embeddings, attention, LayerNorms, output layer), its MoE
+/// layers with both routing levels, and the expert backend that runs the routed
+/// experts (in this process or on expert workers).
+public final class TranslationModel {
+    /// The resolved configuration (vocabulary size and task count filled in).
+    public let configuration: ThorConfiguration
+    public let transformer: Transformer
+    public let moe: MoEStack
+    public var backend: ExpertBackend { moe.backend }
+
+    /// Every coordinator-side parameter in a fixed order (MoE routing parameters included;
+    /// routed experts live in the backend).
+    public var parameters: [Parameter] { transformer.parameters }
+
+    /// The experts every backend for `configuration` must host, in canonical order.
+    public static func expertKeys(for configuration: ThorConfiguration) -> [ExpertKey] {
+        MoEStack.expertKeys(model: configuration.model, routing: configuration.routing)
+    }
+
+    /// The routed experts' shape, activation, initialization seed and Adam settings.
+    public static func expertSpec(for configuration: ThorConfiguration) -> ExpertSpec {
+        MoEStack.expertSpec(model: configuration.model, seed: configuration.training.seed ^ 0xE8E7,
+                            adam: configuration.training.adam)
+    }
+
+    /// Builds the model with initial weights from `training.seed`. The backend must host
+    /// `expertKeys(for:)` with `expertSpec(for:)`.
+    public init(configuration: ThorConfiguration, backend: ExpertBackend) throws {
+        try configuration.validate()
+        guard configuration.model.vocabularySize > 0 else {
+            throw TrainingError.invalidConfiguration("model.vocabulary_size is 0: resolve it from the tokenizer first")
+        }
+        guard backend.spec == Self.expertSpec(for: configuration) else {
+            throw TrainingError.invalidConfiguration("the expert backend's spec does not match the configuration")
+        }
+        self.configuration = configuration
+        let seed = configuration.training.seed
+        let stack = try MoEStack(model: configuration.model, routing: configuration.routing,
+                                 losses: configuration.losses, backend: backend, seed: seed ^ 0x30E)
+        moe = stack
+        transformer = try Transformer(configuration: configuration.model, seed: seed,
+                                      makeFeedForward: { side, i in stack.sublayer(side: side, layerIndex: i) })
+        transformer.labelSmoothing = configuration.losses.labelSmoothing
+    }
+
+    /// Zeroes the coordinator's gradients and drops the experts' gradients and kept activations.
+    public func zeroGradients() throws {
+        transformer.zeroGradients()
+        try backend.zeroGradients()
+    }
+}
+
+/// Errors of training, checkpoints and evaluation.
+public enum TrainingError: Error, CustomStringConvertible, Equatable {
+    case invalidConfiguration(String)
+    case checkpoint(String)
+    case data(String)
+    case nonFiniteLoss(step: Int)
+
+    public var description: String {
+        switch self {
+        case .invalidConfiguration(let m): return "invalid configuration: \(m)"
+        case .checkpoint(let m): return "checkpoint: \(m)"
+        case .data(let m): return "data: \(m)"
+        case .nonFiniteLoss(let s): return "the loss is not finite at step \(s); lower training.learning_rate or raise training.warmup_steps"
+        }
+    }
+}
