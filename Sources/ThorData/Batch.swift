@@ -94,6 +94,13 @@ public struct EncodedCorpus: Sendable, Equatable {
         return n
     }
 
+    /// Already-encoded pairs (e.g. sentences to translate, with empty targets).
+    public init(tasks: [String], pairs: [EncodedPair]) {
+        self.tasks = tasks
+        self.pairs = pairs
+        self.droppedForLength = 0
+    }
+
     /// Encodes `pairs`. `tags` maps a task to a tag token put after `[CLS]` (e.g. `"de": "<2en>"`
     /// for multilingual data); tasks without an entry get no tag. Pairs whose source or target
     /// sequence (with special tokens) is longer than `maxLength` are dropped and counted.

@@ -1,0 +1,59 @@
+import Foundation
+import ThorModel
+import ThorData
+import ThorCluster
+
+/// A trained model loaded from a checkpoint, ready to translate text.
+public final class Translator {
+    public let checkpoint: RunCheckpoint
+    public let runtime: ExpertRuntime
+    public let model: TranslationModel
+    public var tokenizer: BPETokenizer { checkpoint.tokenizer }
+    public var tasks: [String] { checkpoint.state.tasks }
+
+    /// Loads `directory`; the experts run in this process (`workers` = 0) or on a local cluster.
+    public init(checkpoint directory: String, workers: Int = 0, threads: Int = 2) throws {
+        checkpoint = try RunCheckpoint(directory: directory)
+        runtime = try ExpertRuntime(configuration: checkpoint.configuration, workers: workers, threads: threads)
+        model = try TranslationModel(configuration: checkpoint.configuration, backend: runtime.backend)
+        try checkpoint.restore(into: model)
+    }
+
+    /// Translates `sources` (with their task names, needed by the `gold` and `hard`
+    /// variants; THOR variants predict the task themselves), in batches of at most
+    /// `options.maxTokens` padded tokens; results in input order.
+    public func translate(_ sources: [String], tasks taskNames: [String?], options: DecodingOptions) throws -> [String] {
+        precondition(sources.count == taskNames.count)
+        var labels: [Int32] = []
+        for (i, t) in taskNames.enumerated() {
+            if let t {
+                guard let index = tasks.firstIndex(of: t) else {
+                    throw TrainingError.data("line \(i + 1): unknown task '\(t)'; this model knows \(tasks.joined(separator: ", "))")
+                }
+                labels.append(Int32(index))
+            } else {
+                let v = model.configuration.routing.variant
+                guard v != .gold && v != .hard else {
+                    throw TrainingError.data("line \(i + 1): the \(v.rawValue) variant needs a task; give `task<TAB>source` lines or --task")
+                }
+                labels.append(0)
+            }
+        }
+        let limit = model.configuration.model.maxPositions
+        let pairs: [EncodedPair] = try sources.enumerated().map { i, s in
+            let e = EncodedPair(task: labels[i], sourceTokens: tokenizer.encode(s), targetTokens: [])
+            guard e.source.count <= limit else {
+                throw TrainingError.data("line \(i + 1) has \(e.source.count) tokens; the model takes at most \(limit)")
+            }
+            return e
+        }
+        let corpus = EncodedCorpus(tasks: tasks, pairs: pairs)
+        var out = [String](repeating: "", count: sources.count)
+        for group in Batching.group(Array(pairs.indices), of: corpus, maxTokens: options.maxTokens) {
+            let batch = Seq2SeqBatch(Batch(pairs: group.map { pairs[$0] }, indices: group))
+            let ids = try Evaluator.translate(model, batch: batch, options: options)
+            for (row, index) in group.enumerated() { out[index] = tokenizer.decode(ids[row]) }
+        }
+        return out
+    }
+}
