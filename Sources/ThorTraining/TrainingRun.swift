@@ -16,6 +16,10 @@ public final class TrainingRun {
         public var resume: String?
         public var transport: LocalCluster.Transport = .ipc
         public var placement: Placement.Strategy = .roundRobin
+        /// Serve externally started workers on this endpoint instead of starting a local cluster.
+        public var bind: String?
+        /// Seconds to wait for external workers to register.
+        public var registrationTimeout: Double = 300
         /// Show a progress bar on stderr.
         public var progress = true
         /// Run the final test evaluation.
@@ -74,11 +78,20 @@ public final class TrainingRun {
             + "dev \(data.dev.pairs.count), test \(data.test.pairs.count); BPE vocabulary \(data.tokenizer.vocabularySize) "
             + String(format: "(%.1fs)", Date().timeIntervalSince(t0)))
         let t = configuration.training
-        let runtime = try ExpertRuntime(configuration: configuration, workers: t.workers, threads: t.expertThreads,
+        let runtime: ExpertRuntime
+        if let bind = options.bind {
+            runtime = try ExpertRuntime(configuration: configuration, externalWorkers: max(1, t.workers), bind: bind,
+                                        timeout: options.registrationTimeout, placement: options.placement,
+                                        onRegistration: say)
+        } else {
+            runtime = try ExpertRuntime(configuration: configuration, workers: t.workers, threads: t.expertThreads,
                                         transport: options.transport, placement: options.placement)
+        }
         defer { runtime.shutdown() }
         if let c = runtime.cluster {
             say("cluster: coordinator + \(c.workerIDs.count) expert workers at \(c.coordinator.endpoint)")
+        } else if runtime.coordinator != nil {
+            say("cluster: coordinator + \(t.workers) external expert workers")
         } else {
             say("experts run in this process (training.workers = 0)")
         }

@@ -50,6 +50,12 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Transport between coordinator and workers: ipc or tcp (loopback).")
     var transport: String = "ipc"
 
+    @Option(help: ArgumentHelp("Serve workers started on other machines instead of starting local ones: bind this endpoint (e.g. tcp://0.0.0.0:5555) and wait for --workers of them (`thor worker --connect tcp://HOST:5555` on each node).", valueName: "endpoint"))
+    var bind: String?
+
+    @Option(help: "Seconds to wait for workers to register with --bind.")
+    var registrationTimeout: Double = 300
+
     @Option(help: "Expert placement over workers: round-robin or blocked.")
     var placement: String = "round-robin"
 
@@ -93,6 +99,8 @@ struct TrainCommand: ParsableCommand {
         options.resume = resume
         options.transport = t
         options.placement = p
+        options.bind = bind
+        options.registrationTimeout = registrationTimeout
         options.progress = !noProgress
         options.evaluateAtEnd = !noEval
         let summary = try TrainingRun(options: options).run()
