@@ -134,13 +134,34 @@ final class ThorModelDecodingTests: XCTestCase {
                 XCTAssertTrue(h.allSatisfy { $0 > ThorTokens.eos && Int($0) < SyntheticDomains.vocabulary }, "\(v.rawValue): \(h)")
             }
             XCTAssertGreaterThan(Set(both.flatMap { $0 }).count, 2, "\(v.rawValue): degenerate output \(both)")
-            // The task level keeps r of the last encoded batch: encode right before each search.
             let alone0 = try m.transformer.beamSearch(try encoded([0], m), beamSize: 3, bos: b, eos: e, maxLength: 10)
             let alone1 = try m.transformer.beamSearch(try encoded([1], m), beamSize: 3, bos: b, eos: e, maxLength: 10)
             XCTAssertEqual(both, alone0 + alone1, "\(v.rawValue): batched beam search differs from one sentence at a time")
             let swapped = try m.transformer.beamSearch(try encoded([1, 0], m), beamSize: 3, bos: b, eos: e, maxLength: 10)
             XCTAssertEqual(swapped, [both[1], both[0]], v.rawValue)
             print("[ThorModelDecodingTests] \(v.rawValue) after 300 steps: beam 3 \(both), references \([0, 1].map { Array(test[$0].target.dropFirst().dropLast()) })")
+        }
+    }
+}
+
+extension ThorModelDecodingTests {
+    /// An `EncodedSource` decodes the same whatever was encoded or run after it: the decoder
+    /// MoE layers must use the task representation of *this* source, not the task level's last one.
+    func testEncodedSourceKeepsItsOwnTaskRepresentation() throws {
+        let c = ThorTokens.cls, e = ThorTokens.eos, b = ThorTokens.bos
+        let a = Seq2SeqBatch(sources: [[c, 5, 6, e], [c, 7, 8, 9, e]], targets: [[b, e], [b, e]], pad: ThorTokens.pad, taskLabels: [0, 1])
+        let other = Seq2SeqBatch(sources: [[c, 10, 11, 12, e], [c, 4, e]], targets: [[b, e], [b, e]], pad: ThorTokens.pad, taskLabels: [2, 2])
+        for v in [RoutingVariant.thorTopP, .gold, .nonMixed, .infuse] {
+            let m = try ThorModelUnderTest(model: smallModel(), routing: routing(v), seed: 81)
+            let encA = try m.transformer.encode(a)
+            let fresh = try m.transformer.decodeStep([b, b], cache: try m.transformer.makeCache(for: encA, maxLength: 3))
+            _ = try m.transformer.encode(other)                         // a later encode …
+            let late = try m.transformer.decodeStep([b, b], cache: try m.transformer.makeCache(for: encA, maxLength: 3))
+            XCTAssertEqual(Kernels.maxAbsDifference(late.pointer, fresh.pointer, count: late.count), 0, "\(v.rawValue): after another encode")
+            try m.transformer.forward(other, training: true)            // … or a training forward
+            let afterTraining = try m.transformer.greedyDecode(encA, bos: b, eos: e, maxLength: 6)
+            _ = try m.transformer.encode(a)
+            XCTAssertEqual(afterTraining, try m.transformer.greedyDecode(encA, bos: b, eos: e, maxLength: 6), "\(v.rawValue): after a training forward")
         }
     }
 }
