@@ -13,10 +13,10 @@ final class ThorModelUnderTest {
     let transformer: Transformer
 
     init(model: TransformerConfiguration, routing: RoutingConfiguration, losses: LossConfiguration = LossConfiguration(),
-         seed: UInt64) throws {
+         seed: UInt64, expertThreads: Int = 1) throws {
         self.model = model; self.routing = routing; self.losses = losses
         backend = InProcessExpertBackend(spec: MoEStack.expertSpec(model: model, seed: seed),
-                                         keys: MoEStack.expertKeys(model: model, routing: routing), threads: 1)
+                                         keys: MoEStack.expertKeys(model: model, routing: routing), threads: expertThreads)
         let stack = try MoEStack(model: model, routing: routing, losses: losses, backend: backend, seed: seed)
         moe = stack
         transformer = try Transformer(configuration: model, seed: seed) { side, i in stack.sublayer(side: side, layerIndex: i) }
@@ -158,6 +158,22 @@ final class ThorModelGradientTests: XCTestCase {
         try checkWholeModel(r, label: "thor-topk/every2",
                             expect: taskLevel + moeNames(["encoder.layers.1", "decoder.layers.1"], ["task_router.w", "gate.w", "gate.b", "router.w"])
                                 + ["encoder.layers.0.ffn.w1", "decoder.layers.0.ffn.w2"])
+    }
+
+    /// THOR top-k with a capacity factor (tokens dropped in training) and the task prior
+    /// (`log q` added to the router logits, so `L_mt` reaches the task routers and the predictor).
+    func testThorTopKWithCapacityAndTaskPrior() throws {
+        var r = RoutingConfiguration(variant: .thorTopK, experts: 4, candidates: 3, moeEvery: 1, tasks: 3)
+        r.capacityFactor = 1; r.taskPrior = true
+        let m = try ThorModelUnderTest(model: smallModel(), routing: r, losses: heavyLosses, seed: 17)
+        try m.trainingLoss(smallBatch())
+        let dropped = m.moe.layers.reduce(0) { acc, l in
+            let d = l.lastDecision!
+            return acc + (0..<d.rows).reduce(0) { $0 + d.selected($1).count } - d.keptAssignments
+        }
+        XCTAssertGreaterThan(dropped, 0, "capacity 1 should drop assignments")
+        try checkWholeModel(r, label: "thor-topk+capacity+prior/every1",
+                            expect: taskLevel + moeNames(["decoder.layers.1"], ["task_router.w", "router.w"]), samples: 4)
     }
 
     /// Infuse (`r` added to the routing input) and plain top-p at the model level.

@@ -149,3 +149,31 @@ final class ThorModelLearningTests: XCTestCase {
                           "during training: THOR top-p should activate fewer experts per token than plain top-p")
     }
 }
+
+extension ThorModelLearningTests {
+    /// Training the whole model is deterministic: same seed, same bits, whether the experts of a
+    /// request run on one thread or two (tokens reach experts and are combined in a fixed order).
+    func testTrainingIsBitIdenticalAcrossExpertThreads() throws {
+        let model = TransformerConfiguration(vocabularySize: SyntheticDomains.vocabulary, modelDim: 16, hiddenDim: 16, heads: 2,
+                                             encoderLayers: 2, decoderLayers: 2, activation: .gelu, dropout: 0.1,
+                                             attentionDropout: 0.1, maxPositions: 16, padID: 0)
+        let routing = RoutingConfiguration(variant: .thorTopP, experts: 6, candidates: 3, threshold: 0.6, moeEvery: 1,
+                                           sharedExperts: 1, tasks: SyntheticDomains.domains)
+        let train = SyntheticDomains.pairs(400, seed: 5)
+        var runs: [ThorModelUnderTest] = []
+        var losses: [(Double, Double)] = []
+        for threads in [1, 2, 1] {
+            let m = try ThorModelUnderTest(model: model, routing: routing, seed: 9, expertThreads: threads)
+            losses.append(try m.train(train, steps: 25, batchSize: 16, warmup: 5))
+            runs.append(m)
+        }
+        for i in runs.indices.dropFirst() {
+            XCTAssertEqual(losses[0].1.bitPattern, losses[i].1.bitPattern, "run \(i): last losses")
+            for (p, q) in zip(runs[0].allParameters, runs[i].allParameters) {
+                XCTAssertEqual(p.name, q.name)
+                XCTAssertTrue(p.value.bitwiseEqual(q.value), "\(p.name) differs between runs")
+            }
+        }
+        XCTAssertLessThan(losses[0].1, losses[0].0, "the runs compared did train")
+    }
+}
