@@ -302,3 +302,15 @@ public final class MoELayer: FeedForwardSublayer {
         return dx
     }
 }
+
+extension MoELayer: EncoderDependentSublayer {
+    /// The task representation `r` of the encoder pass just run (task-predictor variants), so that
+    /// decoding an `EncodedSource` uses its own `r` even after other batches went through the task level.
+    public func stateFromEncoder(batchSize b: Int) throws -> [String: Tensor] {
+        guard let tl = taskLevel else { return [:] }
+        guard let rep = tl.representation, rep.rows == b else {
+            throw MoEError.taskLevelNotComputed("\(name) needs r for \(b) sentences after the encoder pass")
+        }
+        return ["moe.task_representation": Tensor(copying: rep)]
+    }
+}

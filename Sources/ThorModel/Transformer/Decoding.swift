@@ -13,6 +13,19 @@ public struct EncodedSource {
     public var batchSize: Int
     public var sourceLength: Int
     public var taskLabels: [Int]?
+    /// Per decoder layer, the FFN sublayer's state derived from this encoder pass (e.g. THOR's
+    /// task representation `r`), rows = sentences; `makeCache` seeds the layer's `IncrementalState` with it.
+    public var decoderLayerStates: [[String: Tensor]] = []
+}
+
+/// An FFN sublayer whose incremental decoding needs per-sentence state computed during the
+/// encoder pass (THOR's task representation `r`). `Transformer.encode` captures it into the
+/// `EncodedSource` and `makeCache` seeds the layer's `IncrementalState` with it, so a source
+/// decodes the same whatever is encoded or run after it.
+public protocol EncoderDependentSublayer: FeedForwardSublayer {
+    /// Called right after the encoder pass of `batchSize` sentences: tensors whose leading
+    /// dimension is the sentence, keyed as this layer's `IncrementalState` expects them.
+    func stateFromEncoder(batchSize: Int) throws -> [String: Tensor]
 }
 
 /// The per-layer cache of incremental decoding: self-attention keys/values of the
@@ -113,8 +126,13 @@ extension Transformer {
     public func encode(_ batch: Seq2SeqBatch) throws -> EncodedSource {
         try batch.validate(vocabularySize: configuration.vocabularySize, maxPositions: configuration.maxPositions)
         let states = try runEncoder(batch, training: false).output
+        let layerStates = try decoderLayers.map { layer -> [String: Tensor] in
+            guard let s = layer.feedForward as? EncoderDependentSublayer else { return [:] }
+            return try s.stateFromEncoder(batchSize: batch.batchSize)
+        }
         return EncodedSource(states: states, sourceMask: batch.sourceMask, batchSize: batch.batchSize,
-                             sourceLength: batch.sourceLength, taskLabels: batch.taskLabels)
+                             sourceLength: batch.sourceLength, taskLabels: batch.taskLabels,
+                             decoderLayerStates: layerStates)
     }
 
     /// A fresh cache for up to `maxLength` decoder positions, with the cross-attention
@@ -124,11 +142,20 @@ extension Transformer {
             throw TransformerError.invalidArgument("maxLength \(maxLength) must be in 1...\(configuration.maxPositions)")
         }
         let b = encoded.batchSize, s = encoded.sourceLength, d = configuration.modelDim
-        let layers = decoderLayers.map { layer -> DecoderLayerCache in
+        for (i, st) in encoded.decoderLayerStates.enumerated() {
+            if let (key, t) = st.first(where: { $0.value.shape.first != b }) {
+                throw TransformerError.invalidArgument("decoder layer \(i) state \(key) has shape \(t.shape), expected \(b) sentences")
+            }
+        }
+        let layers = decoderLayers.enumerated().map { i, layer -> DecoderLayerCache in
             let (k, v) = layer.crossAttention.keysAndValues(encoded.states)
             k.reshape([b, s, d]); v.reshape([b, s, d])
+            let state = IncrementalState()
+            if i < encoded.decoderLayerStates.count {
+                for (key, t) in encoded.decoderLayerStates[i] { state.tensors[key] = Tensor(copying: t) }
+            }
             return DecoderLayerCache(selfKeys: Tensor(shape: [b, maxLength, d]), selfValues: Tensor(shape: [b, maxLength, d]),
-                                     crossKeys: k, crossValues: v, feedForwardState: IncrementalState(),
+                                     crossKeys: k, crossValues: v, feedForwardState: state,
                                      capacity: maxLength, sourceLength: s)
         }
         return DecoderCache(layers: layers, sourceMask: encoded.sourceMask, taskLabels: encoded.taskLabels,

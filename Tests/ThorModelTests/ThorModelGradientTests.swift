@@ -1,0 +1,186 @@
+import XCTest
+import ThorTensor
+import ThorModel
+
+/// The whole THOR model in one process: a `Transformer` whose FFN sub-blocks are the MoE layers
+/// of an `MoEStack` backed by an `InProcessExpertBackend` (the plug-in of docs/routing.md).
+final class ThorModelUnderTest {
+    let model: TransformerConfiguration
+    let routing: RoutingConfiguration
+    let losses: LossConfiguration
+    let backend: InProcessExpertBackend
+    let moe: MoEStack
+    let transformer: Transformer
+
+    init(model: TransformerConfiguration, routing: RoutingConfiguration, losses: LossConfiguration = LossConfiguration(),
+         seed: UInt64, expertThreads: Int = 1) throws {
+        self.model = model; self.routing = routing; self.losses = losses
+        backend = InProcessExpertBackend(spec: MoEStack.expertSpec(model: model, seed: seed),
+                                         keys: MoEStack.expertKeys(model: model, routing: routing), threads: expertThreads)
+        let stack = try MoEStack(model: model, routing: routing, losses: losses, backend: backend, seed: seed)
+        moe = stack
+        transformer = try Transformer(configuration: model, seed: seed) { side, i in stack.sublayer(side: side, layerIndex: i) }
+        transformer.labelSmoothing = losses.labelSmoothing
+    }
+
+    /// Routed experts in canonical key order.
+    var experts: [Expert] { backend.host.keys.map { backend.host.experts[$0]! } }
+
+    /// Every trainable tensor: the Transformer's (MoE coordinator parameters included) and the experts'.
+    var allParameters: [Parameter] { transformer.parameters + experts.flatMap(\.parameters) }
+
+    func zeroGradients() throws {
+        transformer.zeroGradients()
+        try backend.zeroGradients()
+    }
+
+    /// Training forward: total loss `L = L_mt + α L_task + β L_task_lb + γ L_tok_lb + δ L_dyn`
+    /// (`L_mt` the mean over non-pad target tokens) and `L_mt` alone.
+    @discardableResult
+    func trainingLoss(_ batch: Seq2SeqBatch) throws -> (total: Double, translation: Double) {
+        let r = try transformer.forward(batch, training: true)
+        let mt = r.lossSum / Double(r.tokenCount)
+        return (mt + moe.auxiliaryLosses.weighted(by: losses), mt)
+    }
+
+    /// Every discrete routing choice of the last forward: task predictions, candidate sets,
+    /// selections and kept flags of every MoE layer.
+    func routingSignature() -> [Int] {
+        var s: [Int] = moe.taskLevel?.predictions ?? []
+        for l in moe.layers {
+            if let tr = l.lastTaskRouting { for b in 0..<tr.batch { s += tr.candidateSet(b) } }
+            if let dec = l.lastDecision {
+                for t in 0..<dec.rows { s += dec.selected(t) + [-1] + dec.keptExperts(t) + [-2] }
+            }
+        }
+        return s
+    }
+}
+
+enum ThorTokens {
+    static let pad: Int32 = 0, bos: Int32 = 1, eos: Int32 = 2, cls: Int32 = 3
+}
+
+/// The whole THOR model's backward (Transformer + MoE layers + task level + experts) against
+/// central finite differences of the total loss `L_mt + weighted auxiliary losses`.
+final class ThorModelGradientTests: XCTestCase {
+    /// GELU (no ReLU kinks) and no dropout, so the loss is smooth between routing flips.
+    func smallModel(encoderLayers: Int = 2, decoderLayers: Int = 2) -> TransformerConfiguration {
+        TransformerConfiguration(vocabularySize: 11, modelDim: 8, hiddenDim: 6, heads: 2, encoderLayers: encoderLayers,
+                                 decoderLayers: decoderLayers, activation: .gelu, dropout: 0, attentionDropout: 0,
+                                 maxPositions: 16, padID: 0)
+    }
+
+    /// Three sentence pairs of different lengths and tasks (padding on both sides).
+    func smallBatch() -> Seq2SeqBatch {
+        let c = ThorTokens.cls, e = ThorTokens.eos, b = ThorTokens.bos
+        return Seq2SeqBatch(sources: [[c, 5, 6, 7, e], [c, 8, e], [c, 9, 10, 4, 4, e]],
+                            targets: [[b, 9, 4, e], [b, 10, 5, 6, 7, e], [b, 8, e]],
+                            pad: ThorTokens.pad, taskLabels: [2, 0, 1])
+    }
+
+    /// Large auxiliary weights so that their gradients are visible next to `L_mt`'s.
+    let heavyLosses = LossConfiguration(alpha: 0.5, beta: 0.5, gamma: 0.5, delta: 0.5, labelSmoothing: 0.1)
+
+    /// Builds the model, perturbs every bias/norm (so their paths carry gradient), runs one
+    /// forward + backward, and checks sampled entries of every parameter: the Transformer's,
+    /// the MoE coordinator's (task level, task routers, gates, token routers, shared experts)
+    /// and every routed expert's. Entries whose ±eps nudge changes a routing choice are skipped.
+    func checkWholeModel(_ routing: RoutingConfiguration, label: String, expect: [String],
+                         samples: Int = 6, eps: Float = 5e-3, tolerance: Float = 3e-2,
+                         file: StaticString = #filePath, line: UInt = #line) throws {
+        let m = try ThorModelUnderTest(model: smallModel(), routing: routing, losses: heavyLosses, seed: 17)
+        var g = RandomGenerator(seed: 18)
+        for p in m.allParameters where p.shape.count == 1 {
+            for i in 0..<p.count { p.value[i] += g.normal() * 0.2 }
+        }
+        let names = Set(m.transformer.parameters.map(\.name))
+        for e in expect { XCTAssertTrue(names.contains(e), "\(label): no parameter \(e)", file: file, line: line) }
+        XCTAssertFalse(m.experts.isEmpty, "\(label): no routed experts", file: file, line: line)
+
+        let batch = smallBatch()
+        try m.zeroGradients()
+        try m.trainingLoss(batch)
+        let base = m.routingSignature()
+        try m.transformer.backward()
+        let aux = m.moe.auxiliaryLosses
+        if routing.variant.usesTaskPredictor { XCTAssertNotNil(aux.task, file: file, line: line) }
+        XCTAssertNotNil(aux.tokenBalance, file: file, line: line)
+
+        var checked = 0, skipped = 0, worst: Float = 0
+        for p in m.allParameters {
+            let analytic = Tensor(copying: p.grad)
+            let n = p.count, stride = max(1, n / samples)
+            var i = 0
+            while i < n {
+                defer { i += stride }
+                let original = p.value[i]
+                p.value[i] = original + eps
+                let plus = try m.trainingLoss(batch).total
+                let sPlus = m.routingSignature()
+                p.value[i] = original - eps
+                let minus = try m.trainingLoss(batch).total
+                let sMinus = m.routingSignature()
+                p.value[i] = original
+                if sPlus != base || sMinus != base { skipped += 1; continue }
+                checked += 1
+                let numeric = Float((plus - minus) / Double(2 * eps))
+                let a = analytic[i]
+                let err = abs(numeric - a) / max(1e-2, abs(numeric) + abs(a))
+                worst = max(worst, err)
+                XCTAssertLessThanOrEqual(err, tolerance, "\(label) \(p.name)[\(i)]: analytic \(a) vs numeric \(numeric)",
+                                         file: file, line: line)
+            }
+        }
+        XCTAssertGreaterThanOrEqual(checked, 5 * skipped, "\(label): too many routing flips (\(skipped) of \(checked + skipped))",
+                                    file: file, line: line)
+        print("[ThorModelGradientTests] \(label): \(checked) entries checked, \(skipped) skipped (routing flip), worst relative error \(worst)")
+    }
+
+    func moeNames(_ layers: [String], _ suffixes: [String]) -> [String] {
+        layers.flatMap { l in suffixes.map { "\(l).moe.\($0)" } }
+    }
+    let taskLevel = ["task_level.predictor.w", "task_level.predictor.b", "task_level.embeddings"]
+
+    /// THOR top-p with an MoE sub-block in every layer (encoder and decoder) and a shared expert.
+    func testThorTopPEveryLayer() throws {
+        let r = RoutingConfiguration(variant: .thorTopP, experts: 4, candidates: 3, threshold: 0.5, moeEvery: 1,
+                                     sharedExperts: 1, tasks: 3)
+        let layers = ["encoder.layers.0", "encoder.layers.1", "decoder.layers.0", "decoder.layers.1"]
+        try checkWholeModel(r, label: "thor-topp/every1",
+                            expect: taskLevel + moeNames(layers, ["task_router.w", "gate.w", "gate.b", "router.w", "shared.0.w1"]))
+    }
+
+    /// THOR top-k (k = 2) with MoE in every other layer (GShard placement): the task predictor
+    /// reads encoder layer 1's FFN input, so its gradient flows back through a dense layer.
+    func testThorTopKEveryOtherLayer() throws {
+        let r = RoutingConfiguration(variant: .thorTopK, experts: 4, candidates: 3, moeEvery: 2, tasks: 3)
+        try checkWholeModel(r, label: "thor-topk/every2",
+                            expect: taskLevel + moeNames(["encoder.layers.1", "decoder.layers.1"], ["task_router.w", "gate.w", "gate.b", "router.w"])
+                                + ["encoder.layers.0.ffn.w1", "decoder.layers.0.ffn.w2"])
+    }
+
+    /// THOR top-k with a capacity factor (tokens dropped in training) and the task prior
+    /// (`log q` added to the router logits, so `L_mt` reaches the task routers and the predictor).
+    func testThorTopKWithCapacityAndTaskPrior() throws {
+        var r = RoutingConfiguration(variant: .thorTopK, experts: 4, candidates: 3, moeEvery: 1, tasks: 3)
+        r.capacityFactor = 1; r.taskPrior = true
+        let m = try ThorModelUnderTest(model: smallModel(), routing: r, losses: heavyLosses, seed: 17)
+        try m.trainingLoss(smallBatch())
+        let dropped = m.moe.layers.reduce(0) { acc, l in
+            let d = l.lastDecision!
+            return acc + (0..<d.rows).reduce(0) { $0 + d.selected($1).count } - d.keptAssignments
+        }
+        XCTAssertGreaterThan(dropped, 0, "capacity 1 should drop assignments")
+        try checkWholeModel(r, label: "thor-topk+capacity+prior/every1",
+                            expect: taskLevel + moeNames(["decoder.layers.1"], ["task_router.w", "router.w"]), samples: 4)
+    }
+
+    /// Infuse (`r` added to the routing input) and plain top-p at the model level.
+    func testInfuseAndPlainTopP() throws {
+        try checkWholeModel(RoutingConfiguration(variant: .infuse, experts: 4, threshold: 0.5, moeEvery: 1, tasks: 3),
+                            label: "infuse/every1", expect: taskLevel + moeNames(["encoder.layers.0"], ["gate.w", "router.w"]), samples: 4)
+        try checkWholeModel(RoutingConfiguration(variant: .topp, experts: 4, threshold: 0.5, moeEvery: 2),
+                            label: "topp/every2", expect: moeNames(["encoder.layers.1", "decoder.layers.1"], ["router.w"]), samples: 4)
+    }
+}
