@@ -83,7 +83,7 @@ public struct EvaluationConfiguration: Sendable, Equatable {
     }
 
     var json: JSONValue {
-        .object(["beam_size": .number(Double(beamSize)), "length_penalty": .number(Double(lengthPenalty)),
+        .object(["beam_size": .number(Double(beamSize)), "length_penalty": .number(lengthPenalty),
                  "max_output_length": .number(Double(maxOutputLength)), "dev_sentences": .number(Double(devSentences))])
     }
 

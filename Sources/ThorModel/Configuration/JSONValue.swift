@@ -22,6 +22,11 @@ public enum JSONValue: Equatable, Sendable, Decodable {
     }
 
     /// Parses UTF-8 JSON text.
+    /// A Float as a JSON number with its shortest decimal form (0.7, not 0.699999988).
+    public static func number(_ value: Float) -> JSONValue {
+        .number(Double(value.description) ?? Double(value))
+    }
+
     public static func parse(_ data: Data) throws -> JSONValue {
         do { return try JSONDecoder().decode(JSONValue.self, from: data) }
         catch { throw ConfigurationError(path: "", message: "the file is not valid JSON (\(error))") }

@@ -163,7 +163,7 @@ public struct RoutingConfiguration: Sendable, Equatable {
     var json: JSONValue {
         var o: [String: JSONValue] = [
             "variant": .string(variant.rawValue), "experts": .number(Double(experts)),
-            "threshold": .number(Double(threshold)), "moe_every": .number(Double(moeEvery)),
+            "threshold": .number(threshold), "moe_every": .number(Double(moeEvery)),
             "shared_experts": .number(Double(sharedExperts)), "task_prior": .bool(taskPrior),
             "tasks": .number(Double(tasks)),
         ]
@@ -171,7 +171,7 @@ public struct RoutingConfiguration: Sendable, Equatable {
         if let selection { o["selection"] = .string(selection.rawValue) }
         if let k { o["k"] = .number(Double(k)) }
         if let maxExperts { o["max_experts"] = .number(Double(maxExperts)) }
-        if let capacityFactor { o["capacity_factor"] = .number(Double(capacityFactor)) }
+        if let capacityFactor { o["capacity_factor"] = .number(capacityFactor) }
         return .object(o)
     }
 

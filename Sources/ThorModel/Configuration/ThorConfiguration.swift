@@ -30,8 +30,8 @@ public struct LossConfiguration: Sendable, Equatable {
     }
 
     var json: JSONValue {
-        .object(["alpha": .number(Double(alpha)), "beta": .number(Double(beta)), "gamma": .number(Double(gamma)),
-                 "delta": .number(Double(delta)), "label_smoothing": .number(Double(labelSmoothing))])
+        .object(["alpha": .number(alpha), "beta": .number(beta), "gamma": .number(gamma),
+                 "delta": .number(delta), "label_smoothing": .number(labelSmoothing)])
     }
 
     public func validate(path: String = "losses") throws {
@@ -104,7 +104,7 @@ public struct TrainingConfiguration: Sendable, Equatable {
     }
 
     var json: JSONValue {
-        func n(_ v: Float) -> JSONValue { .number(Double(v)) }
+        func n(_ v: Float) -> JSONValue { .number(v) }
         func i(_ v: Int) -> JSONValue { .number(Double(v)) }
         return .object([
             "learning_rate": n(learningRate), "warmup_steps": i(warmupSteps), "clip_norm": n(clipNorm),
@@ -210,7 +210,7 @@ public struct ThorConfiguration: Sendable, Equatable {
     public var jsonValue: JSONValue {
         let m = model
         func i(_ v: Int) -> JSONValue { .number(Double(v)) }
-        func f(_ v: Float) -> JSONValue { .number(Double(v)) }
+        func f(_ v: Float) -> JSONValue { .number(v) }
         return .object([
             "model": .object([
                 "vocabulary_size": i(m.vocabularySize), "model_dim": i(m.modelDim), "hidden_dim": i(m.hiddenDim),
