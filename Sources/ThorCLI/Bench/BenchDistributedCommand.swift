@@ -146,6 +146,8 @@ struct BenchDistributedCommand: ParsableCommand {
         let codecRow = { (name: String, m: CodecMeasurement) in
             report.addRow(name, ["ms": ms(m.encodeSeconds + m.decodeSeconds), "encode": ms(m.encodeSeconds),
                                  "decode": ms(m.decodeSeconds), "other": "memcpy " + ms(m.memcpySeconds),
+                                 "wire": "fresh " + ms(m.freshMemcpySeconds),
+                                 "coord CPU": "faults \(m.encodeFaults)+\(m.decodeFaults)",
                                  "MB sent": String(format: "%.1f", Double(m.frameBytes) / 1e6)])
         }
         codecRow("WireCodec forward request f32 (no transport)", codec)

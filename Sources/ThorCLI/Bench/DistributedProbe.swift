@@ -79,6 +79,10 @@ struct StepSplit {
 struct CodecMeasurement {
     var tensorBytes = 0, frameBytes = 0
     var memcpySeconds = Double.infinity, encodeSeconds = Double.infinity, decodeSeconds = Double.infinity
+    /// memcpy into a freshly malloc'ed buffer (what a codec that allocates its output pays).
+    var freshMemcpySeconds = Double.infinity
+    /// Minor page faults of the last encode and decode.
+    var encodeFaults = 0, decodeFaults = 0
 
     /// Encode + decode throughput over memcpy throughput: memcpy time / (encode + decode time).
     var roundTripOverMemcpy: Double { memcpySeconds / (encodeSeconds + decodeSeconds) }
@@ -92,9 +96,9 @@ struct CodecMeasurement {
         let envelope = Envelope(requestID: 1, sender: "coordinator", session: 2,
                                 message: .forward(layer: 0, training: true, batches: batches, replyDType: dtype))
         // memcpy of every batch into one destination of the same total size (warm, reused).
-        let destination = UnsafeMutableRawPointer.allocate(byteCount: max(1, m.tensorBytes), alignment: 64)
+        let destination = UnsafeMutableRawPointer.allocate(byteCount: m.tensorBytes + 64, alignment: 64)
         defer { destination.deallocate() }
-        memset(destination, 0, m.tensorBytes)
+        memset(destination, 0, m.tensorBytes + 64)
         for round in 0...max(1, repeats) {
             var t0 = now()
             var offset = 0
@@ -105,15 +109,28 @@ struct CodecMeasurement {
             blackHole(destination)
             let tCopy = now() - t0
             t0 = now()
+            offset = 3
+            for b in batches {
+                memcpy(destination + offset, b.tokens.pointer, b.tokens.count * 4)
+                offset += b.tokens.count * 4
+            }
+            blackHole(destination)
+            let tFresh = now() - t0
+            var f0 = minorFaults()
+            t0 = now()
             let frame = WireCodec.encode(envelope, dtype: dtype)
             let tEncode = now() - t0
+            m.encodeFaults = minorFaults() - f0
+            f0 = minorFaults()
             t0 = now()
             let decoded = try frame.withUnsafeBytes { try WireCodec.decode($0) }
             let tDecode = now() - t0
+            m.decodeFaults = minorFaults() - f0
             blackHole(decoded)
             m.frameBytes = frame.count
             if round > 0 {
                 m.memcpySeconds = min(m.memcpySeconds, tCopy)
+                m.freshMemcpySeconds = min(m.freshMemcpySeconds, tFresh)
                 m.encodeSeconds = min(m.encodeSeconds, tEncode)
                 m.decodeSeconds = min(m.decodeSeconds, tDecode)
             }
@@ -148,4 +165,11 @@ func processCPUSeconds(pid: Int32) -> Double {
     let fields = text[text.index(after: close)...].split(separator: " ")
     guard fields.count > 12, let u = Double(fields[11]), let s = Double(fields[12]) else { return 0 }
     return (u + s) / Double(sysconf(Int32(_SC_CLK_TCK)))
+}
+
+/// Minor page faults of this process so far.
+func minorFaults() -> Int {
+    var u = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &u)
+    return u.ru_minflt
 }
