@@ -109,8 +109,8 @@ struct BenchDistributedCommand: ParsableCommand {
         }
 
         // Codec against memcpy, on the batches the distributed forward shipped.
-        let codec = try CodecMeasurement.measure(batches: probe.lastBatches, dtype: .f32, repeats: max(3, output.repeats))
-        let codecBF16 = try CodecMeasurement.measure(batches: probe.lastBatches, dtype: .bf16, repeats: max(3, output.repeats))
+        let codec = try CodecMeasurement.measure(batches: probe.lastBatches, dtype: .f32, repeats: max(20, 4 * output.repeats))
+        let codecBF16 = try CodecMeasurement.measure(batches: probe.lastBatches, dtype: .bf16, repeats: max(20, 4 * output.repeats))
         let busiest = busiestWorkerShare(batches: probe.lastBatches) { place.primary(ExpertKey(layer: 0, expert: $0)) }
         let dec = remoteLayer.lastDecision!
         let perToken = Double(dec.keptAssignments) / Double(tokens)
