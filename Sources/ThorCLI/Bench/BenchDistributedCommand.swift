@@ -11,7 +11,7 @@ struct BenchDistributedCommand: ParsableCommand {
         abstract: "In-process MoE layer against coordinator + workers over ipc.",
         discussion: """
         Forward + backward of one THOR top-p encoder MoE layer with the experts in this process \
-        (InProcessExpertBackend, --threads threads) and on --workers `thor worker` processes over \
+        (InProcessExpertBackend, --threads threads) and on --threads `thor worker` processes over \
         ipc (1 thread each), on the same machine, timed rounds interleaved, best of --repeats. \
         The distributed step is split into routing, combine (coordinator), encode, wait and decode \
         (transport counters); expert compute is the in-process backend time of the same batches, \
@@ -148,7 +148,7 @@ struct BenchDistributedCommand: ParsableCommand {
         let codecRow = { (name: String, m: CodecMeasurement) in
             report.addRow(name, ["ms": ms(m.encodeSeconds + m.decodeSeconds), "encode": ms(m.encodeSeconds),
                                  "decode": ms(m.decodeSeconds), "other": "memcpy " + ms(m.memcpySeconds),
-                                 "wire": "memcpy@+3 " + ms(m.freshMemcpySeconds),
+                                 "wire": "memcpy@+3 " + ms(m.unalignedMemcpySeconds),
                                  "coord CPU": "faults \(m.encodeFaults)+\(m.decodeFaults)",
                                  "MB sent": String(format: "%.1f", Double(m.frameBytes) / 1e6)])
         }

@@ -80,7 +80,7 @@ struct CodecMeasurement {
     var tensorBytes = 0, frameBytes = 0
     var memcpySeconds = Double.infinity, encodeSeconds = Double.infinity, decodeSeconds = Double.infinity
     /// memcpy to a destination 3 bytes off alignment (where protobuf puts tensor bytes).
-    var freshMemcpySeconds = Double.infinity
+    var unalignedMemcpySeconds = Double.infinity
     /// Minor page faults of the last encode and decode.
     var encodeFaults = 0, decodeFaults = 0
 
@@ -120,7 +120,7 @@ struct CodecMeasurement {
                 offset += b.tokens.count * 4
             }
             blackHole(destination)
-            let tFresh = now() - t0
+            let tUnaligned = now() - t0
             var f0 = minorFaults()
             t0 = now()
             let frame = WireCodec.encode(envelope, dtype: dtype)
@@ -135,7 +135,7 @@ struct CodecMeasurement {
             m.frameBytes = frame.count
             if round > 0 {
                 m.memcpySeconds = min(m.memcpySeconds, tCopy)
-                m.freshMemcpySeconds = min(m.freshMemcpySeconds, tFresh)
+                m.unalignedMemcpySeconds = min(m.unalignedMemcpySeconds, tUnaligned)
                 m.encodeSeconds = min(m.encodeSeconds, tEncode)
                 m.decodeSeconds = min(m.decodeSeconds, tDecode)
             }
