@@ -90,8 +90,22 @@ public enum WireCodec {
             setBody(e, envelope.message, arena, dtype)
             let size = thor__envelope__get_packed_size(e)
             let out = malloc(max(size, 1))!
-            let written = thor__envelope__pack(e, out.assumingMemoryBound(to: UInt8.self))
-            precondition(written == size, "protobuf-c packed \(written) of \(size) bytes")
+            // pack_to_buffer, not pack: protobuf-c's `pack` writes each nested message after a
+            // 1-byte length guess and then memmoves it when the length needs more bytes, so
+            // tensor bytes (Envelope → request → batch → Tensor) were moved up to 3 more times.
+            // pack_to_buffer computes each length first and appends the bytes once.
+            var buffer = ProtobufCBufferSimple()
+            buffer.base.append = protobuf_c_buffer_simple_append
+            buffer.alloced = max(size, 1)
+            buffer.len = 0
+            buffer.data = out.assumingMemoryBound(to: UInt8.self)
+            buffer.must_free_data = 0
+            buffer.allocator = nil
+            let written = withUnsafeMutablePointer(to: &buffer) {
+                $0.withMemoryRebound(to: ProtobufCBuffer.self, capacity: 1) { thor__envelope__pack_to_buffer(e, $0) }
+            }
+            precondition(written == size && buffer.len == size && buffer.data == out.assumingMemoryBound(to: UInt8.self),
+                         "protobuf-c packed \(written) of \(size) bytes")
             return EncodedFrame(pointer: out, count: size)
         }
     }

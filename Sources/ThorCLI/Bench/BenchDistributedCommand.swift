@@ -1,9 +1,207 @@
+import Foundation
 import ArgumentParser
+import ThorTensor
+import ThorModel
+import ThorWire
+import ThorCluster
 
 struct BenchDistributedCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "distributed",
-        abstract: "In-process MoE layer against coordinator + workers over ipc."
+        abstract: "In-process MoE layer against coordinator + workers over ipc.",
+        discussion: """
+        Forward + backward of one THOR top-p encoder MoE layer with the experts in this process \
+        (InProcessExpertBackend, --threads threads) and on --threads `thor worker` processes over \
+        ipc (1 thread each), on the same machine, timed rounds interleaved, best of --repeats. \
+        The distributed step is split into routing, combine (coordinator), encode, wait and decode \
+        (transport counters); expert compute is the in-process backend time of the same batches, \
+        and "wire" is wait minus that (ZeroMQ transfer, worker-side decode/encode, imbalance \
+        between workers). Also: WireCodec encode + decode of the forward request against memcpy \
+        of the same bytes (encode_decode_over_memcpy = 2·memcpy time / (encode + decode time): \
+        each direction moves the bytes once; encode_decode_over_one_memcpy is the plain ratio). \
+        Goals: distributed ≥ 0.9 × in-process, encode_decode_over_memcpy ≥ 0.8.
+        """
     )
-    func run() throws { throw NotBuiltYet(what: "thor bench distributed") }
+
+    @OptionGroup var output: BenchOutputOptions
+    @Option(help: "Model width d.") var modelDim = 512
+    @Option(help: "Expert hidden width d_ff.") var hiddenDim = 2048
+    @Option(help: "Experts N (THOR candidates K = N/2).") var experts = 8
+    @Option(help: "Sentences per batch.") var sentences = 32
+    @Option(help: "Positions per sentence.") var length = 128
+    @Option(help: "Tasks T.") var tasks = 4
+    @Option(help: "top-p threshold.") var threshold: Float = 0.5
+    @Option(help: "Expert threads in process; also the number of worker processes (1 thread each).") var threads = 2
+    @Option(help: "Transport between coordinator and workers (ipc or tcp).") var transport = "ipc"
+    @Option(help: "Expert placement (round-robin or blocked).") var placement = "round-robin"
+
+    func validate() throws {
+        guard LocalCluster.Transport(rawValue: transport) != nil else {
+            throw ValidationError("--transport must be ipc or tcp, got \(transport)")
+        }
+        guard Placement.Strategy(rawValue: placement) != nil else {
+            throw ValidationError("--placement must be round-robin or blocked, got \(placement)")
+        }
+        guard threads >= 1, experts >= 2, sentences >= 1, length >= 1, modelDim >= 1, hiddenDim >= 1 else {
+            throw ValidationError("--threads, --sentences, --length, --model-dim, --hidden-dim must be ≥ 1 and --experts ≥ 2")
+        }
+    }
+
+    func run() throws {
+        let tokens = sentences * length
+        let x = Tensor(shape: [tokens, modelDim]), dy = Tensor(shape: [tokens, modelDim])
+        var rng = RandomGenerator(seed: 7)
+        rng.fillNormal(x.pointer, count: x.count, std: 1)
+        rng.fillNormal(dy.pointer, count: dy.count, std: 0.01)
+        let layout = TokenLayout(side: .encoder, batchSize: sentences, length: length,
+                                 mask: [Float](repeating: 1, count: tokens), taskLabels: (0..<sentences).map { $0 % tasks })
+        let model = TransformerConfiguration(vocabularySize: 8, modelDim: modelDim, hiddenDim: hiddenDim,
+                                             heads: 8, encoderLayers: 1, decoderLayers: 1, activation: .relu)
+        let routing = RoutingConfiguration(variant: .thorTopP, experts: experts, threshold: threshold, moeEvery: 1, tasks: tasks)
+        let spec = MoEStack.expertSpec(model: model, seed: 1)
+        let keys = MoEStack.expertKeys(model: model, routing: routing).filter { $0.layer == 0 }
+
+        // In process.
+        let local = ProbeBackend(InProcessExpertBackend(spec: spec, keys: keys, threads: threads))
+        let localLayer = try MoEStack(model: model, routing: routing, losses: LossConfiguration(), backend: local, seed: 1).layers[0]
+
+        // Coordinator + workers (same seeds: same routers, same expert weights).
+        let cluster = try LocalCluster(workers: threads, transport: LocalCluster.Transport(rawValue: transport)!, threadsPerWorker: 1)
+        defer { cluster.shutdown() }
+        let place = try Placement(keys: keys, workers: cluster.workerIDs, strategy: Placement.Strategy(rawValue: placement)!)
+        let remote = try RemoteExpertBackend(coordinator: cluster.coordinator, spec: spec, placement: place)
+        let probe = ProbeBackend(remote)
+        let remoteLayer = try MoEStack(model: model, routing: routing, losses: LossConfiguration(), backend: probe, seed: 1).layers[0]
+
+        // Same results? f32 must be bit-identical; bf16 is lossy.
+        let yLocal = try localLayer.forward(x, layout: layout, training: false)
+        remote.wireDType = .f32
+        let yF32 = try remoteLayer.forward(x, layout: layout, training: false)
+        remote.wireDType = .bf16
+        let yBF16 = try remoteLayer.forward(x, layout: layout, training: false)
+        let identical = yLocal.bitwiseEqual(yF32)
+        let bf16Error = relativeError(yBF16, yLocal)
+
+        // Timed rounds, interleaved: in process, distributed f32, distributed bf16.
+        let labels = ["in-process (\(threads) threads)", "distributed f32 (\(threads) workers, \(transport))",
+                      "distributed bf16 (\(threads) workers, \(transport))"]
+        var best = [StepSplit](repeating: StepSplit(total: .infinity), count: 3)
+        var bestCounters = [TransportCounters](repeating: TransportCounters(), count: 3)
+        var totals: [[Double]] = [[], [], []]
+        for round in 0...max(1, output.repeats) {
+            for c in 0..<3 {
+                let s: StepSplit
+                if c == 0 {
+                    s = try StepSplit.measure(localLayer, local, x: x, dy: dy, layout: layout)
+                    try local.zeroGradients()
+                } else {
+                    remote.wireDType = c == 1 ? .f32 : .bf16
+                    remote.resetCounters()
+                    s = try StepSplit.measure(remoteLayer, probe, x: x, dy: dy, layout: layout, pids: cluster.processIDs)
+                    if s.total < best[c].total { bestCounters[c] = remote.counters }
+                    try probe.zeroGradients()
+                }
+                if round > 0 {   // round 0 warms up
+                    totals[c].append(s.total)
+                    if s.total < best[c].total { best[c] = s }
+                }
+            }
+        }
+
+        // Codec against memcpy, on the batches the distributed forward shipped.
+        let codec = try CodecMeasurement.measure(batches: probe.lastBatches, dtype: .f32, repeats: max(20, 4 * output.repeats))
+        let codecBF16 = try CodecMeasurement.measure(batches: probe.lastBatches, dtype: .bf16, repeats: max(20, 4 * output.repeats))
+        let busiest = busiestWorkerShare(batches: probe.lastBatches) { place.primary(ExpertKey(layer: 0, expert: $0)) }
+        let dec = remoteLayer.lastDecision!
+        let perToken = Double(dec.keptAssignments) / Double(tokens)
+
+        var report = BenchReport(
+            title: """
+            THOR top-p (p=\(threshold)) encoder MoE layer forward+backward: d=\(modelDim) d_ff=\(hiddenDim) N=\(experts) K=\(experts / 2), \
+            \(sentences)×\(length) = \(tokens) tokens, \(String(format: "%.3f", perToken)) experts/token; best of \(max(1, output.repeats)) interleaved rounds
+            """,
+            columns: ["ms", "tokens/s", "vs in-process", "routing", "combine", "encode", "wire", "compute", "decode", "other", "MB sent", "MB recv", "coord CPU", "worker CPU"])
+        let compute = best[0].experts   // expert compute of these batches, same threads
+        let inRate = Double(tokens) / best[0].total
+        func ms(_ s: Double) -> String { String(format: "%.1f", s * 1000) }
+        for c in 0..<3 {
+            let s = best[c], k = bestCounters[c]
+            let rate = Double(tokens) / s.total
+            var cells = ["ms": ms(s.total), "tokens/s": String(format: "%.0f", rate),
+                         "vs in-process": String(format: "%.3f", rate / inRate),
+                         "routing": ms(s.routing), "combine": ms(s.combine), "compute": ms(compute),
+                         "coord CPU": ms(s.coordinatorCPU)]
+            if c == 0 {
+                cells["other"] = ms(s.total - s.routing - s.combine - compute)
+            } else {
+                cells["encode"] = ms(k.encodeSeconds)
+                cells["wire"] = ms(k.waitSeconds - compute)
+                cells["decode"] = ms(k.decodeSeconds)
+                // Backend bookkeeping outside the counters (grouping, reply checks, scatter) and the rest.
+                cells["other"] = ms(s.total - s.routing - s.combine - k.encodeSeconds - k.waitSeconds - k.decodeSeconds)
+                cells["MB sent"] = String(format: "%.1f", Double(k.bytesSent) / 1e6)
+                cells["MB recv"] = String(format: "%.1f", Double(k.bytesReceived) / 1e6)
+                cells["worker CPU"] = ms(s.workerCPU)
+            }
+            report.addRow(labels[c], cells)
+        }
+        let codecRow = { (name: String, m: CodecMeasurement) in
+            report.addRow(name, ["ms": ms(m.encodeSeconds + m.decodeSeconds), "encode": ms(m.encodeSeconds),
+                                 "decode": ms(m.decodeSeconds), "other": "memcpy " + ms(m.memcpySeconds),
+                                 "wire": "memcpy@+3 " + ms(m.unalignedMemcpySeconds),
+                                 "coord CPU": "faults \(m.encodeFaults)+\(m.decodeFaults)",
+                                 "MB sent": String(format: "%.1f", Double(m.frameBytes) / 1e6)])
+        }
+        codecRow("WireCodec forward request f32 (no transport)", codec)
+        codecRow("WireCodec forward request bf16 (no transport)", codecBF16)
+
+        let distRate = Double(tokens) / best[1].total, bf16Rate = Double(tokens) / best[2].total
+        func r(_ v: Double, _ digits: Double = 1000) -> Double { (v * digits).rounded() / digits }
+        report.set("in_process_tokens_per_s", r(inRate, 10))
+        report.set("distributed_tokens_per_s", r(distRate, 10))
+        report.set("distributed_bf16_tokens_per_s", r(bf16Rate, 10))
+        report.set("distributed_over_in_process", r(distRate / inRate))
+        report.set("distributed_bf16_over_in_process", r(bf16Rate / inRate))
+        report.set("encode_decode_over_memcpy", r(codec.encodeDecodeOverMemcpy))
+        report.set("encode_decode_over_one_memcpy", r(codec.roundTripOverOneMemcpy))
+        report.set("encode_over_memcpy", r(codec.encodeOverMemcpy))
+        report.set("decode_over_memcpy", r(codec.decodeOverMemcpy))
+        report.set("memcpy_gb_per_s", r(codec.gbPerSecond(codec.memcpySeconds), 100))
+        report.set("request_tensor_mb", r(Double(codec.tensorBytes) / 1e6, 10))
+        report.set("experts_per_token", r(perToken))
+        report.set("busiest_worker_token_share", r(busiest))
+        report.set("in_process_ms_spread", spread(totals[0]))
+        report.set("distributed_ms_spread", spread(totals[1]))
+        report.set("distributed_bf16_ms_spread", spread(totals[2]))
+        report.set("coordinator_cpu_ms_distributed", r(best[1].coordinatorCPU * 1000, 10))
+        report.set("worker_cpu_ms_distributed", r(best[1].workerCPU * 1000, 10))
+        report.set("load_average", loadAverage())
+        report.set("distributed_bit_identical_f32", identical)
+        report.set("bf16_max_relative_error", Double(String(format: "%.2e", bf16Error))!)
+        report.set("goal_distributed_ge_0.9_in_process", distRate >= 0.9 * inRate)
+        report.set("goal_encode_decode_ge_0.8_memcpy", codec.encodeDecodeOverMemcpy >= 0.8)
+        try report.emit(json: output.json, csvPath: output.csv)
+    }
+}
+
+/// max |a − b| / max |b|.
+private func relativeError(_ a: Tensor, _ b: Tensor) -> Double {
+    var diff: Float = 0, scale: Float = 0
+    for i in 0..<b.count {
+        diff = max(diff, abs(a.pointer[i] - b.pointer[i]))
+        scale = max(scale, abs(b.pointer[i]))
+    }
+    return Double(diff / max(scale, .leastNormalMagnitude))
+}
+
+/// "min–max ms" of the timed rounds.
+private func spread(_ seconds: [Double]) -> String {
+    guard let lo = seconds.min(), let hi = seconds.max() else { return "" }
+    return String(format: "%.1f–%.1f", lo * 1000, hi * 1000)
+}
+
+/// The 1-minute load average (the machine may be shared).
+private func loadAverage() -> Double {
+    var l = [Double](repeating: 0, count: 3)
+    return getloadavg(&l, 3) > 0 ? (l[0] * 100).rounded() / 100 : -1
 }
