@@ -22,6 +22,8 @@ public struct EvaluationReport: Sendable {
     /// Row-normalized task × predicted-task matrix.
     public var taskMatrix: [[Double]]
     public var sentences: Int
+    /// Sentences of each task.
+    public var sentencesByTask: [Int]
     /// Target tokens produced per second of decoding.
     public var decodeTokensPerSecond: Double
     /// Translations, in the order of the evaluated pairs.
@@ -36,7 +38,7 @@ public struct EvaluationReport: Sendable {
         for (i, t) in tasks.enumerated() {
             let b = bleu[i].map { String(format: "%6.2f", $0.score) } ?? "     -"
             let e = expertsPerTokenByTask[i].map { String(format: "%13.3f", $0) } ?? "            -"
-            out += "\(pad(t))  \(b)  \(e)\n"
+            out += "\(pad(t))  \(b)  \(e)  \(String(format: "%9d", sentencesByTask[i]))\n"
         }
         out += "\(pad("average"))  \(String(format: "%6.2f", averageBLEU))  \(expertsPerToken.map { String(format: "%13.3f", $0) } ?? "            -")  \(String(format: "%9d", sentences))\n"
         if let a = taskAccuracy { out += String(format: "task accuracy: %.3f\n", a) }
@@ -144,7 +146,9 @@ public enum Evaluator {
             expertsPerToken: stats?.expertsPerToken(),
             expertsPerTokenByTask: tasks.indices.map { stats?.expertsPerToken(task: $0) },
             taskAccuracy: stats?.taskAccuracy, taskMatrix: stats?.normalizedTaskMatrix ?? [],
-            sentences: chosen.count, decodeTokensPerSecond: Double(produced) / max(decodeSeconds, 1e-9),
+            sentences: chosen.count,
+            sentencesByTask: tasks.indices.map { t in chosen.filter { corpus.pairs[$0].task == Int32(t) }.count },
+            decodeTokensPerSecond: Double(produced) / max(decodeSeconds, 1e-9),
             hypotheses: chosen.map { hypotheses[$0] })
     }
 }
