@@ -29,6 +29,24 @@ public enum Parallel {
     }
 }
 
+extension Parallel {
+    /// Splits `0..<count` into at most `threads` contiguous ranges (each at least
+    /// `minimumChunk` long) and runs `body` on them concurrently. Each index is in
+    /// exactly one range; use it for elementwise work whose result does not depend
+    /// on how it is split.
+    public static func forEachRange(_ count: Int, threads: Int, minimumChunk: Int = 1,
+                                    _ body: (Range<Int>) -> Void) {
+        let chunks = max(1, min(threads, count / max(1, minimumChunk)))
+        if chunks <= 1 { if count > 0 { body(0..<count) }; return }
+        withoutActuallyEscaping(body) { body in
+            nonisolated(unsafe) let run = body
+            DispatchQueue.concurrentPerform(iterations: chunks) { c in
+                run((c * count / chunks)..<((c + 1) * count / chunks))
+            }
+        }
+    }
+}
+
 /// A mutex-protected counter handing out 0, 1, 2, …
 final class AtomicCounter: @unchecked Sendable {
     private var mutex = pthread_mutex_t()

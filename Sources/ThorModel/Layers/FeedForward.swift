@@ -28,18 +28,18 @@ public enum FeedForward {
     ) {
         guard n > 0 else { return }
         let f1 = activation.firstProjectionWidth(dFF: dFF)
-        // h = x · w1 + b1 (bias broadcast first, then GEMM accumulates with beta = 1)
-        for r in 0..<n { (h + r * f1).update(from: b1, count: f1) }
-        gemm(m: n, n: f1, k: d, a: x, b: w1, beta: 1, c: h)
-        switch activation {
-        case .relu:
-            for i in 0..<(n * dFF) { a[i] = h[i] > 0 ? h[i] : 0 }
-        case .gelu:
-            for i in 0..<(n * dFF) { a[i] = geluValue(h[i]) }
-        case .swiglu:
-            for r in 0..<n {
-                let gate = h + r * f1, up = gate + dFF, out = a + r * dFF
-                for j in 0..<dFF { out[j] = silu(gate[j]) * up[j] }
+        // h = x · w1, then one pass adds b1 and applies the activation (rows split over
+        // the BLAS thread count; every element is computed the same way whatever the split).
+        gemm(m: n, n: f1, k: d, a: x, b: w1, c: h)
+        Parallel.forEachRange(n, threads: BLASThreads.current, minimumChunk: 64) { rows in
+            for r in rows {
+                let hr = h + r * f1, ar = a + r * dFF
+                for j in 0..<f1 { hr[j] += b1[j] }
+                switch activation {
+                case .relu: for j in 0..<dFF { ar[j] = hr[j] > 0 ? hr[j] : 0 }
+                case .gelu: for j in 0..<dFF { ar[j] = geluValue(hr[j]) }
+                case .swiglu: for j in 0..<dFF { ar[j] = silu(hr[j]) * hr[dFF + j] }
+                }
             }
         }
         for r in 0..<n { (y + r * d).update(from: b2, count: d) }
@@ -64,25 +64,33 @@ public enum FeedForward {
         gemm(transA: true, m: dFF, n: d, k: n, a: a, b: dy, beta: 1, c: dw2)
         Kernels.addColumnSums(dy, rows: n, cols: d, into: db2)
         gemm(transB: true, m: n, n: dFF, k: d, a: dy, b: w2, c: da)
-        switch activation {
-        case .relu:
-            for i in 0..<(n * dFF) { dh[i] = h[i] > 0 ? da[i] : 0 }
-        case .gelu:
-            for i in 0..<(n * dFF) { dh[i] = da[i] * geluDerivative(h[i]) }
-        case .swiglu:
-            for r in 0..<n {
-                let gate = h + r * f1, up = gate + dFF, g = da + r * dFF
-                let dgate = dh + r * f1, dup = dgate + dFF
-                for j in 0..<dFF {
-                    let s = sigmoid(gate[j])
-                    let si = gate[j] * s
-                    dup[j] = g[j] * si
-                    dgate[j] = g[j] * up[j] * s * (1 + gate[j] * (1 - s))
+        let threads = BLASThreads.current
+        Parallel.forEachRange(n, threads: threads, minimumChunk: 64) { rows in
+            for r in rows {
+                let hr = h + r * f1, g = da + r * dFF, dr = dh + r * f1
+                switch activation {
+                case .relu:
+                    for j in 0..<dFF { dr[j] = hr[j] > 0 ? g[j] : 0 }
+                case .gelu:
+                    for j in 0..<dFF { dr[j] = g[j] * geluDerivative(hr[j]) }
+                case .swiglu:
+                    let up = hr + dFF, dup = dr + dFF
+                    for j in 0..<dFF {
+                        let s = sigmoid(hr[j])
+                        dup[j] = g[j] * hr[j] * s
+                        dr[j] = g[j] * up[j] * s * (1 + hr[j] * (1 - s))
+                    }
                 }
             }
         }
         gemm(transA: true, m: d, n: f1, k: n, a: x, b: dh, beta: 1, c: dw1)
-        Kernels.addColumnSums(dh, rows: n, cols: f1, into: db1)
+        // db1 += column sums of dh, columns split over threads (each sums its rows in order).
+        Parallel.forEachRange(f1, threads: threads, minimumChunk: 256) { cols in
+            for r in 0..<n {
+                let row = dh + r * f1
+                for j in cols { db1[j] += row[j] }
+            }
+        }
         gemm(transB: true, m: n, n: d, k: f1, a: dh, b: w1, c: dx)
     }
 
