@@ -31,7 +31,7 @@ let package = Package(
 
         .target(name: "ThorTensor", dependencies: ["CBLAS"], swiftSettings: optimize),
         .target(name: "ThorModel", dependencies: ["ThorTensor"], swiftSettings: optimize),
-        .target(name: "ThorData", dependencies: [], swiftSettings: optimize),
+        .target(name: "ThorData", dependencies: ["ThorTensor"], swiftSettings: optimize),
         .target(name: "ThorCheckpoint", dependencies: ["ThorTensor"], swiftSettings: optimize),
         .target(name: "ThorWire", dependencies: ["ThorTensor", "ThorModel", "CThorProto"], swiftSettings: optimize),
         .target(name: "ThorTransport", dependencies: ["CZMQ"], swiftSettings: optimize),

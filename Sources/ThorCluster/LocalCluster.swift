@@ -1,3 +1,4 @@
+import ThorTensor
 import ThorWire
 #if canImport(Glibc)
 import Glibc
@@ -185,7 +186,9 @@ public final class LocalCluster {
     }
 }
 
-/// The process environment (from /proc/self/environ) as strdup'ed C strings, nil-terminated.
+/// The process environment (from /proc/self/environ) as strdup'ed C strings, nil-terminated,
+/// with `OPENBLAS_CORETYPE` set to the kernels this process loaded, so that workers compute
+/// the same bits as their parent (and `thor` does not re-pick them).
 private func environmentStrings() -> [UnsafeMutablePointer<CChar>?] {
     var result: [UnsafeMutablePointer<CChar>?] = []
     let fd = open("/proc/self/environ", O_RDONLY)
@@ -199,8 +202,11 @@ private func environmentStrings() -> [UnsafeMutablePointer<CChar>?] {
         }
         close(fd)
         for entry in bytes.split(separator: 0) where !entry.isEmpty {
-            result.append(strdup(String(decoding: entry, as: UTF8.self)))
+            let text = String(decoding: entry, as: UTF8.self)
+            if text.hasPrefix(BLASCore.environmentVariable + "=") { continue }
+            result.append(strdup(text))
         }
     }
+    result.append(strdup("\(BLASCore.environmentVariable)=\(BLASCore.loaded)"))
     return result + [nil]
 }

@@ -1,3 +1,4 @@
+import ThorTensor
 /// A built-in multi-domain parallel corpus of invented languages, generated
 /// deterministically from a seed (same configuration → same pairs, bit for bit).
 ///
@@ -107,7 +108,7 @@ public struct SyntheticCorpus: Sendable {
         for k in 0..<(configuration.trainSize - counts.reduce(0, +)) { counts[order[k % order.count]] += 1 }
         var trainDomains: [Int] = []
         for (d, c) in counts.enumerated() { trainDomains += Array(repeating: d, count: c) }
-        var rng = SplitMix64(seed: configuration.seed, stream: [0xD0, 0])
+        var rng = RandomGenerator(seed: configuration.seed, stream: [0xD0, 0])
         rng.shuffle(&trainDomains)
         train = trainDomains.enumerated().map { gen.pair(split: 0, number: $0.offset, domain: $0.element) }
         func balanced(split: UInt64, perDomain: Int) -> [TranslationPair] {
@@ -160,7 +161,7 @@ public struct SyntheticCorpus: Sendable {
         enum Slot { case determiner, word(WordClass) }
 
         func pair(split: UInt64, number: Int, domain: Int) -> TranslationPair {
-            var rng = SplitMix64(seed: configuration.seed, stream: [0x5E, split, UInt64(number)])
+            var rng = RandomGenerator(seed: configuration.seed, stream: [0x5E, split, UInt64(number)])
             let length = configuration.minLength + rng.nextInt(below: configuration.maxLength - configuration.minLength + 1)
             // Slots: NP = det noun (adj), VP = verb; NP VP NP VP ... truncated to `length`.
             var slots: [Slot] = []
@@ -230,7 +231,7 @@ public struct SyntheticCorpus: Sendable {
     }
 
     private static func makeLexicon(_ c: Configuration) -> [Entry] {
-        var rng = SplitMix64(seed: c.seed, stream: [0x1E])
+        var rng = RandomGenerator(seed: c.seed, stream: [0x1E])
         var used = Set<String>()
         let srcOnset = ["b", "d", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z"]
         let srcVowel = ["a", "e", "i", "o", "u"]

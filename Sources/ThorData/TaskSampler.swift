@@ -1,4 +1,5 @@
 import Foundation
+import ThorTensor
 
 /// Temperature-based sampling over tasks: `P(τ) ∝ n_τ^(1/temperature)`
 /// (temperature 1 = proportional to size, → ∞ = uniform). Deterministic from a seed;
@@ -29,12 +30,12 @@ public struct TaskSampler: Sendable, Equatable {
         // the last task with a positive weight closes the distribution exactly
         if let last = probabilities.lastIndex(where: { $0 > 0 }) { for i in last..<c.count { c[i] = 1 } }
         cumulative = c
-        state = SplitMix64(seed: seed, stream: [0x7A5C]).state
+        state = RandomGenerator(seed: seed, stream: [0x7A5C]).state
     }
 
     /// Draws a task index.
     public mutating func next() -> Int {
-        var g = SplitMix64(seed: 0)
+        var g = RandomGenerator(seed: 0)
         g.state = state
         let u = g.nextDouble()
         state = g.state
@@ -150,7 +151,7 @@ public struct TrainingBatches: Sendable {
         var orders: [[Int]?] = Array(repeating: nil, count: byTask.count)
         func order(_ t: Int, pass: Int) -> [Int] {
             var o = byTask[t]
-            var g = SplitMix64(seed: seed, stream: [0x0DE2, UInt64(t), UInt64(pass)])
+            var g = RandomGenerator(seed: seed, stream: [0x0DE2, UInt64(t), UInt64(pass)])
             g.shuffle(&o)
             return o
         }
@@ -164,7 +165,7 @@ public struct TrainingBatches: Sendable {
             if cursors[t] == byTask[t].count { cursors[t] = 0; passes[t] += 1; orders[t] = order(t, pass: passes[t]) }
         }
         var batches = Batching.group(chosen, of: corpus, maxTokens: maxTokens)
-        var g = SplitMix64(seed: seed, stream: [0xBA7C, UInt64(epochStart.epoch)])
+        var g = RandomGenerator(seed: seed, stream: [0xBA7C, UInt64(epochStart.epoch)])
         g.shuffle(&batches)
         epochBatches = batches
         batchIndex = 0

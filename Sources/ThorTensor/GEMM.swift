@@ -67,6 +67,10 @@ public enum BLASCore {
         return nil
     }
 
+    /// The kernel set OpenBLAS loaded in this process (e.g. `Haswell`, `Prescott`).
+    /// Child processes that must compute the same bits get it as `OPENBLAS_CORETYPE`.
+    public static var loaded: String { String(cString: openblas_get_corename()) }
+
     /// Environment variable OpenBLAS reads for its kernel choice.
     public static let environmentVariable = "OPENBLAS_CORETYPE"
 }

@@ -55,6 +55,15 @@ public struct RandomGenerator: RandomNumberGenerator, Sendable, Equatable {
         return Int(next() % UInt64(bound))
     }
 
+    /// Shuffles `array` in place (Fisher–Yates, deterministic for a given state).
+    public mutating func shuffle<T>(_ array: inout [T]) {
+        guard array.count > 1 else { return }
+        for i in stride(from: array.count - 1, to: 0, by: -1) {
+            let j = nextInt(below: i + 1)
+            if i != j { array.swapAt(i, j) }
+        }
+    }
+
     /// Fills `buffer` with uniform values in [-limit, limit).
     public mutating func fillUniform(_ buffer: UnsafeMutablePointer<Float>, count: Int, limit: Float) {
         for i in 0..<count { buffer[i] = uniform(-limit, limit) }

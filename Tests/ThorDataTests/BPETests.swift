@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 import ThorData
+import ThorTensor
 
 final class BPETests: XCTestCase {
     static let sampleTexts: [String] = {
@@ -69,7 +70,7 @@ final class BPETests: XCTestCase {
 
     func testRoundTripArbitraryUnicode() throws {
         let t = try BPETokenizer.learn(from: Self.sampleTexts + ["naïve café 東京 😀 👩‍👩‍👧"], vocabularySize: 700)
-        var rng = SplitMix64(seed: 42)
+        var rng = RandomGenerator(seed: 42)
         let ranges: [ClosedRange<UInt32>] = [0x00...0x7F, 0x80...0x24F, 0x300...0x36F, 0x4E00...0x4E80,
                                              0x1F300...0x1F64F, 0x200B...0x200F, 0xE000...0xE010, 0x10FFF0...0x10FFFF]
         for _ in 0..<300 {
