@@ -24,12 +24,7 @@ struct BenchDistributedCommand: ParsableCommand {
     )
 
     @OptionGroup var output: BenchOutputOptions
-    @Option(help: "Model width d.") var modelDim = 512
-    @Option(help: "Expert hidden width d_ff.") var hiddenDim = 2048
-    @Option(help: "Experts N (THOR candidates K = N/2).") var experts = 8
-    @Option(help: "Sentences per batch.") var sentences = 32
-    @Option(help: "Positions per sentence.") var length = 128
-    @Option(help: "Tasks T.") var tasks = 4
+    @OptionGroup var shape: MoELayerBenchOptions
     @Option(help: "top-p threshold.") var threshold: Float = 0.5
     @Option(help: "Expert threads in process; also the number of worker processes (1 thread each).") var threads = 2
     @Option(help: "Transport between coordinator and workers (ipc or tcp).") var transport = "ipc"
@@ -42,22 +37,16 @@ struct BenchDistributedCommand: ParsableCommand {
         guard Placement.Strategy(rawValue: placement) != nil else {
             throw ValidationError("--placement must be round-robin or blocked, got \(placement)")
         }
-        guard threads >= 1, experts >= 2, sentences >= 1, length >= 1, modelDim >= 1, hiddenDim >= 1 else {
+        guard threads >= 1, shape.experts >= 2, shape.sentences >= 1, shape.length >= 1,
+              shape.modelDim >= 1, shape.hiddenDim >= 1 else {
             throw ValidationError("--threads, --sentences, --length, --model-dim, --hidden-dim must be ≥ 1 and --experts ≥ 2")
         }
     }
 
     func run() throws {
-        let tokens = sentences * length
-        let x = Tensor(shape: [tokens, modelDim]), dy = Tensor(shape: [tokens, modelDim])
-        var rng = RandomGenerator(seed: 7)
-        rng.fillNormal(x.pointer, count: x.count, std: 1)
-        rng.fillNormal(dy.pointer, count: dy.count, std: 0.01)
-        let layout = TokenLayout(side: .encoder, batchSize: sentences, length: length,
-                                 mask: [Float](repeating: 1, count: tokens), taskLabels: (0..<sentences).map { $0 % tasks })
-        let model = TransformerConfiguration(vocabularySize: 8, modelDim: modelDim, hiddenDim: hiddenDim,
-                                             heads: 8, encoderLayers: 1, decoderLayers: 1, activation: .relu)
-        let routing = RoutingConfiguration(variant: .thorTopP, experts: experts, threshold: threshold, moeEvery: 1, tasks: tasks)
+        let tokens = shape.tokens, (x, dy, layout) = shape.inputs(), model = shape.model
+        let routing = RoutingConfiguration(variant: .thorTopP, experts: shape.experts, threshold: threshold,
+                                           moeEvery: 1, tasks: shape.tasks)
         let spec = MoEStack.expertSpec(model: model, seed: 1)
         let keys = MoEStack.expertKeys(model: model, routing: routing).filter { $0.layer == 0 }
 
@@ -117,8 +106,8 @@ struct BenchDistributedCommand: ParsableCommand {
 
         var report = BenchReport(
             title: """
-            THOR top-p (p=\(threshold)) encoder MoE layer forward+backward: d=\(modelDim) d_ff=\(hiddenDim) N=\(experts) K=\(experts / 2), \
-            \(sentences)×\(length) = \(tokens) tokens, \(String(format: "%.3f", perToken)) experts/token; best of \(max(1, output.repeats)) interleaved rounds
+            THOR top-p (p=\(threshold)) encoder MoE layer forward+backward: d=\(shape.modelDim) d_ff=\(shape.hiddenDim) N=\(shape.experts) K=\(shape.experts / 2), \
+            \(shape.sentences)×\(shape.length) = \(tokens) tokens, \(String(format: "%.3f", perToken)) experts/token; best of \(max(1, output.repeats)) interleaved rounds
             """,
             columns: ["ms", "tokens/s", "vs in-process", "routing", "combine", "encode", "wire", "compute", "decode", "other", "MB sent", "MB recv", "coord CPU", "worker CPU"])
         let compute = best[0].experts   // expert compute of these batches, same threads

@@ -14,28 +14,15 @@ struct BenchMoECommand: ParsableCommand {
     )
 
     @OptionGroup var output: BenchOutputOptions
-    @Option(help: "Model width d.") var modelDim = 512
-    @Option(help: "Expert hidden width d_ff.") var hiddenDim = 2048
-    @Option(help: "Experts N (THOR candidates K = N/2).") var experts = 8
-    @Option(help: "Sentences per batch.") var sentences = 32
-    @Option(help: "Positions per sentence.") var length = 128
+    @OptionGroup var shape: MoELayerBenchOptions
     @Option(help: "Threads computing experts (InProcessExpertBackend).") var threads = 2
-    @Option(help: "Tasks T.") var tasks = 4
 
     func run() throws {
-        let tokens = sentences * length
+        let tokens = shape.tokens, experts = shape.experts, tasks = shape.tasks
         var report = BenchReport(
-            title: "MoE layer forward+backward: d=\(modelDim) d_ff=\(hiddenDim) N=\(experts) K=\(experts / 2), \(sentences)×\(length) = \(tokens) tokens, expert threads=\(threads)",
+            title: "MoE layer forward+backward: d=\(shape.modelDim) d_ff=\(shape.hiddenDim) N=\(experts) K=\(experts / 2), \(shape.sentences)×\(shape.length) = \(tokens) tokens, expert threads=\(threads)",
             columns: ["ms", "tokens/s", "experts/token", "busiest expert", "routing ms", "vs top2"])
-        let x = Tensor(shape: [tokens, modelDim]), dy = Tensor(shape: [tokens, modelDim])
-        var rng = RandomGenerator(seed: 7)
-        rng.fillNormal(x.pointer, count: x.count, std: 1)
-        rng.fillNormal(dy.pointer, count: dy.count, std: 0.01)
-        let labels = (0..<sentences).map { $0 % tasks }
-        let layout = TokenLayout(side: .encoder, batchSize: sentences, length: length,
-                                 mask: [Float](repeating: 1, count: tokens), taskLabels: labels)
-        let model = TransformerConfiguration(vocabularySize: 8, modelDim: modelDim, hiddenDim: hiddenDim,
-                                             heads: 8, encoderLayers: 1, decoderLayers: 1, activation: .relu)
+        let (x, dy, layout) = shape.inputs(), model = shape.model
         let cases: [(label: String, key: String?, routing: RoutingConfiguration)] = [
             ("top2 (GShard)", "top2", RoutingConfiguration(variant: .top2, experts: experts, moeEvery: 1, tasks: tasks)),
             ("THOR top-k k=2", "thor_top2", RoutingConfiguration(variant: .thorTopK, experts: experts, k: 2, moeEvery: 1, tasks: tasks)),

@@ -81,6 +81,8 @@ func bestTime(repeats: Int = 3, _ body: () throws -> Void) rethrows -> Double {
 
 /// Options every bench command takes.
 import ArgumentParser
+import ThorTensor
+import ThorModel
 struct BenchOutputOptions: ParsableArguments {
     @Flag(help: "Print one JSON object instead of the table.")
     var json = false
@@ -88,4 +90,34 @@ struct BenchOutputOptions: ParsableArguments {
     var csv: String?
     @Option(help: "Timed repetitions per measurement (best is reported).")
     var repeats = 3
+}
+
+/// The MoE layer and batch shape `thor bench moe` and `thor bench distributed` measure.
+struct MoELayerBenchOptions: ParsableArguments {
+    @Option(help: "Model width d.") var modelDim = 512
+    @Option(help: "Expert hidden width d_ff.") var hiddenDim = 2048
+    @Option(help: "Experts N (THOR candidates K = N/2).") var experts = 8
+    @Option(help: "Sentences per batch.") var sentences = 32
+    @Option(help: "Positions per sentence.") var length = 128
+    @Option(help: "Tasks T.") var tasks = 4
+
+    var tokens: Int { sentences * length }
+
+    /// A one-layer encoder/decoder configuration of these widths (ReLU, 8 heads).
+    var model: TransformerConfiguration {
+        TransformerConfiguration(vocabularySize: 8, modelDim: modelDim, hiddenDim: hiddenDim,
+                                 heads: 8, encoderLayers: 1, decoderLayers: 1, activation: .relu)
+    }
+
+    /// Input x ~ N(0, 1) and output gradient dy ~ N(0, 0.01²) of shape [tokens, d] (seed 7),
+    /// and the encoder layout: every position real, sentence i of task i mod T.
+    func inputs() -> (x: Tensor, dy: Tensor, layout: TokenLayout) {
+        let x = Tensor(shape: [tokens, modelDim]), dy = Tensor(shape: [tokens, modelDim])
+        var rng = RandomGenerator(seed: 7)
+        rng.fillNormal(x.pointer, count: x.count, std: 1)
+        rng.fillNormal(dy.pointer, count: dy.count, std: 0.01)
+        let layout = TokenLayout(side: .encoder, batchSize: sentences, length: length,
+                                 mask: [Float](repeating: 1, count: tokens), taskLabels: (0..<sentences).map { $0 % tasks })
+        return (x, dy, layout)
+    }
 }
