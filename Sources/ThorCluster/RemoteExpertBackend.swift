@@ -30,7 +30,7 @@ public final class RemoteExpertBackend: ExpertBackend {
         let requests = placement.workers.map {
             (worker: $0, message: WireMessage.assign(Assignment(spec: spec, keys: placement.keys(on: $0))))
         }
-        try expectAcks(try coordinator.exchange(requests, operation: "Assign", timeout: requestTimeout), requests, "Assign")
+        try expectAcks(try coordinator.exchange(requests, operation: "Assign", timeout: requestTimeout), requests.map(\.worker), "Assign")
     }
 
     /// Time and bytes spent in exchanges so far (encode / wait / decode split).
@@ -94,9 +94,10 @@ public final class RemoteExpertBackend: ExpertBackend {
                                  operation: operation, timeout: requestTimeout)
     }
 
-    private func expectAcks(_ replies: [WireMessage], _ requests: [(worker: String, message: WireMessage)], _ op: String) throws {
-        for (r, q) in zip(replies, requests) {
-            guard case .ack = r else { throw ClusterError.unexpectedReply(worker: q.worker, operation: op, detail: "got \(r.name), expected Ack") }
+    /// Throws naming the first worker (of `workers`, in reply order) that did not answer with an Ack.
+    private func expectAcks(_ replies: [WireMessage], _ workers: [String], _ op: String) throws {
+        for (r, w) in zip(replies, workers) {
+            guard case .ack = r else { throw ClusterError.unexpectedReply(worker: w, operation: op, detail: "got \(r.name), expected Ack") }
         }
     }
 
@@ -115,11 +116,11 @@ public final class RemoteExpertBackend: ExpertBackend {
 
     public func step(learningRate: Float, clipScale: Float, step: Int) throws {
         let m = WireMessage.step(learningRate: learningRate, clipScale: clipScale, step: step)
-        try expectAcks(try fanOut(m, "Step \(step)"), placement.workers.map { ($0, m) }, "Step \(step)")
+        try expectAcks(try fanOut(m, "Step \(step)"), placement.workers, "Step \(step)")
     }
 
     public func zeroGradients() throws {
-        try expectAcks(try fanOut(.zeroGradients, "ZeroGradients"), placement.workers.map { ($0, .zeroGradients) }, "ZeroGradients")
+        try expectAcks(try fanOut(.zeroGradients, "ZeroGradients"), placement.workers, "ZeroGradients")
     }
 
     public func exportState() throws -> [ExpertKey: [String: Tensor]] {
@@ -158,6 +159,6 @@ public final class RemoteExpertBackend: ExpertBackend {
             for h in hs { perWorker[h, default: [:]][k] = tensors }
         }
         let requests = placement.workers.compactMap { w in perWorker[w].map { (worker: w, message: WireMessage.importRequest($0)) } }
-        try expectAcks(try coordinator.exchange(requests, operation: "Import", timeout: requestTimeout), requests, "Import")
+        try expectAcks(try coordinator.exchange(requests, operation: "Import", timeout: requestTimeout), requests.map(\.worker), "Import")
     }
 }
