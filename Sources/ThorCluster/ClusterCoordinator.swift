@@ -101,11 +101,14 @@ public final class ClusterCoordinator {
         var replies = [WireMessage?](repeating: nil, count: requests.count)
         let deadline = t0 + timeout
         var decodeSeconds = 0.0
+        let waitStart = t0
+        defer {
+            counters.waitSeconds += monotonicSeconds() - waitStart - decodeSeconds
+            counters.decodeSeconds += decodeSeconds
+        }
         while !pending.isEmpty {
             let left = deadline - monotonicSeconds()
             guard left > 0 else {
-                counters.waitSeconds += monotonicSeconds() - t0 - decodeSeconds
-                counters.decodeSeconds += decodeSeconds
                 let missing = pending.values.sorted().map { requests[$0].worker }
                 throw ClusterError.timeout(operation: operation, workers: missing, seconds: timeout)
             }
@@ -119,8 +122,6 @@ public final class ClusterCoordinator {
             pending[id] = nil
             replies[i] = message
         }
-        counters.waitSeconds += monotonicSeconds() - t0 - decodeSeconds
-        counters.decodeSeconds += decodeSeconds
         for (i, r) in replies.enumerated() {
             if case .error(let code, let message)? = r {
                 throw ClusterError.remote(worker: requests[i].worker, operation: operation, code: code, message: message)
