@@ -91,9 +91,9 @@ struct BenchMoECommand: ParsableCommand {
 
 /// Wall-clock seconds of one run of `body`.
 private func timeOnce(_ body: () throws -> Void) rethrows -> Double {
-    let t0 = DispatchTime.now().uptimeNanoseconds
+    let t0 = now()
     try body()
-    return Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+    return now() - t0
 }
 
 /// Experts that cost nothing (zeros of the right shape): isolates the MoE layer's own cost.
