@@ -230,8 +230,10 @@ public struct SafeTensorsFile: Sendable, Equatable {
                 guard !o else { throw SafeTensorsError("tensor '\(name)' shape \(shape) overflows") }
                 count = p
             }
-            guard count.multipliedReportingOverflow(by: dtype.size).partialValue == end - begin, !count.multipliedReportingOverflow(by: dtype.size).overflow else {
-                throw SafeTensorsError("tensor '\(name)': \(dtype.rawValue) shape \(shape) needs \(count * dtype.size) bytes, data_offsets give \(end - begin)")
+            let (needed, tooMany) = count.multipliedReportingOverflow(by: dtype.size)
+            guard !tooMany else { throw SafeTensorsError("tensor '\(name)' shape \(shape) overflows") }
+            guard needed == end - begin else {
+                throw SafeTensorsError("tensor '\(name)': \(dtype.rawValue) shape \(shape) needs \(needed) bytes, data_offsets give \(end - begin)")
             }
             spans.append((begin, end, name))
             entries[name] = SafeTensorsEntry(dtype: dtype, shape: shape, bytes: Array(bytes[(8 + headerLength + begin)..<(8 + headerLength + end)]))

@@ -92,6 +92,18 @@ public struct BPETokenizer: Sendable, Equatable {
 
     @inline(__always) static func key(_ a: Int32, _ b: Int32) -> UInt64 { UInt64(UInt32(a)) << 32 | UInt64(UInt32(b)) }
 
+    /// `symbols` with every non-overlapping adjacent pair (`l`, `r`), left to right, replaced by `merged`.
+    static func merging(_ l: Int32, _ r: Int32, into merged: Int32, in symbols: [Int32]) -> [Int32] {
+        var next: [Int32] = []
+        next.reserveCapacity(symbols.count)
+        var j = 0
+        while j < symbols.count {
+            if j + 1 < symbols.count && symbols[j] == l && symbols[j + 1] == r { next.append(merged); j += 2 }
+            else { next.append(symbols[j]); j += 1 }
+        }
+        return next
+    }
+
     /// The id of a tag token such as `<2de>`.
     public func tagID(_ tag: String) -> Int32? {
         tags.firstIndex(of: tag).map { Int32(SpecialTokens.count + $0) }
@@ -152,15 +164,7 @@ public struct BPETokenizer: Sendable, Equatable {
             }
             if best == Int32.max { break }
             let (l, r) = merges[Int(best)]
-            let merged = byteOffset + 256 + best
-            var next: [Int32] = []
-            next.reserveCapacity(symbols.count)
-            var j = 0
-            while j < symbols.count {
-                if j + 1 < symbols.count && symbols[j] == l && symbols[j + 1] == r { next.append(merged); j += 2 }
-                else { next.append(symbols[j]); j += 1 }
-            }
-            symbols = next
+            symbols = BPETokenizer.merging(l, r, into: byteOffset + 256 + best, in: symbols)
         }
         out.append(contentsOf: symbols)
     }
@@ -262,13 +266,7 @@ public struct BPETokenizer: Sendable, Equatable {
                 for j in 0..<(word.count - 1) {
                     let k = key(word[j], word[j + 1]); pairCounts[k]! -= f; changed[k] = true
                 }
-                var next: [Int32] = []
-                next.reserveCapacity(word.count)
-                var j = 0
-                while j < word.count {
-                    if j + 1 < word.count && word[j] == l && word[j + 1] == r { next.append(newID); j += 2 }
-                    else { next.append(word[j]); j += 1 }
-                }
+                let next = merging(l, r, into: newID, in: word)
                 words[w] = next
                 if next.count > 1 {
                     for j in 0..<(next.count - 1) {

@@ -163,10 +163,10 @@ public enum Batching {
         return batches
     }
 
-    /// Evaluation batches over the whole corpus in a fixed order (no sampling, no shuffling).
-    /// Use `Batch.indices` to put outputs back in corpus order.
-    public static func evaluationBatches(_ corpus: EncodedCorpus, maxTokens: Int) -> [Batch] {
-        group(Array(corpus.pairs.indices), of: corpus, maxTokens: maxTokens).map { idx in
+    /// Evaluation batches over the pairs at `indices` (the whole corpus when nil) in a fixed
+    /// order (no sampling, no shuffling). Use `Batch.indices` to put outputs back in corpus order.
+    public static func evaluationBatches(_ corpus: EncodedCorpus, indices: [Int]? = nil, maxTokens: Int) -> [Batch] {
+        group(indices ?? Array(corpus.pairs.indices), of: corpus, maxTokens: maxTokens).map { idx in
             Batch(pairs: idx.map { corpus.pairs[$0] }, indices: idx)
         }
     }

@@ -123,12 +123,11 @@ public struct TrainingBatches: Sendable {
         }
         var start = position
         start.batch = 0
-        let saved = (epochStart, sampler, epochBatches, batchIndex)
+        let saved = (epochStart, sampler, epochBatches, batchIndex, nextStart)
         epochStart = start
-        sampler.state = start.samplerState
         buildEpoch()
         guard position.batch <= epochBatches.count else {
-            (epochStart, sampler, epochBatches, batchIndex) = saved
+            (epochStart, sampler, epochBatches, batchIndex, nextStart) = saved
             throw TokenizerError("data position batch \(position.batch) is beyond the epoch's \(epochBatches.count) batches")
         }
         batchIndex = position.batch

@@ -112,19 +112,18 @@ public enum Evaluator {
         precondition(corpus.pairs.count == pairs.count, "evaluation corpus and text pairs must align")
         let tasks = corpus.tasks
         let chosen = indices ?? Array(0..<pairs.count)
-        let groups = Batching.group(chosen, of: corpus, maxTokens: options.maxTokens)
+        let batches = Batching.evaluationBatches(corpus, indices: chosen, maxTokens: options.maxTokens)
+            .map { (indices: $0.indices, batch: Seq2SeqBatch($0)) }
         var hypotheses = [String](repeating: "", count: pairs.count)
         var lossSum = 0.0, lossTokens = 0, produced = 0
         var decodeSeconds = 0.0
         model.moe.startCollectingStatistics()
-        for g in groups {
-            let batch = Seq2SeqBatch(Batch(pairs: g.map { corpus.pairs[$0] }, indices: g))
+        for (_, batch) in batches {
             let ce = try model.transformer.forward(batch, training: false)
             lossSum += ce.lossSum; lossTokens += ce.tokenCount
         }
         let stats = model.moe.takeStatistics()
-        for g in groups {
-            let batch = Seq2SeqBatch(Batch(pairs: g.map { corpus.pairs[$0] }, indices: g))
+        for (g, batch) in batches {
             let t0 = DispatchTime.now().uptimeNanoseconds
             let out = try translate(model, batch: batch, options: options)
             decodeSeconds += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
@@ -133,11 +132,10 @@ public enum Evaluator {
                 produced += out[row].count + 1
             }
         }
-        var bleu: [BLEUScore?] = []
-        for t in tasks.indices {
-            let mine = chosen.filter { corpus.pairs[$0].task == Int32(t) }
-            bleu.append(mine.isEmpty ? nil : try SacreBLEU.corpusScore(hypotheses: mine.map { hypotheses[$0] },
-                                                                        references: mine.map { pairs[$0].target }))
+        let chosenByTask = tasks.indices.map { t in chosen.filter { corpus.pairs[$0].task == Int32(t) } }
+        let bleu: [BLEUScore?] = try chosenByTask.map { mine in
+            mine.isEmpty ? nil : try SacreBLEU.corpusScore(hypotheses: mine.map { hypotheses[$0] },
+                                                           references: mine.map { pairs[$0].target })
         }
         let scored = bleu.compactMap { $0?.score }
         return EvaluationReport(
@@ -147,7 +145,7 @@ public enum Evaluator {
             expertsPerTokenByTask: tasks.indices.map { stats?.expertsPerToken(task: $0) },
             taskAccuracy: stats?.taskAccuracy, taskMatrix: stats?.normalizedTaskMatrix ?? [],
             sentences: chosen.count,
-            sentencesByTask: tasks.indices.map { t in chosen.filter { corpus.pairs[$0].task == Int32(t) }.count },
+            sentencesByTask: chosenByTask.map(\.count),
             decodeTokensPerSecond: Double(produced) / max(decodeSeconds, 1e-9),
             hypotheses: chosen.map { hypotheses[$0] })
     }

@@ -100,8 +100,9 @@ public final class TrainingRun {
         let coordinatorCount = model.parameters.reduce(0) { $0 + $1.count }
         let spec = TranslationModel.expertSpec(for: configuration)
         let expertCount = TranslationModel.expertKeys(for: configuration).count
-        let perExpert = 2 * spec.modelDim * spec.hiddenDim + spec.hiddenDim + spec.modelDim
-            + (spec.activation == .swiglu ? spec.modelDim * spec.hiddenDim + spec.hiddenDim : 0)
+        // An expert's w1 [d, f1], b1 [f1], w2 [d_ff, d], b2 [d], as `Expert` allocates them.
+        let f1 = spec.activation.firstProjectionWidth(dFF: spec.hiddenDim)
+        let perExpert = spec.modelDim * f1 + f1 + spec.hiddenDim * spec.modelDim + spec.modelDim
         say("model: \(configuration.routing.variant.rawValue), d=\(configuration.model.modelDim), "
             + "\(configuration.model.encoderLayers)+\(configuration.model.decoderLayers) layers, "
             + "\(model.moe.layers.count) MoE layers × \(configuration.routing.experts) experts; "

@@ -49,10 +49,9 @@ public final class Translator {
         }
         let corpus = EncodedCorpus(tasks: tasks, pairs: pairs)
         var out = [String](repeating: "", count: sources.count)
-        for group in Batching.group(Array(pairs.indices), of: corpus, maxTokens: options.maxTokens) {
-            let batch = Seq2SeqBatch(Batch(pairs: group.map { pairs[$0] }, indices: group))
-            let ids = try Evaluator.translate(model, batch: batch, options: options)
-            for (row, index) in group.enumerated() { out[index] = tokenizer.decode(ids[row]) }
+        for batch in Batching.evaluationBatches(corpus, maxTokens: options.maxTokens) {
+            let ids = try Evaluator.translate(model, batch: Seq2SeqBatch(batch), options: options)
+            for (row, index) in batch.indices.enumerated() { out[index] = tokenizer.decode(ids[row]) }
         }
         return out
     }

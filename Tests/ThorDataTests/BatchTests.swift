@@ -101,6 +101,12 @@ final class BatchTests: XCTestCase {
         for b in run { XCTAssertLessThanOrEqual(b.paddedTokens, 400) }
         var bad = positions[3]; bad.taskCursors = [1]
         XCTAssertThrowsError(try c.restore(bad))
+        // a position past its epoch's batches is refused and changes nothing: the stream goes on as before
+        var reference = try TrainingBatches(corpus: e, maxTokens: 400, seed: 12, epochSize: 300)
+        _ = reference.next()
+        var far = positions[3]; far.batch = 10_000
+        XCTAssertThrowsError(try c.restore(far))
+        for i in 0..<60 { XCTAssertEqual(c.next(), reference.next(), "batch \(i + 1) after a refused restore") }
     }
 
     func testTrainingBatchesFollowTemperature() throws {

@@ -80,6 +80,7 @@ final class SafeTensorsTests: XCTestCase {
         fails(make(#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,16]}}"#, data: 8), "out of range")
         fails(make(#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,12]}}"#, data: 12), "needs 8 bytes")
         fails(make(#"{"a":{"dtype":"Q4","shape":[2],"data_offsets":[0,8]}}"#, data: 8), "unsupported dtype 'Q4'")
+        fails(make(#"{"a":{"dtype":"I64","shape":[4000000000000000,1000],"data_offsets":[0,8]}}"#, data: 8), "overflows")
         fails(make(#"{"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}}"#, data: 8), "invalid shape")
         fails(make(#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#, data: 12), "overlaps")
         fails(make(#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, data: 8), "gap")
