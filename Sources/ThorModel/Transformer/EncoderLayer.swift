@@ -8,7 +8,7 @@ func residualAdd(_ base: Tensor, _ branch: Tensor, mask: Tensor?) -> Tensor {
         let m = mask.pointer
         for i in 0..<n { o[i] += b[i] * m[i] }
     } else {
-        for i in 0..<n { o[i] += b[i] }
+        Kernels.add(b, into: o, count: n)
     }
     return out
 }
