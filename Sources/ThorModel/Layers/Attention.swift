@@ -113,7 +113,7 @@ public enum Linear {
     /// Overwrites `y` [n, out].
     public static func forward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
                                b: UnsafePointer<Float>, n: Int, inDim: Int, outDim: Int) {
-        for r in 0..<n { (y + r * outDim).update(from: b, count: outDim) }
+        Kernels.fillRows(y, with: b, rows: n, cols: outDim)
         gemm(m: n, n: outDim, k: inDim, a: x, b: w, beta: 1, c: y)
     }
 
