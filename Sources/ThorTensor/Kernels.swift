@@ -54,6 +54,12 @@ public enum Kernels {
         }
     }
 
+    /// `mat[r·cols + j] = row[j]` for every row `r` (overwrites; e.g. a bias before `gemm(beta: 1)`).
+    @inlinable
+    public static func fillRows(_ mat: UnsafeMutablePointer<Float>, with row: UnsafePointer<Float>, rows: Int, cols: Int) {
+        for r in 0..<rows { (mat + r * cols).update(from: row, count: cols) }
+    }
+
     /// Copies `n` floats.
     @inlinable
     public static func copy(_ src: UnsafePointer<Float>, to dst: UnsafeMutablePointer<Float>, count n: Int) {

@@ -46,10 +46,10 @@ public enum AttentionKernel {
                 let pbh = probs + ((b * s.heads + h) * tq) * tk
                 let wbh = weights + ((b * s.heads + h) * tq) * tk
                 gemm(transB: true, m: tq, n: tk, k: dh, alpha: scale, a: qbh, lda: d, b: kbh, ldb: d, c: pbh, ldc: tk)
+                let m = keyMask.map { $0 + b * s.maskStride }
                 for i in 0..<tq {
                     let row = pbh + i * tk
                     let visible = s.causal ? min(tk, s.queryStart + i + 1) : tk
-                    let m = keyMask.map { $0 + b * s.maskStride }
                     var mx = -Float.infinity
                     for j in 0..<tk {
                         if j >= visible || (m != nil && m![j] == 0) { row[j] = -Float.infinity } else { mx = max(mx, row[j]) }
@@ -113,7 +113,7 @@ public enum Linear {
     /// Overwrites `y` [n, out].
     public static func forward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
                                b: UnsafePointer<Float>, n: Int, inDim: Int, outDim: Int) {
-        for r in 0..<n { (y + r * outDim).update(from: b, count: outDim) }
+        Kernels.fillRows(y, with: b, rows: n, cols: outDim)
         gemm(m: n, n: outDim, k: inDim, a: x, b: w, beta: 1, c: y)
     }
 
@@ -177,13 +177,8 @@ public final class MultiHeadAttention {
             dropMask = m
         }
         let weights = dropMask == nil ? probs : Tensor(shape: [shape.probsCount])
-        let context = Tensor(shape: [query.rows, dim])
-        func run(_ mask: UnsafePointer<Float>?) {
-            AttentionKernel.forward(out: context.pointer, probs: probs.pointer, weights: weights.pointer,
-                                    q: q.pointer, k: k.pointer, v: v.pointer, keyMask: mask,
-                                    dropMask: dropMask.map { UnsafePointer($0.pointer) }, shape: shape)
-        }
-        if let keyMask { keyMask.withUnsafeBufferPointer { run($0.baseAddress!) } } else { run(nil) }
+        let context = attend(q: q, keys: k, values: v, probs: probs, weights: weights, keyMask: keyMask,
+                             dropMask: dropMask, shape: shape)
         let out = linear(context, wo, bo)
         saved = training ? Saved(xq: query, xkv: keyValue, q: q, k: k, v: v, probs: probs, weights: weights,
                                  dropMask: dropMask, context: context, shape: shape) : nil
@@ -230,15 +225,22 @@ public final class MultiHeadAttention {
     /// `keys`/`values` [B, keyCapacity, d] (first `shape.keyLength` rows used). No dropout.
     public func attendCached(query x: Tensor, keys: Tensor, values: Tensor, shape: AttentionKernel.Shape,
                              keyMask: [Float]?) -> Tensor {
-        let q = linear(x, wq, bq)
         let probs = Tensor(shape: [shape.probsCount])
-        let context = Tensor(shape: [x.rows, dim])
+        let context = attend(q: linear(x, wq, bq), keys: keys, values: values, probs: probs, weights: probs,
+                             keyMask: keyMask, dropMask: nil, shape: shape)
+        return linear(context, wo, bo)
+    }
+
+    /// `AttentionKernel.forward` into a new context `[B·Tq, d]`, with the optional key mask pinned.
+    private func attend(q: Tensor, keys: Tensor, values: Tensor, probs: Tensor, weights: Tensor,
+                        keyMask: [Float]?, dropMask: Tensor?, shape: AttentionKernel.Shape) -> Tensor {
+        let context = Tensor(shape: [q.rows, dim])
         func run(_ mask: UnsafePointer<Float>?) {
-            AttentionKernel.forward(out: context.pointer, probs: probs.pointer, weights: probs.pointer,
+            AttentionKernel.forward(out: context.pointer, probs: probs.pointer, weights: weights.pointer,
                                     q: q.pointer, k: keys.pointer, v: values.pointer, keyMask: mask,
-                                    dropMask: nil, shape: shape)
+                                    dropMask: dropMask.map { UnsafePointer($0.pointer) }, shape: shape)
         }
         if let keyMask { keyMask.withUnsafeBufferPointer { run($0.baseAddress!) } } else { run(nil) }
-        return linear(context, wo, bo)
+        return context
     }
 }

@@ -26,12 +26,20 @@ public enum Dropout {
         for i in 0..<n { dinp[i] = dout[i] * mask[i] }
     }
 
+    /// A mask `[count]` drawn as `makeMask` does, or nil when dropout is off
+    /// (not training, or a zero rate).
+    public static func mask(count: Int, rate: Float, training: Bool, rng: inout RandomGenerator) -> Tensor? {
+        guard training, rate > 0 else { return nil }
+        let mask = Tensor(shape: [count])
+        makeMask(mask.pointer, count: count, rate: rate, rng: &rng)
+        return mask
+    }
+
     /// Applies dropout to `x` in place when training with a positive rate and returns the
     /// mask to keep for backward (nil: identity, nothing to undo).
     public static func apply(_ x: Tensor, rate: Float, training: Bool, rng: inout RandomGenerator) -> Tensor? {
-        guard training, rate > 0 else { return nil }
-        let mask = Tensor(shape: x.shape)
-        makeMask(mask.pointer, count: x.count, rate: rate, rng: &rng)
+        guard let mask = mask(count: x.count, rate: rate, training: training, rng: &rng) else { return nil }
+        mask.reshape(x.shape)
         forward(out: x.pointer, inp: x.pointer, mask: mask.pointer, count: x.count)
         return mask
     }

@@ -23,8 +23,7 @@ public enum Embedding {
         n: Int, d: Int, scale: Float
     ) {
         for r in 0..<n {
-            let dst = dtable + Int(ids[r]) * d, src = dout + r * d
-            for j in 0..<d { dst[j] += scale * src[j] }
+            Kernels.axpy(scale, dout + r * d, into: dtable + Int(ids[r]) * d, count: d)
         }
     }
 

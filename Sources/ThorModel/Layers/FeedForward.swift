@@ -42,7 +42,7 @@ public enum FeedForward {
                 }
             }
         }
-        for r in 0..<n { (y + r * d).update(from: b2, count: d) }
+        Kernels.fillRows(y, with: b2, rows: n, cols: d)
         gemm(m: n, n: d, k: dFF, a: a, b: w2, beta: 1, c: y)
     }
 

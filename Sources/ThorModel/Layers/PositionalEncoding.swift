@@ -29,11 +29,9 @@ public enum PositionalEncoding {
         to x: UnsafeMutablePointer<Float>, table: UnsafePointer<Float>,
         batch: Int, length: Int, start: Int, d: Int
     ) {
+        // Each sentence's rows and the table rows start..<start+length are both contiguous.
         for b in 0..<batch {
-            for s in 0..<length {
-                let row = x + (b * length + s) * d, pe = table + (start + s) * d
-                for j in 0..<d { row[j] += pe[j] }
-            }
+            Kernels.add(table + start * d, into: x + b * length * d, count: length * d)
         }
     }
 }

@@ -41,7 +41,7 @@ public final class ContextGate {
         for t in 0..<n {
             let gt = g + t * d, ct = c + (t / l) * d, htt = ht + t * d, hh = h + t * d
             for j in 0..<d {
-                let s = RoutingKernels.sigmoid(gt[j])
+                let s = FeedForward.sigmoid(gt[j])
                 gt[j] = s
                 htt[j] = s * hh[j] + (1 - s) * ct[j]
             }

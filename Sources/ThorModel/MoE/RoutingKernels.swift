@@ -20,7 +20,7 @@ public final class IndexBuffer: @unchecked Sendable {
     public var array: [Int] { (0..<count).map { Int(pointer[$0]) } }
 }
 
-/// Small kernels of the routing levels (softmax, top-K, sigmoid) over raw rows.
+/// Small kernels of the routing levels (softmax, top-K) over raw rows.
 public enum RoutingKernels {
     /// In-place softmax of each row of `x` [rows, cols]; where `allowed` (rows × cols, 1/0) is given,
     /// disallowed entries get probability exactly 0.
@@ -65,6 +65,4 @@ public enum RoutingKernels {
             out[pos] = Int32(j)
         }
     }
-
-    @inline(__always) public static func sigmoid(_ x: Float) -> Float { 1 / (1 + expf(-x)) }
 }

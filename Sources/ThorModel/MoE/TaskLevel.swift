@@ -110,12 +110,13 @@ public final class TaskLevel {
             preds[s] = best
         }
         // r
-        let r = Tensor(shape: [b, d])
+        let r: Tensor
         switch kind {
-        case .mixed: gemm(m: b, n: d, k: t, a: p.pointer, b: embeddings.value.pointer, c: r.pointer)
+        case .mixed:
+            r = Tensor(shape: [b, d])
+            gemm(m: b, n: d, k: t, a: p.pointer, b: embeddings.value.pointer, c: r.pointer)
         case .gold, .argmax:
-            let ids = kind == .gold ? layout.taskLabels! : preds
-            for s in 0..<b { (r.pointer + s * d).update(from: embeddings.value.pointer + ids[s] * d, count: d) }
+            r = gatherRows(embeddings.value, kind == .gold ? layout.taskLabels! : preds)
         }
         if training, let labels = layout.taskLabels {
             var l = 0.0
@@ -179,13 +180,8 @@ public final class TaskLevel {
     /// Keeps sentence `indices[i]` of the last forward as sentence `i` (inference only:
     /// beam search expanding or reordering hypotheses before incremental decoding).
     public func selectSentences(_ indices: [Int]) {
-        func gather(_ x: Tensor?) -> Tensor? {
-            guard let x else { return nil }
-            let w = x.columns, out = Tensor(shape: [indices.count, w])
-            for (i, s) in indices.enumerated() { (out.pointer + i * w).update(from: x.pointer + s * w, count: w) }
-            return out
-        }
-        representation = gather(representation); probabilities = gather(probabilities)
+        representation = representation.map { gatherRows($0, indices) }
+        probabilities = probabilities.map { gatherRows($0, indices) }
         predictions = indices.map { predictions[$0] }
         labels = labels.map { l in indices.map { l[$0] } }
         pooled = nil; poolRows = nil; gradRepresentation = nil; pendingBackward = false; loss = nil

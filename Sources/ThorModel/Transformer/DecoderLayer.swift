@@ -44,16 +44,16 @@ public final class DecoderLayer {
         let h1 = selfAttentionNorm.forward(y, training: training)
         let a1 = selfAttention.forward(query: h1, keyValue: nil, shape: selfShape, keyMask: layout.mask,
                                        dropout: attentionDropout, training: training, rng: &rng)
-        let m1 = dropoutMask(count: a1.count, rate: dropout, training: training, rng: &rng)
+        let m1 = Dropout.mask(count: a1.count, rate: dropout, training: training, rng: &rng)
         let y1 = residualAdd(y, a1, mask: m1)
         let h2 = crossAttentionNorm.forward(y1, training: training)
         let a2 = crossAttention.forward(query: h2, keyValue: encoderOutput, shape: crossShape, keyMask: sourceMask,
                                         dropout: attentionDropout, training: training, rng: &rng)
-        let m2 = dropoutMask(count: a2.count, rate: dropout, training: training, rng: &rng)
+        let m2 = Dropout.mask(count: a2.count, rate: dropout, training: training, rng: &rng)
         let y2 = residualAdd(y1, a2, mask: m2)
         let h3 = feedForwardNorm.forward(y2, training: training)
         let f = try feedForward.forward(h3, layout: layout, training: training)
-        let m3 = dropoutMask(count: f.count, rate: dropout, training: training, rng: &rng)
+        let m3 = Dropout.mask(count: f.count, rate: dropout, training: training, rng: &rng)
         masks = training ? (m1, m2, m3) : nil
         return residualAdd(y2, f, mask: m3)
     }

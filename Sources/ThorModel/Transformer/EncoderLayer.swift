@@ -8,17 +8,9 @@ func residualAdd(_ base: Tensor, _ branch: Tensor, mask: Tensor?) -> Tensor {
         let m = mask.pointer
         for i in 0..<n { o[i] += b[i] * m[i] }
     } else {
-        for i in 0..<n { o[i] += b[i] }
+        Kernels.add(b, into: o, count: n)
     }
     return out
-}
-
-/// A dropout mask for `count` elements, or nil when dropout is off.
-func dropoutMask(count: Int, rate: Float, training: Bool, rng: inout RandomGenerator) -> Tensor? {
-    guard training, rate > 0 else { return nil }
-    let m = Tensor(shape: [count])
-    Dropout.makeMask(m.pointer, count: count, rate: rate, rng: &rng)
-    return m
 }
 
 /// `grad ⊙ mask` as a new tensor (a copy of `grad` for a nil mask).
@@ -68,11 +60,11 @@ public final class EncoderLayer {
         let h = selfAttentionNorm.forward(x, training: training)
         let a = selfAttention.forward(query: h, keyValue: nil, shape: shape, keyMask: layout.mask,
                                       dropout: attentionDropout, training: training, rng: &rng)
-        let m1 = dropoutMask(count: a.count, rate: dropout, training: training, rng: &rng)
+        let m1 = Dropout.mask(count: a.count, rate: dropout, training: training, rng: &rng)
         let mid = residualAdd(x, a, mask: m1)
         let h2 = feedForwardNorm.forward(mid, training: training)
         let f = try feedForward.forward(h2, layout: layout, training: training)
-        let m2 = dropoutMask(count: f.count, rate: dropout, training: training, rng: &rng)
+        let m2 = Dropout.mask(count: f.count, rate: dropout, training: training, rng: &rng)
         masks = training ? (m1, m2) : nil
         return residualAdd(mid, f, mask: m2)
     }
