@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # The test suite: installs what it needs, checks generated code is current, builds, runs every test.
+# The last line printed is "N passed, N failed", counted from the XCTest results
+# (swift test --parallel ends with Swift Testing's own "0 tests" line otherwise).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -11,4 +13,8 @@ if [ -z "${OPENBLAS_CORETYPE+x}" ] && grep -qw avx2 /proc/cpuinfo && grep -qw fm
   export OPENBLAS_CORETYPE=Haswell
 fi
 swift build -c release --product thor
-swift test -c release --parallel --num-workers 2 "$@"
+results=$(mktemp -d "${TMPDIR:-/tmp}/thor-test-results.XXXXXX")
+trap 'rm -rf "$results"' EXIT
+status=0
+swift test -c release --parallel --num-workers 2 --xunit-output "$results/xunit.xml" "$@" || status=$?
+scripts/count-tests.sh "$results/xunit.xml" "$status"
