@@ -1,7 +1,11 @@
 // swift-tools-version:6.0
 // thor: THOR-MoE translation models trained across expert-worker processes.
-// Module layering (one way): ThorTensor -> ThorModel -> ThorWire/ThorTransport -> ThorCluster -> ThorTraining -> ThorCLI -> thor.
-// ThorData and ThorCheckpoint sit beside ThorModel (text, corpora, BLEU; safetensors files).
+// Module layering (one way):
+//   ThorTensor -> ThorExperts -> ThorModel -> ThorWire/ThorTransport -> ThorCluster -> ThorTraining -> ThorCLI -> thor
+// (tensors -> experts -> model -> wire/transport -> cluster -> training -> CLI).
+// ThorExperts (expert types, the FFN kernel, expert hosts and backends) is all a worker needs:
+// ThorWire and ThorCluster depend on it, not on ThorModel.
+// ThorData and ThorCheckpoint sit beside (text, corpora, batches, BLEU; safetensors files).
 import PackageDescription
 
 let optimize: [SwiftSetting] = [
@@ -30,31 +34,33 @@ let package = Package(
                 linkerSettings: [.linkedLibrary("protobuf-c")]),
 
         .target(name: "ThorTensor", dependencies: ["CBLAS"], swiftSettings: optimize),
-        .target(name: "ThorModel", dependencies: ["ThorTensor"], swiftSettings: optimize),
+        .target(name: "ThorExperts", dependencies: ["ThorTensor"], swiftSettings: optimize),
+        .target(name: "ThorModel", dependencies: ["ThorTensor", "ThorExperts"], swiftSettings: optimize),
         .target(name: "ThorData", dependencies: ["ThorTensor"], swiftSettings: optimize),
         .target(name: "ThorCheckpoint", dependencies: ["ThorTensor"], swiftSettings: optimize),
-        .target(name: "ThorWire", dependencies: ["ThorTensor", "ThorModel", "CThorProto"], swiftSettings: optimize),
+        .target(name: "ThorWire", dependencies: ["ThorTensor", "ThorExperts", "CThorProto"], swiftSettings: optimize),
         .target(name: "ThorTransport", dependencies: ["CZMQ"], swiftSettings: optimize),
         .target(name: "ThorCluster",
-                dependencies: ["ThorTensor", "ThorModel", "ThorWire", "ThorTransport", "ThorCheckpoint"],
+                dependencies: ["ThorTensor", "ThorExperts", "ThorWire", "ThorTransport", "ThorCheckpoint"],
                 swiftSettings: optimize),
         // Training loop, checkpoints of a whole run, evaluation: glues model, data and cluster.
         .target(name: "ThorTraining",
-                dependencies: ["ThorTensor", "ThorModel", "ThorData", "ThorCheckpoint", "ThorCluster"],
+                dependencies: ["ThorTensor", "ThorExperts", "ThorModel", "ThorData", "ThorCheckpoint", "ThorCluster"],
                 swiftSettings: optimize),
         .target(name: "ThorCLI",
-                dependencies: ["ThorTensor", "ThorModel", "ThorData", "ThorCheckpoint", "ThorWire",
+                dependencies: ["ThorTensor", "ThorExperts", "ThorModel", "ThorData", "ThorCheckpoint", "ThorWire",
                                "ThorTransport", "ThorCluster", "ThorTraining",
                                .product(name: "ArgumentParser", package: "swift-argument-parser")],
                 swiftSettings: optimize),
         .executableTarget(name: "thor", dependencies: ["ThorCLI"], swiftSettings: optimize),
 
         .testTarget(name: "ThorTensorTests", dependencies: ["ThorTensor"]),
-        .testTarget(name: "ThorModelTests", dependencies: ["ThorTensor", "ThorModel"]),
+        .testTarget(name: "ThorExpertsTests", dependencies: ["ThorTensor", "ThorExperts"]),
+        .testTarget(name: "ThorModelTests", dependencies: ["ThorTensor", "ThorExperts", "ThorModel"]),
         .testTarget(name: "ThorDataTests", dependencies: ["ThorData", "ThorCheckpoint", "ThorTensor"]),
-        .testTarget(name: "ThorWireTests", dependencies: ["ThorWire", "ThorTransport", "ThorTensor", "ThorModel"]),
-        .testTarget(name: "ThorClusterTests", dependencies: ["ThorCluster", "ThorModel", "ThorTensor", "ThorWire", "ThorTransport"]),
-        .testTarget(name: "ThorTrainingTests", dependencies: ["ThorTraining", "ThorModel", "ThorData", "ThorTensor", "ThorCluster", "ThorCheckpoint"]),
+        .testTarget(name: "ThorWireTests", dependencies: ["ThorWire", "ThorTransport", "ThorTensor", "ThorExperts"]),
+        .testTarget(name: "ThorClusterTests", dependencies: ["ThorCluster", "ThorExperts", "ThorTensor", "ThorWire", "ThorTransport"]),
+        .testTarget(name: "ThorTrainingTests", dependencies: ["ThorTraining", "ThorExperts", "ThorModel", "ThorData", "ThorTensor", "ThorCluster", "ThorCheckpoint"]),
         .testTarget(name: "ThorCLITests", dependencies: ["ThorCLI"]),
     ]
 )

@@ -1,5 +1,5 @@
 import ThorTensor
-import ThorModel
+import ThorExperts
 
 /// Runs the same random training steps (forward → backward → squared norms →
 /// Adam step) on two expert backends and reports whether every output,

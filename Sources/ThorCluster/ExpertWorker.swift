@@ -1,5 +1,5 @@
 import ThorTensor
-import ThorModel
+import ThorExperts
 import ThorWire
 import ThorTransport
 #if canImport(Glibc)

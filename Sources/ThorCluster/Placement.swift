@@ -1,4 +1,4 @@
-import ThorModel
+import ThorExperts
 
 /// Where each routed expert lives: (layer, expert) → the workers hosting a copy,
 /// primary first. Deterministic: the same keys, workers and strategy always give

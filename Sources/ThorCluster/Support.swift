@@ -1,5 +1,5 @@
 import ThorWire
-import ThorModel
+import ThorExperts
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)

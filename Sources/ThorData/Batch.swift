@@ -1,3 +1,5 @@
+import ThorTensor
+
 /// One sentence pair as token ids, ready for batching.
 ///
 /// - `source`: `[CLS] (tag) s_1 … s_n </s>`
@@ -25,44 +27,19 @@ public struct EncodedPair: Sendable, Equatable {
     }
 }
 
-/// A padded batch of `batchSize` pairs, every array flat and row-major.
-/// Padding uses ``SpecialTokens/pad``; masks are 1 on real tokens and 0 on padding.
-public struct Batch: Sendable, Equatable {
-    /// B: number of sentences.
-    public var batchSize: Int
-    /// S: padded source length.
-    public var sourceLength: Int
-    /// T: padded target length.
-    public var targetLength: Int
-    /// [B, S] source ids.
-    public var source: [Int32]
-    /// [B, S] 1 for real source tokens, 0 for padding.
-    public var sourceMask: [Float]
-    /// [B, T] decoder input ids (`<s> y…`).
-    public var targetInput: [Int32]
-    /// [B, T] ids to predict (`y… </s>`).
-    public var targetOutput: [Int32]
-    /// [B, T] 1 for real target positions, 0 for padding.
-    public var targetMask: [Float]
-    /// [B] task index of each sentence.
-    public var taskLabels: [Int32]
-    /// [B] index of each sentence in its ``EncodedCorpus`` (to put outputs back in corpus order).
-    public var indices: [Int]
-
-    /// Pads `pairs` into a batch; `indices` default to `0..<pairs.count`.
+extension Seq2SeqBatch {
+    /// Pads `pairs` into a batch (padding ``SpecialTokens/pad``, masks 1 on real tokens);
+    /// `indices` (positions of the pairs in their corpus) default to `0..<pairs.count`.
     public init(pairs: [EncodedPair], indices: [Int]? = nil) {
-        precondition(indices == nil || indices!.count == pairs.count, "Batch: one index per pair")
+        precondition(indices == nil || indices!.count == pairs.count, "Seq2SeqBatch: one index per pair")
         let b = pairs.count
         let s = pairs.map(\.source.count).max() ?? 0
         let t = pairs.map(\.targetInput.count).max() ?? 0
-        batchSize = b; sourceLength = s; targetLength = t
-        source = Array(repeating: SpecialTokens.pad, count: b * s)
-        sourceMask = Array(repeating: 0, count: b * s)
-        targetInput = Array(repeating: SpecialTokens.pad, count: b * t)
-        targetOutput = Array(repeating: SpecialTokens.pad, count: b * t)
-        targetMask = Array(repeating: 0, count: b * t)
-        taskLabels = pairs.map(\.task)
-        self.indices = indices ?? Array(0..<b)
+        var source = [Int32](repeating: SpecialTokens.pad, count: b * s)
+        var sourceMask = [Float](repeating: 0, count: b * s)
+        var targetInput = [Int32](repeating: SpecialTokens.pad, count: b * t)
+        var targetOutput = targetInput
+        var targetMask = [Float](repeating: 0, count: b * t)
         for (row, p) in pairs.enumerated() {
             for (j, id) in p.source.enumerated() { source[row * s + j] = id; sourceMask[row * s + j] = 1 }
             for j in 0..<p.targetInput.count {
@@ -71,12 +48,10 @@ public struct Batch: Sendable, Equatable {
                 targetMask[row * t + j] = 1
             }
         }
+        self.init(batchSize: b, sourceLength: s, targetLength: t, source: source, sourceMask: sourceMask,
+                  targetInput: targetInput, targetOutput: targetOutput, targetMask: targetMask,
+                  taskLabels: pairs.map { Int($0.task) }, indices: indices)
     }
-
-    /// Tokens including padding, as counted against a token budget: `B · max(S, T)`.
-    public var paddedTokens: Int { batchSize * max(sourceLength, targetLength) }
-    /// Real (non-pad) target tokens.
-    public var targetTokens: Int { Int(targetMask.reduce(0, +)) }
 }
 
 /// A corpus encoded to ids, with its task list.
@@ -164,10 +139,10 @@ public enum Batching {
     }
 
     /// Evaluation batches over the pairs at `indices` (the whole corpus when nil) in a fixed
-    /// order (no sampling, no shuffling). Use `Batch.indices` to put outputs back in corpus order.
-    public static func evaluationBatches(_ corpus: EncodedCorpus, indices: [Int]? = nil, maxTokens: Int) -> [Batch] {
+    /// order (no sampling, no shuffling). Use `Seq2SeqBatch.indices` to put outputs back in corpus order.
+    public static func evaluationBatches(_ corpus: EncodedCorpus, indices: [Int]? = nil, maxTokens: Int) -> [Seq2SeqBatch] {
         group(indices ?? Array(corpus.pairs.indices), of: corpus, maxTokens: maxTokens).map { idx in
-            Batch(pairs: idx.map { corpus.pairs[$0] }, indices: idx)
+            Seq2SeqBatch(pairs: idx.map { corpus.pairs[$0] }, indices: idx)
         }
     }
 }

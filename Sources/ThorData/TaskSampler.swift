@@ -134,11 +134,11 @@ public struct TrainingBatches: Sendable {
     }
 
     /// The next batch.
-    public mutating func next() -> Batch {
+    public mutating func next() -> Seq2SeqBatch {
         if batchIndex >= epochBatches.count { advanceEpoch() }
         let idx = epochBatches[batchIndex]
         batchIndex += 1
-        return Batch(pairs: idx.map { corpus.pairs[$0] }, indices: idx)
+        return Seq2SeqBatch(pairs: idx.map { corpus.pairs[$0] }, indices: idx)
     }
 
     /// Draws the epoch described by `epochStart` (and leaves sampler/cursors at its end in `nextStart`).

@@ -113,21 +113,20 @@ public enum Evaluator {
         let tasks = corpus.tasks
         let chosen = indices ?? Array(0..<pairs.count)
         let batches = Batching.evaluationBatches(corpus, indices: chosen, maxTokens: options.maxTokens)
-            .map { (indices: $0.indices, batch: Seq2SeqBatch($0)) }
         var hypotheses = [String](repeating: "", count: pairs.count)
         var lossSum = 0.0, lossTokens = 0, produced = 0
         var decodeSeconds = 0.0
         model.moe.startCollectingStatistics()
-        for (_, batch) in batches {
+        for batch in batches {
             let ce = try model.transformer.forward(batch, training: false)
             lossSum += ce.lossSum; lossTokens += ce.tokenCount
         }
         let stats = model.moe.takeStatistics()
-        for (g, batch) in batches {
+        for batch in batches {
             let t0 = DispatchTime.now().uptimeNanoseconds
             let out = try translate(model, batch: batch, options: options)
             decodeSeconds += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
-            for (row, index) in g.enumerated() {
+            for (row, index) in batch.indices.enumerated() {
                 hypotheses[index] = tokenizer.decode(out[row])
                 produced += out[row].count + 1
             }

@@ -1,5 +1,6 @@
 import ThorModel
 import ThorCluster
+import ThorExperts
 
 /// Where a run's routed experts live: this process, or a local cluster of
 /// expert-worker processes that this object starts and stops.

@@ -1,5 +1,6 @@
 import Foundation
 import ThorTensor
+import ThorExperts
 import ThorModel
 import ThorData
 import ThorCheckpoint

@@ -58,8 +58,7 @@ public final class Trainer {
     /// One optimizer step on the next training batch.
     @discardableResult
     public func trainStep() throws -> StepResult {
-        let batch = Seq2SeqBatch(batches.next())
-        return try trainStep(on: batch)
+        try trainStep(on: batches.next())
     }
 
     /// One optimizer step on `batch`.

@@ -56,12 +56,3 @@ public struct TranslationData: Sendable {
                                test: encodedTest, devPairs: dev, testPairs: test)
     }
 }
-
-extension Seq2SeqBatch {
-    /// The model's view of a data batch (same layout, task labels as Int).
-    public init(_ b: Batch) {
-        self.init(batchSize: b.batchSize, sourceLength: b.sourceLength, targetLength: b.targetLength,
-                  source: b.source, sourceMask: b.sourceMask, targetInput: b.targetInput,
-                  targetOutput: b.targetOutput, targetMask: b.targetMask, taskLabels: b.taskLabels.map(Int.init))
-    }
-}

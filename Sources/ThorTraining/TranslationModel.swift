@@ -1,4 +1,5 @@
 import ThorTensor
+import ThorExperts
 import ThorModel
 
 /// A THOR-MoE encoder-decoder translation model as the coordinator sees it:

@@ -50,7 +50,7 @@ public final class Translator {
         let corpus = EncodedCorpus(tasks: tasks, pairs: pairs)
         var out = [String](repeating: "", count: sources.count)
         for batch in Batching.evaluationBatches(corpus, maxTokens: options.maxTokens) {
-            let ids = try Evaluator.translate(model, batch: Seq2SeqBatch(batch), options: options)
+            let ids = try Evaluator.translate(model, batch: batch, options: options)
             for (row, index) in batch.indices.enumerated() { out[index] = tokenizer.decode(ids[row]) }
         }
         return out

@@ -1,6 +1,6 @@
 import CThorProto
 import ThorTensor
-import ThorModel
+import ThorExperts
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)

@@ -1,5 +1,5 @@
 import ThorTensor
-import ThorModel
+import ThorExperts
 
 /// The protocol version this build speaks (`Envelope.protocol_version`, Protos/thor.proto).
 public let thorProtocolVersion: UInt32 = 1

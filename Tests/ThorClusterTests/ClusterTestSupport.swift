@@ -1,6 +1,6 @@
 import XCTest
 import ThorTensor
-import ThorModel
+import ThorExperts
 #if canImport(Glibc)
 import Glibc
 #endif

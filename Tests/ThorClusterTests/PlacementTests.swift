@@ -1,5 +1,5 @@
 import XCTest
-import ThorModel
+import ThorExperts
 import ThorCluster
 
 final class PlacementTests: XCTestCase {

@@ -1,6 +1,6 @@
 import XCTest
 import ThorTensor
-import ThorModel
+import ThorExperts
 import ThorWire
 import ThorTransport
 import ThorCluster

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 import ThorData
+import ThorTensor
 
 final class BatchTests: XCTestCase {
     static let setup: (SyntheticCorpus, BPETokenizer, EncodedCorpus) = {
@@ -31,7 +32,7 @@ final class BatchTests: XCTestCase {
     func testBatchPaddingAndMasks() {
         let p1 = EncodedPair(task: 0, sourceTokens: [10, 11, 12], targetTokens: [20])
         let p2 = EncodedPair(task: 1, sourceTokens: [13], targetTokens: [21, 22, 23])
-        let b = Batch(pairs: [p1, p2], indices: [5, 9])
+        let b = Seq2SeqBatch(pairs: [p1, p2], indices: [5, 9])
         XCTAssertEqual(b.batchSize, 2); XCTAssertEqual(b.sourceLength, 5); XCTAssertEqual(b.targetLength, 4)
         XCTAssertEqual(b.source, [3, 10, 11, 12, 2, 3, 13, 2, 0, 0])
         XCTAssertEqual(b.sourceMask, [1, 1, 1, 1, 1, 1, 1, 1, 0, 0])
@@ -85,7 +86,7 @@ final class BatchTests: XCTestCase {
     func testTrainingBatchesResumeBitIdentically() throws {
         let (_, _, e) = Self.setup
         var a = try TrainingBatches(corpus: e, maxTokens: 400, seed: 11, epochSize: 300)
-        var run: [Batch] = []
+        var run: [Seq2SeqBatch] = []
         var positions: [DataPosition] = []
         for _ in 0..<60 { positions.append(a.position); run.append(a.next()) }  // spans several epochs
         XCTAssertGreaterThan(positions.last!.epoch, 1)
@@ -114,7 +115,7 @@ final class BatchTests: XCTestCase {
         var s = try TrainingBatches(corpus: e, maxTokens: 500, temperature: 5, seed: 3)
         var hist = [Int](repeating: 0, count: e.tasks.count)
         var total = 0
-        while total < 4_000 { let b = s.next(); for t in b.taskLabels { hist[Int(t)] += 1 }; total += b.batchSize }
+        while total < 4_000 { let b = s.next(); for t in b.taskLabels ?? [] { hist[t] += 1 }; total += b.batchSize }
         for i in 0..<hist.count {
             XCTAssertEqual(Double(hist[i]) / Double(total), s.taskProbabilities[i], accuracy: 0.03)
         }

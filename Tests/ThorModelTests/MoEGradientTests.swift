@@ -1,5 +1,6 @@
 import XCTest
 import ThorTensor
+import ThorExperts
 import ThorModel
 
 /// A small MoE "stack": two encoder MoE layers (the first owns the task level) and one decoder

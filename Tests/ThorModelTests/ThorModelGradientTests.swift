@@ -1,5 +1,6 @@
 import XCTest
 import ThorTensor
+import ThorExperts
 import ThorModel
 
 /// The whole THOR model in one process: a `Transformer` whose FFN sub-blocks are the MoE layers

@@ -1,6 +1,7 @@
 import XCTest
 import Foundation
 import ThorTensor
+import ThorExperts
 import ThorModel
 import ThorData
 import ThorCheckpoint

@@ -1,6 +1,6 @@
 import XCTest
 import ThorTensor
-import ThorModel
+import ThorExperts
 import ThorWire
 
 /// Frames whose nested messages need 1- to 4-byte length prefixes (the encoder

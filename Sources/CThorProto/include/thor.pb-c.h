@@ -46,7 +46,9 @@ typedef struct Thor__Envelope Thor__Envelope;
 /* --- enums --- */
 
 /*
- * The version this file describes. Peers reject envelopes of another version.
+ * The version this file describes. A receiver rejects an envelope of another
+ * version: 0 (unset, not a thor frame) with ERROR_CODE_MALFORMED, any other
+ * value with ERROR_CODE_VERSION_MISMATCH.
  */
 typedef enum _Thor__ProtocolVersion {
   THOR__PROTOCOL_VERSION__PROTOCOL_VERSION_UNSPECIFIED = 0,
@@ -78,9 +80,12 @@ typedef enum _Thor__Activation {
 typedef enum _Thor__ErrorCode {
   THOR__ERROR_CODE__ERROR_CODE_UNSPECIFIED = 0,
   /*
-   * not a decodable envelope / wrong frame count
+   * not a decodable envelope, protocol_version 0, no body, wrong frame count
    */
   THOR__ERROR_CODE__ERROR_CODE_MALFORMED = 1,
+  /*
+   * protocol_version neither 0 nor PROTOCOL_VERSION_CURRENT
+   */
   THOR__ERROR_CODE__ERROR_CODE_VERSION_MISMATCH = 2,
   /*
    * frame above the receiver's limit
@@ -107,6 +112,8 @@ typedef enum _Thor__ErrorCode {
 
 /*
  * A dense row-major tensor. len(data) == product(shape) * size(dtype).
+ * Decoding adopts f32 `data` as the tensor's storage (no copy); bf16 is
+ * widened into a new f32 buffer.
  */
 struct  Thor__Tensor
 {
@@ -420,7 +427,10 @@ struct  Thor__ImportRequest
 
 
 /*
- * Either side may send; the receiver answers with a Heartbeat echoing `sequence`.
+ * Liveness probe, coordinator -> worker: the worker answers with a Heartbeat
+ * echoing `sequence`. The coordinator does not answer Heartbeats: one it did not
+ * ask for (like any message that is neither a Register nor a reply to a pending
+ * request) is dropped.
  */
 struct  Thor__Heartbeat
 {

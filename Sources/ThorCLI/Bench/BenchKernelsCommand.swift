@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import ThorTensor
+import ThorExperts
 import ThorModel
 
 /// `thor bench kernels`: GEMM GFLOPS at the FFN's shapes (1 and 2 BLAS threads), the FFN

@@ -1,6 +1,7 @@
 import Foundation
 import ArgumentParser
 import ThorTensor
+import ThorExperts
 import ThorModel
 
 struct BenchMoECommand: ParsableCommand {

@@ -1,6 +1,6 @@
 import ArgumentParser
 import ThorCluster
-import ThorModel
+import ThorExperts
 import ThorWire
 #if canImport(Glibc)
 import Glibc

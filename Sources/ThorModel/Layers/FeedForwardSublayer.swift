@@ -1,4 +1,5 @@
 import ThorTensor
+import ThorExperts
 
 /// Which stack a sublayer belongs to.
 public enum Side: String, Sendable, Codable { case encoder, decoder }
@@ -53,47 +54,35 @@ public protocol FeedForwardSublayer: AnyObject {
     func backward(_ gradOutput: Tensor) throws -> Tensor
 }
 
-/// The dense FFN sublayer.
+/// The dense FFN sublayer (dense layers and shared experts): the same
+/// `FeedForwardWeights` and kernel as a routed `Expert`.
 public final class DenseFeedForward: FeedForwardSublayer {
-    public let modelDim: Int, hiddenDim: Int, activation: Activation
-    public let w1: Parameter, b1: Parameter, w2: Parameter, b2: Parameter
-    private var saved: (x: Tensor, h: Tensor, a: Tensor)?
+    public let weights: FeedForwardWeights
+    public var modelDim: Int { weights.modelDim }
+    public var hiddenDim: Int { weights.hiddenDim }
+    public var activation: Activation { weights.activation }
+    public var w1: Parameter { weights.w1 }
+    public var b1: Parameter { weights.b1 }
+    public var w2: Parameter { weights.w2 }
+    public var b2: Parameter { weights.b2 }
+    private var saved: FeedForwardActivations?
 
     /// `name` prefixes the parameter names (e.g. `encoder.layers.0.ffn`).
     public init(name: String, modelDim d: Int, hiddenDim f: Int, activation: Activation, rng: inout RandomGenerator) {
-        modelDim = d; hiddenDim = f; self.activation = activation
-        let f1 = activation.firstProjectionWidth(dFF: f)
-        w1 = Parameter(name: "\(name).w1", shape: [d, f1])
-        b1 = Parameter(name: "\(name).b1", shape: [f1])
-        w2 = Parameter(name: "\(name).w2", shape: [f, d])
-        b2 = Parameter(name: "\(name).b2", shape: [d])
-        rng.fillUniform(w1.value.pointer, count: w1.count, limit: Float(6.0 / Double(d + f1)).squareRoot())
-        rng.fillUniform(w2.value.pointer, count: w2.count, limit: Float(6.0 / Double(f + d)).squareRoot())
+        weights = FeedForwardWeights(name: name, modelDim: d, hiddenDim: f, activation: activation, rng: &rng)
     }
 
-    public var parameters: [Parameter] { [w1, b1, w2, b2] }
+    public var parameters: [Parameter] { weights.parameters }
 
     public func forward(_ x: Tensor, layout: TokenLayout, training: Bool) throws -> Tensor {
-        let n = x.rows, d = modelDim, f = hiddenDim
-        let h = Tensor(shape: [n, activation.firstProjectionWidth(dFF: f)]), a = Tensor(shape: [n, f])
-        let y = Tensor(shape: [n, d])
-        FeedForward.forward(y: y.pointer, h: h.pointer, a: a.pointer, x: x.pointer,
-                            w1: w1.value.pointer, b1: b1.value.pointer, w2: w2.value.pointer, b2: b2.value.pointer,
-                            n: n, d: d, dFF: f, activation: activation)
-        saved = training ? (x, h, a) : nil
+        let (y, kept) = weights.forward(x, keep: training)
+        saved = kept
         return y
     }
 
     public func backward(_ gradOutput: Tensor) throws -> Tensor {
         guard let s = saved else { throw ExpertBackendError.noPendingForward(layer: -1) }
-        let n = s.x.rows, d = modelDim, f = hiddenDim
-        let dx = Tensor(shape: [n, d])
-        let dh = Tensor(shape: s.h.shape), da = Tensor(shape: s.a.shape)
-        FeedForward.backward(dx: dx.pointer, dw1: w1.grad.pointer, db1: b1.grad.pointer,
-                             dw2: w2.grad.pointer, db2: b2.grad.pointer,
-                             dy: gradOutput.pointer, h: s.h.pointer, a: s.a.pointer, x: s.x.pointer,
-                             w1: w1.value.pointer, w2: w2.value.pointer, dh: dh.pointer, da: da.pointer,
-                             n: n, d: d, dFF: f, activation: activation)
+        let dx = weights.backward(gradOutput, s)
         saved = nil
         return dx
     }

@@ -1,4 +1,5 @@
 import ThorTensor
+import ThorExperts
 
 /// The context gate of one MoE layer (SPEC §2.5):
 /// `g = σ(W_g [h; c] + b_g)`, `h̃ = g ⊙ h + (1 − g) ⊙ c` (+ `r` for infuse).

@@ -1,4 +1,5 @@
 import ThorTensor
+import ThorExperts
 
 /// Auxiliary loss values of one MoE layer's last training forward (unweighted; nil when the
 /// variant has no such loss).

@@ -1,4 +1,5 @@
 import ThorTensor
+import ThorExperts
 
 /// Auxiliary losses of the last training step, each the mean over the MoE layers
 /// (nil when the variant has no such loss). SPEC §3.

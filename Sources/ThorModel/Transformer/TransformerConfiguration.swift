@@ -1,3 +1,5 @@
+import ThorExperts
+
 /// Shape of the encoder-decoder Transformer (the `model` section of a config file).
 ///
 /// The dense model and every MoE variant share it; which layers are MoE and how

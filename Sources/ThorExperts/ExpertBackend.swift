@@ -68,7 +68,7 @@ public protocol ExpertBackend: AnyObject {
 public final class ExpertHost: @unchecked Sendable {
     public let spec: ExpertSpec
     public private(set) var experts: [ExpertKey: Expert]
-    private var pending: [Int: [(ExpertKey, ExpertActivations)]] = [:]
+    private var pending: [Int: [(ExpertKey, FeedForwardActivations)]] = [:]
 
     /// Batches of one call run concurrently on up to this many threads, each
     /// expert with one BLAS thread, so results never depend on it.

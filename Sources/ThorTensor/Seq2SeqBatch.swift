@@ -1,26 +1,43 @@
-/// One batch of sentence pairs as plain row-major arrays.
+/// One padded batch of sentence pairs as plain row-major arrays: the one batch type
+/// of the project. ThorData builds it from a corpus (`Seq2SeqBatch(pairs:indices:)`),
+/// the model consumes it (`Transformer.forward`), training and evaluation pass it
+/// between them. It lives here, in the lowest module, because data and model sit
+/// beside each other and neither may depend on the other.
 ///
 /// `source` [B, S] holds `[CLS] … </s>` (ids already in place) and padding;
 /// `targetInput` [B, T] starts with BOS; `targetOutput` [B, T] is `targetInput`
 /// shifted left (ending in `</s>`). Masks are 1 for real tokens, 0 for padding.
 public struct Seq2SeqBatch: Sendable, Equatable {
+    /// B: number of sentences.
     public var batchSize: Int
+    /// S: padded source length.
     public var sourceLength: Int
+    /// T: padded target length.
     public var targetLength: Int
+    /// [B, S] source ids.
     public var source: [Int32]
+    /// [B, S] 1 for real source tokens, 0 for padding.
     public var sourceMask: [Float]
+    /// [B, T] decoder input ids (`<s> y…`).
     public var targetInput: [Int32]
+    /// [B, T] ids to predict (`y… </s>`).
     public var targetOutput: [Int32]
+    /// [B, T] 1 for real target positions, 0 for padding.
     public var targetMask: [Float]
-    /// Gold task of each sentence (domain / non-English language), when known.
+    /// [B] gold task of each sentence (domain / non-English language), when known.
     public var taskLabels: [Int]?
+    /// [B] index of each sentence in the corpus it came from (to put outputs back in
+    /// corpus order); `0..<B` when the batch was not drawn from a corpus.
+    public var indices: [Int]
 
     public init(batchSize: Int, sourceLength: Int, targetLength: Int,
                 source: [Int32], sourceMask: [Float], targetInput: [Int32], targetOutput: [Int32],
-                targetMask: [Float], taskLabels: [Int]? = nil) {
+                targetMask: [Float], taskLabels: [Int]? = nil, indices: [Int]? = nil) {
+        precondition(indices == nil || indices!.count == batchSize, "Seq2SeqBatch: one index per sentence")
         self.batchSize = batchSize; self.sourceLength = sourceLength; self.targetLength = targetLength
         self.source = source; self.sourceMask = sourceMask; self.targetInput = targetInput
         self.targetOutput = targetOutput; self.targetMask = targetMask; self.taskLabels = taskLabels
+        self.indices = indices ?? Array(0..<batchSize)
     }
 
     /// Builds a padded batch from token lists: masks from the lengths, `pad` elsewhere.
@@ -44,42 +61,8 @@ public struct Seq2SeqBatch: Sendable, Equatable {
                   targetInput: ti, targetOutput: to, targetMask: tm, taskLabels: taskLabels)
     }
 
-    /// Checks shapes and id ranges; throws a `TransformerError` naming what is wrong.
-    public func validate(vocabularySize v: Int, maxPositions: Int) throws {
-        func fail(_ s: String) -> TransformerError { .invalidBatch(s) }
-        guard batchSize > 0, sourceLength > 0, targetLength > 0 else {
-            throw fail("empty batch (B=\(batchSize), S=\(sourceLength), T=\(targetLength))")
-        }
-        guard source.count == batchSize * sourceLength, sourceMask.count == source.count else {
-            throw fail("source/sourceMask need B·S = \(batchSize * sourceLength) entries")
-        }
-        guard targetInput.count == batchSize * targetLength, targetOutput.count == targetInput.count,
-              targetMask.count == targetInput.count else {
-            throw fail("targetInput/targetOutput/targetMask need B·T = \(batchSize * targetLength) entries")
-        }
-        guard sourceLength <= maxPositions, targetLength <= maxPositions else {
-            throw fail("length \(max(sourceLength, targetLength)) exceeds maxPositions \(maxPositions)")
-        }
-        for ids in [source, targetInput, targetOutput] {
-            if let bad = ids.first(where: { $0 < 0 || Int($0) >= v }) {
-                throw fail("token id \(bad) outside the vocabulary 0..<\(v)")
-            }
-        }
-        if let t = taskLabels, t.count != batchSize { throw fail("taskLabels needs \(batchSize) entries") }
-    }
-}
-
-/// Errors of the Transformer and its decoding.
-public enum TransformerError: Error, CustomStringConvertible, Equatable {
-    case invalidBatch(String)
-    case noTrainingForward
-    case invalidArgument(String)
-
-    public var description: String {
-        switch self {
-        case .invalidBatch(let s): return "invalid batch: \(s)"
-        case .noTrainingForward: return "backward called without a preceding training forward"
-        case .invalidArgument(let s): return "invalid argument: \(s)"
-        }
-    }
+    /// Tokens including padding, as counted against a token budget: `B · max(S, T)`.
+    public var paddedTokens: Int { batchSize * max(sourceLength, targetLength) }
+    /// Real (non-pad) target tokens.
+    public var targetTokens: Int { Int(targetMask.reduce(0, +)) }
 }
