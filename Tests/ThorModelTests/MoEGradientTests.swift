@@ -2,9 +2,10 @@ import XCTest
 import ThorTensor
 import ThorModel
 
-/// A small MoE "stack": two encoder MoE layers (the first owns the task level) and one decoder
-/// MoE layer, fed independent inputs; scalar loss = random projections of the three outputs plus
-/// the weighted auxiliary losses.
+/// A small MoE "stack": two encoder MoE layers and one decoder MoE layer, fed independent
+/// inputs; the stack's task level runs once on the first encoder layer's input and its `r` is
+/// passed to all three (as the Transformer does); scalar loss = random projections of the three
+/// outputs plus the weighted auxiliary losses.
 final class MoEHarness {
     let stack: MoEStack
     let backend: InProcessExpertBackend
@@ -40,20 +41,32 @@ final class MoEHarness {
 
     var layers: [MoELayer] { stack.layers }
 
-    /// Forward (training) of the three layers; the scalar loss.
+    /// Forward (training): the task level on `xEnc1`, then the three layers with its `r`; the scalar loss.
     func loss() throws -> Double {
-        let y1 = try layers[0].forward(xEnc1, layout: encLayout, training: true)
-        let y2 = try layers[1].forward(xEnc2, layout: encLayout, training: true)
-        let y3 = try layers[2].forward(xDec, layout: decLayout, training: true)
+        let r = try stack.taskLevel?.forward(xEnc1, layout: encLayout, training: true)
+        var enc = encLayout, dec = decLayout
+        enc.taskRepresentation = r; dec.taskRepresentation = r
+        let y1 = try layers[0].forward(xEnc1, layout: enc, training: true)
+        let y2 = try layers[1].forward(xEnc2, layout: enc, training: true)
+        let y3 = try layers[2].forward(xDec, layout: dec, training: true)
         return proj[0].loss(y1) + proj[1].loss(y2) + proj[2].loss(y3) + stack.auxiliaryLosses.weighted(by: losses)
     }
 
-    /// Backward in model order (decoder, then encoder last to first); input gradients.
+    /// Backward of the three layers, then the task level with their summed `∂L/∂r`; input gradients.
     func backward() throws -> [Tensor] {
-        let d3 = try layers[2].backward(proj[2].weights)
-        let d2 = try layers[1].backward(proj[1].weights)
-        let d1 = try layers[0].backward(proj[0].weights)
-        return [d1, d2, d3]
+        let g = try [layers[0].backward(proj[0].weights), layers[1].backward(proj[1].weights),
+                     layers[2].backward(proj[2].weights)]
+        if let tl = stack.taskLevel {
+            let dr = Tensor(shape: [b, d])
+            for gi in g {
+                guard let r = gi.taskRepresentation else { XCTFail("a task-predictor layer returned no ∂L/∂r"); continue }
+                Kernels.add(r.pointer, into: dr.pointer, count: dr.count)
+            }
+            try tl.backward(representationGradient: dr, into: g[0].input)
+        } else {
+            XCTAssertTrue(g.allSatisfy { $0.taskRepresentation == nil })
+        }
+        return g.map(\.input)
     }
 
     /// Every discrete routing choice of the last forward (candidates, selections, kept flags, predictions).
@@ -175,7 +188,9 @@ final class MoEGradientTests: XCTestCase {
         XCTAssertTrue(infuse.layers.allSatisfy { $0.taskRouter == nil && $0.gate != nil })
         let noCtx = try MoEHarness(routing: routing(.noContext))
         XCTAssertTrue(noCtx.layers.allSatisfy { $0.gate == nil && $0.taskRouter != nil })
-        XCTAssertEqual(noCtx.layers.map(\.ownsTaskLevel), [true, false, false])
+        XCTAssertEqual(noCtx.stack.taskLevel?.encoderLayer, 0)
+        XCTAssertEqual(noCtx.stack.parameters.prefix(3).map(\.name),
+                       ["task_level.predictor.w", "task_level.predictor.b", "task_level.embeddings"])
     }
 
     /// Auxiliary loss values: present exactly where SPEC §3 says, and L_dyn only for top-p.
