@@ -179,6 +179,27 @@ final class MoEGradientTests: XCTestCase {
         try checkAll(routing(.hard) { $0.sharedExperts = 1 }, label: "hard", expectParameters: layerParams(["shared.0.w2"]))
     }
 
+    /// MoE layers share no state: their backwards give the same bits in any call order, in every
+    /// variant that has a task representation.
+    func testLayerBackwardsDoNotDependOnCallOrder() throws {
+        for v in RoutingVariant.allCases where v.usesTaskPredictor {
+            var results: [[Tensor]] = []
+            for order in [[0, 1, 2], [2, 0, 1]] {
+                let h = try MoEHarness(routing: routing(v))
+                _ = try h.loss()
+                var g = [SublayerGradients?](repeating: nil, count: 3)
+                for i in order { g[i] = try h.layers[i].backward(h.proj[i].weights) }
+                let grads = g.compactMap { $0 }
+                XCTAssertEqual(grads.count, 3)
+                results.append(grads.flatMap { [$0.input] + ($0.taskRepresentation.map { [$0] } ?? []) }
+                               + h.stack.parameters.map(\.grad))
+            }
+            XCTAssertEqual(results[0].count, results[1].count, "\(v)")
+            for (a, b) in zip(results[0], results[1]) { XCTAssertTrue(a.bitwiseEqual(b), "\(v): a gradient depends on the call order") }
+            XCTAssertEqual(results[0].count, 6 + (try MoEHarness(routing: routing(v))).stack.parameters.count, "\(v): every layer returns ∂L/∂r")
+        }
+    }
+
     /// Variants own exactly the routing parameters SPEC §2 gives them.
     func testVariantsOwnTheirParameters() throws {
         let none = try MoEHarness(routing: routing(.top2))

@@ -19,7 +19,8 @@ public final class Transformer {
     /// input of encoder layer `taskLevel.encoderLayer`; nil in models without one.
     public let taskLevel: TaskLevel?
     /// Every parameter in a fixed order: embedding, encoder layers, encoder norm,
-    /// decoder layers, decoder norm (each layer: norms, attention, then its FFN sublayer's).
+    /// decoder layers, decoder norm (each layer: norms, attention, the task level's if it holds it,
+    /// then its FFN sublayer's).
     public let parameters: [Parameter]
     /// Label smoothing ε of `L_mt` (SPEC §3: 0.1).
     public var labelSmoothing: Float = 0.1
