@@ -43,7 +43,7 @@ public final class TranslationModel {
         let stack = try MoEStack(model: configuration.model, routing: configuration.routing,
                                  losses: configuration.losses, backend: backend, seed: seed ^ 0x30E)
         moe = stack
-        transformer = try Transformer(configuration: configuration.model, seed: seed,
+        transformer = try Transformer(configuration: configuration.model, seed: seed, taskLevel: stack.taskLevel,
                                       makeFeedForward: { side, i in stack.sublayer(side: side, layerIndex: i) })
         transformer.labelSmoothing = configuration.losses.labelSmoothing
     }

@@ -15,7 +15,7 @@ final class FeedForwardTests: XCTestCase {
             let layout = TokenLayout(side: .encoder, batchSize: 1, length: 4, mask: [1, 1, 1, 1])
             let proj = RandomProjection(shape: [4, 6], seed: 13)
             _ = try ffn.forward(x, layout: layout, training: true)
-            let dx = try ffn.backward(proj.weights)
+            let dx = try ffn.backward(proj.weights).input
             let loss = { proj.loss(try ffn.forward(x, layout: layout, training: false)) }
             try checkGradient("\(act) x", of: x, analytic: dx, eps: 1e-2, loss: loss)
             for p in ffn.parameters {

@@ -3,9 +3,10 @@ import ThorTensor
 import ThorExperts
 import ThorModel
 
-/// A small MoE "stack": two encoder MoE layers (the first owns the task level) and one decoder
-/// MoE layer, fed independent inputs; scalar loss = random projections of the three outputs plus
-/// the weighted auxiliary losses.
+/// A small MoE "stack": two encoder MoE layers and one decoder MoE layer, fed independent
+/// inputs; the stack's task level runs once on the first encoder layer's input and its `r` is
+/// passed to all three (as the Transformer does); scalar loss = random projections of the three
+/// outputs plus the weighted auxiliary losses.
 final class MoEHarness {
     let stack: MoEStack
     let backend: InProcessExpertBackend
@@ -41,20 +42,32 @@ final class MoEHarness {
 
     var layers: [MoELayer] { stack.layers }
 
-    /// Forward (training) of the three layers; the scalar loss.
+    /// Forward (training): the task level on `xEnc1`, then the three layers with its `r`; the scalar loss.
     func loss() throws -> Double {
-        let y1 = try layers[0].forward(xEnc1, layout: encLayout, training: true)
-        let y2 = try layers[1].forward(xEnc2, layout: encLayout, training: true)
-        let y3 = try layers[2].forward(xDec, layout: decLayout, training: true)
+        let r = try stack.taskLevel?.forward(xEnc1, layout: encLayout, training: true)
+        var enc = encLayout, dec = decLayout
+        enc.taskRepresentation = r; dec.taskRepresentation = r
+        let y1 = try layers[0].forward(xEnc1, layout: enc, training: true)
+        let y2 = try layers[1].forward(xEnc2, layout: enc, training: true)
+        let y3 = try layers[2].forward(xDec, layout: dec, training: true)
         return proj[0].loss(y1) + proj[1].loss(y2) + proj[2].loss(y3) + stack.auxiliaryLosses.weighted(by: losses)
     }
 
-    /// Backward in model order (decoder, then encoder last to first); input gradients.
+    /// Backward of the three layers, then the task level with their summed `∂L/∂r`; input gradients.
     func backward() throws -> [Tensor] {
-        let d3 = try layers[2].backward(proj[2].weights)
-        let d2 = try layers[1].backward(proj[1].weights)
-        let d1 = try layers[0].backward(proj[0].weights)
-        return [d1, d2, d3]
+        let g = try [layers[0].backward(proj[0].weights), layers[1].backward(proj[1].weights),
+                     layers[2].backward(proj[2].weights)]
+        if let tl = stack.taskLevel {
+            let dr = Tensor(shape: [b, d])
+            for gi in g {
+                guard let r = gi.taskRepresentation else { XCTFail("a task-predictor layer returned no ∂L/∂r"); continue }
+                Kernels.add(r.pointer, into: dr.pointer, count: dr.count)
+            }
+            try tl.backward(representationGradient: dr, into: g[0].input)
+        } else {
+            XCTAssertTrue(g.allSatisfy { $0.taskRepresentation == nil })
+        }
+        return g.map(\.input)
     }
 
     /// Every discrete routing choice of the last forward (candidates, selections, kept flags, predictions).
@@ -167,6 +180,27 @@ final class MoEGradientTests: XCTestCase {
         try checkAll(routing(.hard) { $0.sharedExperts = 1 }, label: "hard", expectParameters: layerParams(["shared.0.w2"]))
     }
 
+    /// MoE layers share no state: their backwards give the same bits in any call order, in every
+    /// variant that has a task representation.
+    func testLayerBackwardsDoNotDependOnCallOrder() throws {
+        for v in RoutingVariant.allCases where v.usesTaskPredictor {
+            var results: [[Tensor]] = []
+            for order in [[0, 1, 2], [2, 0, 1]] {
+                let h = try MoEHarness(routing: routing(v))
+                _ = try h.loss()
+                var g = [SublayerGradients?](repeating: nil, count: 3)
+                for i in order { g[i] = try h.layers[i].backward(h.proj[i].weights) }
+                let grads = g.compactMap { $0 }
+                XCTAssertEqual(grads.count, 3)
+                results.append(grads.flatMap { [$0.input] + ($0.taskRepresentation.map { [$0] } ?? []) }
+                               + h.stack.parameters.map(\.grad))
+            }
+            XCTAssertEqual(results[0].count, results[1].count, "\(v)")
+            for (a, b) in zip(results[0], results[1]) { XCTAssertTrue(a.bitwiseEqual(b), "\(v): a gradient depends on the call order") }
+            XCTAssertEqual(results[0].count, 6 + (try MoEHarness(routing: routing(v))).stack.parameters.count, "\(v): every layer returns ∂L/∂r")
+        }
+    }
+
     /// Variants own exactly the routing parameters SPEC §2 gives them.
     func testVariantsOwnTheirParameters() throws {
         let none = try MoEHarness(routing: routing(.top2))
@@ -176,7 +210,9 @@ final class MoEGradientTests: XCTestCase {
         XCTAssertTrue(infuse.layers.allSatisfy { $0.taskRouter == nil && $0.gate != nil })
         let noCtx = try MoEHarness(routing: routing(.noContext))
         XCTAssertTrue(noCtx.layers.allSatisfy { $0.gate == nil && $0.taskRouter != nil })
-        XCTAssertEqual(noCtx.layers.map(\.ownsTaskLevel), [true, false, false])
+        XCTAssertEqual(noCtx.stack.taskLevel?.encoderLayer, 0)
+        XCTAssertEqual(noCtx.stack.parameters.prefix(3).map(\.name),
+                       ["task_level.predictor.w", "task_level.predictor.b", "task_level.embeddings"])
     }
 
     /// Auxiliary loss values: present exactly where SPEC §3 says, and L_dyn only for top-p.

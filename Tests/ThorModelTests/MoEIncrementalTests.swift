@@ -4,8 +4,8 @@ import ThorExperts
 import ThorModel
 
 final class MoEIncrementalTests: XCTestCase {
-    /// A decoder MoE layer fed one position at a time (running prefix context in the
-    /// IncrementalState) gives the full pass's output, in every variant.
+    /// A decoder MoE layer fed one position at a time (running prefix context in its
+    /// MoEDecodingState) gives the full pass's output, in every variant.
     func testIncrementalDecoderMatchesFullPass() throws {
         for v in RoutingVariant.allCases where v != .dense {
             var r = RoutingConfiguration(variant: v, experts: 4, candidates: 2, threshold: 0.6, moeEvery: 1, sharedExperts: 1, tasks: 3)
@@ -15,17 +15,19 @@ final class MoEIncrementalTests: XCTestCase {
             let b = 2, len = 5, d = h.d
             let x = randomTensor([b * len, d], seed: 77)
             let mask: [Float] = [1, 1, 1, 1, 1, 1, 1, 1, 0, 0]
-            // Encoder forward (inference) computes r.
-            _ = try h.layers[0].forward(h.xEnc1, layout: h.encLayout, training: false)
-            let full = try dec.forward(x, layout: TokenLayout(side: .decoder, batchSize: b, length: len, mask: mask, taskLabels: [2, 0]),
+            // The task level (inference) computes r on the encoder input.
+            let rep = try h.stack.taskLevel?.forward(h.xEnc1, layout: h.encLayout, training: false)
+            let full = try dec.forward(x, layout: TokenLayout(side: .decoder, batchSize: b, length: len, mask: mask, taskLabels: [2, 0],
+                                                              taskRepresentation: rep),
                                        training: false)
             let fullDecisions = (0..<(b * len)).map { dec.lastDecision!.selected($0) }
-            let state = IncrementalState()
+            let state = dec.makeIncrementalState(batchSize: b)
+            XCTAssertTrue(state is MoEDecodingState)
             for t in 0..<len {
                 let xt = Tensor(shape: [b, d])
                 for s in 0..<b { (xt.pointer + s * d).update(from: x.pointer + (s * len + t) * d, count: d) }
                 let lay = TokenLayout(side: .decoder, batchSize: b, length: 1, mask: [mask[t], mask[len + t]],
-                                      startPosition: t, state: state, taskLabels: [2, 0])
+                                      startPosition: t, state: state, taskLabels: [2, 0], taskRepresentation: rep)
                 let yt = try dec.forward(xt, layout: lay, training: false)
                 for s in 0..<b where mask[s * len + t] != 0 {
                     XCTAssertEqual(dec.lastDecision!.selected(s), fullDecisions[s * len + t], "\(v) sentence \(s) step \(t) selection")
@@ -48,23 +50,42 @@ final class MoEIncrementalTests: XCTestCase {
                                                  keys: MoEStack.expertKeys(model: model, routing: routing), threads: threads)
             let stack = try MoEStack(model: model, routing: routing, losses: LossConfiguration(), backend: backend, seed: 3)
             let x = randomTensor([3 * 7, 8], seed: 9)
-            let lay = TokenLayout(side: .encoder, batchSize: 3, length: 7, mask: Array(repeating: 1, count: 21), taskLabels: [0, 1, 1])
+            var lay = TokenLayout(side: .encoder, batchSize: 3, length: 7, mask: Array(repeating: 1, count: 21), taskLabels: [0, 1, 1])
+            lay.taskRepresentation = try stack.taskLevel?.forward(x, layout: lay, training: true)
             outs.append(try stack.layers[0].forward(x, layout: lay, training: true))
         }
         XCTAssertTrue(outs[0].bitwiseEqual(outs[1]))
     }
 
-    /// Bad calls fail with a clear error: decoder before the encoder's task level, missing labels.
-    func testErrorsForMissingTaskLevelAndLabels() throws {
+    /// Bad calls fail with a clear error: a layer without the task representation, missing or
+    /// out-of-range labels, a backward without a forward, a foreign decoding state.
+    func testErrorsForMissingTaskRepresentationAndLabels() throws {
         let h = try MoEHarness(routing: RoutingConfiguration(variant: .thorTopK, experts: 4, moeEvery: 1, tasks: 3))
-        XCTAssertThrowsError(try h.layers[2].forward(h.xDec, layout: h.decLayout, training: false))
+        let tl = try XCTUnwrap(h.stack.taskLevel)
+        for (layer, x, layout) in [(h.layers[0], h.xEnc1, h.encLayout), (h.layers[2], h.xDec, h.decLayout)] {
+            XCTAssertThrowsError(try layer.forward(x, layout: layout, training: false)) { e in
+                guard case MoEError.taskLevelNotComputed(let why) = e else { return XCTFail("\(e)") }
+                XCTAssertTrue(why.contains("task representation r"), why)
+            }
+        }
+        var wrongRows = h.decLayout; wrongRows.taskRepresentation = Tensor(shape: [3, h.d])
+        XCTAssertThrowsError(try h.layers[2].forward(h.xDec, layout: wrongRows, training: false))
         var noLabels = h.encLayout; noLabels.taskLabels = nil
-        XCTAssertThrowsError(try h.layers[0].forward(h.xEnc1, layout: noLabels, training: true))
+        XCTAssertThrowsError(try tl.forward(h.xEnc1, layout: noLabels, training: true))
+        noLabels.taskRepresentation = try tl.forward(h.xEnc1, layout: noLabels, training: false)
         XCTAssertNoThrow(try h.layers[0].forward(h.xEnc1, layout: noLabels, training: false))
         XCTAssertThrowsError(try h.layers[1].backward(h.xEnc2))
+        XCTAssertThrowsError(try tl.backward(representationGradient: Tensor(shape: [h.b, h.d]), into: Tensor(shape: [8, h.d])))
         let gold = try MoEHarness(routing: RoutingConfiguration(variant: .gold, experts: 4, moeEvery: 1, tasks: 3))
-        XCTAssertThrowsError(try gold.layers[0].forward(gold.xEnc1, layout: noLabels, training: false))
+        XCTAssertThrowsError(try XCTUnwrap(gold.stack.taskLevel).forward(gold.xEnc1, layout: noLabels, training: false))
         var badLabel = h.encLayout; badLabel.taskLabels = [0, 3]
-        XCTAssertThrowsError(try h.layers[0].forward(h.xEnc1, layout: badLabel, training: false))
+        XCTAssertThrowsError(try tl.forward(h.xEnc1, layout: badLabel, training: false))
+        // An incremental step needs the layer's own typed state.
+        final class Foreign: IncrementalState { func reorder(_ rows: [Int]) {} }
+        var step = TokenLayout(side: .decoder, batchSize: h.b, length: 1, mask: [1, 1], state: Foreign(),
+                               taskRepresentation: noLabels.taskRepresentation)
+        XCTAssertThrowsError(try h.layers[2].forward(Tensor(shape: [h.b, h.d]), layout: step, training: false))
+        step.state = h.layers[2].makeIncrementalState(batchSize: h.b)
+        XCTAssertNoThrow(try h.layers[2].forward(Tensor(shape: [h.b, h.d]), layout: step, training: false))
     }
 }

@@ -20,7 +20,7 @@ final class ThorModelUnderTest {
                                          keys: MoEStack.expertKeys(model: model, routing: routing), threads: expertThreads)
         let stack = try MoEStack(model: model, routing: routing, losses: losses, backend: backend, seed: seed)
         moe = stack
-        transformer = try Transformer(configuration: model, seed: seed) { side, i in stack.sublayer(side: side, layerIndex: i) }
+        transformer = try Transformer(configuration: model, seed: seed, taskLevel: stack.taskLevel) { side, i in stack.sublayer(side: side, layerIndex: i) }
         transformer.labelSmoothing = losses.labelSmoothing
     }
 

@@ -180,7 +180,7 @@ final class TransformerTests: XCTestCase {
         let cache = try m.makeCache(for: enc, maxLength: 4)
         _ = try m.decodeStep([Self.bos, Self.bos], cache: cache)
         try m.reorder(cache, by: [1, 1, 0])
-        let t = cache.layers[0].feedForwardState.tensors["rows"]!
+        let t = try XCTUnwrap(cache.layers[0].feedForwardState as? StateProbe.State).rows
         XCTAssertEqual(t.shape, [3, 1])
         XCTAssertEqual(t.array, [1, 1, 0])
         _ = try m.decodeStep([5, 5, 5], cache: cache)
@@ -245,19 +245,23 @@ final class TransformerTests: XCTestCase {
     }
 }
 
-/// An FFN sublayer (identity) that records rows in its incremental state.
+/// An FFN sublayer (zero output) whose incremental state records each row's original index.
 final class StateProbe: FeedForwardSublayer {
+    final class State: IncrementalState {
+        var rows: Tensor
+        init(batchSize: Int) { rows = Tensor(shape: [batchSize, 1], values: (0..<batchSize).map(Float.init)) }
+        func reorder(_ r: [Int]) { rows = Tensor(shape: [r.count, 1], values: r.map { rows[$0] }) }
+    }
     var lastStart = -1, lastRows = 0, sawMismatch = false
     var parameters: [Parameter] { [] }
+    func makeIncrementalState(batchSize: Int) -> IncrementalState? { State(batchSize: batchSize) }
     func forward(_ x: Tensor, layout: TokenLayout, training: Bool) throws -> Tensor {
         if let s = layout.state {
             lastStart = layout.startPosition; lastRows = layout.batchSize
-            if let t = s.tensors["rows"], t.shape[0] != layout.batchSize { sawMismatch = true }
-            if s.tensors["rows"] == nil {
-                s.tensors["rows"] = Tensor(shape: [layout.batchSize, 1], values: (0..<layout.batchSize).map(Float.init))
-            }
+            guard let st = s as? State else { throw TransformerError.invalidArgument("foreign state") }
+            if st.rows.shape[0] != layout.batchSize { sawMismatch = true }
         }
         return Tensor(shape: x.shape)
     }
-    func backward(_ gradOutput: Tensor) throws -> Tensor { Tensor(shape: gradOutput.shape) }
+    func backward(_ gradOutput: Tensor) throws -> SublayerGradients { SublayerGradients(input: Tensor(shape: gradOutput.shape)) }
 }

@@ -53,7 +53,7 @@ struct BenchDistributedCommand: ParsableCommand {
 
         // In process.
         let local = ProbeBackend(InProcessExpertBackend(spec: spec, keys: keys, threads: threads))
-        let localLayer = try MoEStack(model: model, routing: routing, losses: LossConfiguration(), backend: local, seed: 1).layers[0]
+        let localLayer = FirstMoELayer(try MoEStack(model: model, routing: routing, losses: LossConfiguration(), backend: local, seed: 1))
 
         // Coordinator + workers (same seeds: same routers, same expert weights).
         let cluster = try LocalCluster(workers: threads, transport: LocalCluster.Transport(rawValue: transport)!, threadsPerWorker: 1)
@@ -61,7 +61,7 @@ struct BenchDistributedCommand: ParsableCommand {
         let place = try Placement(keys: keys, workers: cluster.workerIDs, strategy: Placement.Strategy(rawValue: placement)!)
         let remote = try RemoteExpertBackend(coordinator: cluster.coordinator, spec: spec, placement: place)
         let probe = ProbeBackend(remote)
-        let remoteLayer = try MoEStack(model: model, routing: routing, losses: LossConfiguration(), backend: probe, seed: 1).layers[0]
+        let remoteLayer = FirstMoELayer(try MoEStack(model: model, routing: routing, losses: LossConfiguration(), backend: probe, seed: 1))
 
         // Same results? f32 must be bit-identical; bf16 is lossy.
         let yLocal = try localLayer.forward(x, layout: layout, training: false)
@@ -102,7 +102,7 @@ struct BenchDistributedCommand: ParsableCommand {
         let codec = try CodecMeasurement.measure(batches: probe.lastBatches, dtype: .f32, repeats: max(20, 4 * output.repeats))
         let codecBF16 = try CodecMeasurement.measure(batches: probe.lastBatches, dtype: .bf16, repeats: max(20, 4 * output.repeats))
         let busiest = busiestWorkerShare(batches: probe.lastBatches) { place.primary(ExpertKey(layer: 0, expert: $0)) }
-        let dec = remoteLayer.lastDecision!
+        let dec = remoteLayer.layer.lastDecision!
         let perToken = Double(dec.keptAssignments) / Double(tokens)
 
         var report = BenchReport(

@@ -31,21 +31,21 @@ struct BenchMoECommand: ParsableCommand {
         ]
         // Build every case first, then interleave the timed runs (round-robin, best per case),
         // so that load from other processes affects the cases alike.
-        var layers: [MoELayer] = [], backends: [InProcessExpertBackend] = []
+        var layers: [FirstMoELayer] = [], backends: [InProcessExpertBackend] = []
         for c in cases {
             let keys = MoEStack.expertKeys(model: model, routing: c.routing).filter { $0.layer == 0 }
             let backend = InProcessExpertBackend(spec: MoEStack.expertSpec(model: model, seed: 1), keys: keys, threads: threads)
             let stack = try MoEStack(model: model, routing: c.routing, losses: LossConfiguration(), backend: backend, seed: 1)
-            layers.append(stack.layers[0]); backends.append(backend)
+            layers.append(FirstMoELayer(stack)); backends.append(backend)
         }
         // Coordinator-side cost alone: the same layers' routing with experts that return zeros at once.
         var routingBest = [Double](repeating: .infinity, count: cases.count)
         for (i, c) in cases.enumerated() {
             let null = NullExpertBackend(spec: MoEStack.expertSpec(model: model, seed: 1))
-            let stack = try MoEStack(model: model, routing: c.routing, losses: LossConfiguration(), backend: null, seed: 1)
+            let first = FirstMoELayer(try MoEStack(model: model, routing: c.routing, losses: LossConfiguration(), backend: null, seed: 1))
             routingBest[i] = try bestTime(repeats: max(3, output.repeats)) {
-                let y = try stack.layers[0].forward(x, layout: layout, training: true)
-                blackHole((y, try stack.layers[0].backward(dy)))
+                let y = try first.forward(x, layout: layout, training: true)
+                blackHole((y, try first.backward(dy)))
             }
         }
         var best = [Double](repeating: .infinity, count: cases.count)
@@ -63,7 +63,7 @@ struct BenchMoECommand: ParsableCommand {
         var top2Rate = 0.0
         for (i, c) in cases.enumerated() {
             let seconds = best[i]
-            let dec = layers[i].lastDecision!
+            let dec = layers[i].layer.lastDecision!
             let perToken = Double(dec.keptAssignments) / Double(tokens)
             var load = [Int](repeating: 0, count: experts)
             for t in 0..<dec.rows { for e in dec.keptExperts(t) { load[e] += 1 } }

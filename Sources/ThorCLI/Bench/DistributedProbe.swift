@@ -54,7 +54,7 @@ struct StepSplit {
     /// CPU seconds of this process (all threads) and of `pids` (summed) during the step.
     var coordinatorCPU = 0.0, workerCPU = 0.0
 
-    static func measure(_ layer: MoELayer, _ probe: ProbeBackend, x: Tensor, dy: Tensor, layout: TokenLayout,
+    static func measure(_ layer: FirstMoELayer, _ probe: ProbeBackend, x: Tensor, dy: Tensor, layout: TokenLayout,
                         pids: [Int32] = []) throws -> StepSplit {
         probe.reset()
         let c0 = processCPUSeconds(), w0 = pids.reduce(0) { $0 + processCPUSeconds(pid: $1) }

@@ -29,12 +29,16 @@ public struct AuxiliaryLosses: Sendable, Equatable {
 ///
 /// Usage: build the backend for `MoEStack.expertKeys(model:routing:)` and
 /// `MoEStack.expertSpec(model:seed:)`, create the stack, and give the Transformer
-/// `stack.sublayer(side:layerIndex:)` as its FFN factory (nil: a dense FFN).
+/// `stack.taskLevel` and `stack.sublayer(side:layerIndex:)` as its FFN factory (nil: a dense FFN).
+/// The Transformer runs the task level once per pass at the input of the first encoder MoE
+/// sub-block, hands `r` to every MoE layer in its `TokenLayout`, and sums the layers' `∂L/∂r`
+/// for the task level's backward.
 public final class MoEStack {
     public let model: TransformerConfiguration
     public let routing: RoutingConfiguration
     public let losses: LossConfiguration
     public let backend: ExpertBackend
+    /// The task predictor and `E_task` (task-predictor variants), run by the model, not by a layer.
     public let taskLevel: TaskLevel?
     /// MoE layers by ordinal (encoder ones first).
     public let layers: [MoELayer]
@@ -79,17 +83,16 @@ public final class MoEStack {
             throw MoEError.wrongShape("expert backend width \(backend.spec.modelDim), model width \(model.modelDim)")
         }
         self.model = model; self.routing = routing; self.losses = losses; self.backend = backend
-        let tl = v.usesTaskPredictor
-            ? TaskLevel(modelDim: model.modelDim, tasks: routing.tasks, kind: v.representation, lossWeight: losses.alpha, seed: seed)
+        taskLevel = v.usesTaskPredictor
+            ? TaskLevel(modelDim: model.modelDim, tasks: routing.tasks, kind: v.representation, lossWeight: losses.alpha,
+                        seed: seed, encoderLayer: plan.first?.index ?? 0, collector: collector)
             : nil
-        taskLevel = tl
         var built: [MoELayer] = []
         for (ordinal, pos) in plan.enumerated() {
             var rng = RandomGenerator(seed: seed, stream: [0x30E, pos.side == .encoder ? 0 : 1, UInt64(pos.index)])
             built.append(MoELayer(name: "\(pos.side.rawValue).layers.\(pos.index).moe", ordinal: ordinal, side: pos.side,
                                   modelDim: model.modelDim, hiddenDim: model.hiddenDim, activation: model.activation,
                                   routing: routing, losses: losses, moeLayerCount: plan.count, backend: backend,
-                                  taskLevel: tl, ownsTaskLevel: tl != nil && ordinal == 0,
                                   collector: collector, rng: &rng))
         }
         layers = built
@@ -100,8 +103,9 @@ public final class MoEStack {
         layers.first { $0.side == side && $0.name == "\(side.rawValue).layers.\(layerIndex).moe" }
     }
 
-    /// Coordinator-side parameters of every MoE layer (the task level's once).
-    public var parameters: [Parameter] { layers.flatMap(\.parameters) }
+    /// Coordinator-side parameters: the task level's, then every MoE layer's (the order the
+    /// Transformer lists them in).
+    public var parameters: [Parameter] { (taskLevel?.parameters ?? []) + layers.flatMap(\.parameters) }
 
     /// Loss values of the last training forward, each averaged over the MoE layers.
     public var auxiliaryLosses: AuxiliaryLosses {

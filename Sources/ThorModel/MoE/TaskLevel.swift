@@ -22,18 +22,19 @@ public enum MoEError: Error, CustomStringConvertible, Equatable {
     }
 }
 
-/// The task level shared by every MoE layer of a model (SPEC §2.1–2.2):
-/// the task predictor `P_task = softmax(W_t u + b_t)` over the max-pool `u` of the
-/// first encoder MoE sub-block's input, the task embeddings `E_task` [T, d], and
-/// the task representation `r` (mixed, gold or argmax), plus `L_task`.
+/// The task level of a model (SPEC §2.1–2.2): the task predictor `P_task = softmax(W_t u + b_t)`
+/// over the max-pool `u` of the first encoder MoE sub-block's input, the task embeddings
+/// `E_task` [T, d], and the task representation `r` (mixed, gold or argmax), plus `L_task`.
 ///
-/// The first encoder MoE layer calls `forward` with its input; every MoE layer reads
-/// `representation` and adds `∂L/∂r` with `addRepresentationGradient`; the first
-/// encoder MoE layer's backward (the last MoE backward) calls `backward(into:)`.
+/// The model runs it once per pass: `forward` on the input of encoder layer `encoderLayer`'s FFN
+/// sub-block returns `r`, which every MoE layer then receives in its `TokenLayout`; after the
+/// backward of every MoE layer, the model sums their `∂L/∂r` and calls `backward`.
 public final class TaskLevel {
     public let modelDim: Int
     public let tasks: Int
     public let kind: TaskRepresentation
+    /// The encoder layer whose FFN sub-block input the predictor reads (the first encoder MoE layer).
+    public let encoderLayer: Int
     /// α, the weight of `L_task` in the total loss.
     public let lossWeight: Float
     /// `W_t` [d, T] (row-major, `logits = u · W_t + b_t`).
@@ -43,7 +44,7 @@ public final class TaskLevel {
     /// `E_task` [T, d].
     public let embeddings: Parameter
 
-    /// `r` [B, d] of the last forward (kept for the decoder and incremental decoding).
+    /// `r` [B, d] of the last forward (for inspection: MoE layers get `r` from their layout).
     public private(set) var representation: Tensor?
     /// `P_task` [B, T] of the last forward.
     public private(set) var probabilities: Tensor?
@@ -56,12 +57,15 @@ public final class TaskLevel {
 
     private var pooled: Tensor?          // u [B, d]
     private var poolRows: IndexBuffer?   // row of the max per (b, j); -1 for empty sentences
-    private var gradRepresentation: Tensor?
     private var pendingBackward = false
+    /// Where the predictions go while routing statistics are collected.
+    private let collector: RoutingStatisticsCollector?
 
-    public init(modelDim d: Int, tasks t: Int, kind: TaskRepresentation, lossWeight: Float, seed: UInt64) {
-        precondition(t >= 1 && d >= 1)
+    public init(modelDim d: Int, tasks t: Int, kind: TaskRepresentation, lossWeight: Float, seed: UInt64,
+                encoderLayer: Int = 0, collector: RoutingStatisticsCollector? = nil) {
+        precondition(t >= 1 && d >= 1 && encoderLayer >= 0)
         modelDim = d; tasks = t; self.kind = kind; self.lossWeight = lossWeight
+        self.encoderLayer = encoderLayer; self.collector = collector
         predictorWeight = Parameter(name: "task_level.predictor.w", shape: [d, t])
         predictorBias = Parameter(name: "task_level.predictor.b", shape: [t])
         embeddings = Parameter(name: "task_level.embeddings", shape: [t, d])
@@ -72,9 +76,10 @@ public final class TaskLevel {
 
     public var parameters: [Parameter] { [predictorWeight, predictorBias, embeddings] }
 
-    /// Runs the predictor on `x` [B·L, d] (the first encoder MoE sub-block's input) and forms `r`.
-    /// Training needs gold labels (for `L_task`); the gold variant always needs them.
-    public func forward(_ x: Tensor, layout: TokenLayout, training: Bool) throws {
+    /// Runs the predictor on `x` [B·L, d] (the first encoder MoE sub-block's input) and returns
+    /// `r` [B, d]. Training needs gold labels (for `L_task`); the gold variant always needs them.
+    @discardableResult
+    public func forward(_ x: Tensor, layout: TokenLayout, training: Bool) throws -> Tensor {
         let b = layout.batchSize, len = layout.length, d = modelDim, t = tasks
         guard x.rows == layout.rows, x.columns == d else {
             throw MoEError.wrongShape("task level input \(x.shape), layout has \(layout.rows) rows of width \(d)")
@@ -125,22 +130,20 @@ public final class TaskLevel {
         } else { loss = nil }
         representation = r; probabilities = p; predictions = preds; labels = layout.taskLabels
         pooled = u; poolRows = rows
-        gradRepresentation = training ? Tensor(shape: [b, d]) : nil
         pendingBackward = training
+        collector?.statistics?.recordPredictions(preds, gold: layout.taskLabels)
+        return r
     }
 
-    /// Adds `∂L/∂r` [B, d] from one MoE layer's backward.
-    public func addRepresentationGradient(_ dr: UnsafePointer<Float>) {
-        guard let g = gradRepresentation else { return }
-        Kernels.add(dr, into: g.pointer, count: g.count)
-    }
-
-    /// Backward of the predictor and `E_task` (after every MoE layer added its `∂L/∂r`),
-    /// including `α · ∂L_task`; adds `∂L/∂x` of the max-pool into `dx` [B·L, d].
-    public func backward(into dx: Tensor) throws {
-        guard pendingBackward, let u = pooled, let rows = poolRows, let p = probabilities,
-              let dr = gradRepresentation else { throw MoEError.noPendingForward("task level") }
+    /// Backward of the predictor and `E_task`, given `dr` = `∂L/∂r` [B, d] summed over every
+    /// MoE layer, including `α · ∂L_task`; adds `∂L/∂x` of the max-pool into `dx` [B·L, d].
+    public func backward(representationGradient dr: Tensor, into dx: Tensor) throws {
+        guard pendingBackward, let u = pooled, let rows = poolRows, let p = probabilities
+        else { throw MoEError.noPendingForward("task level") }
         let b = u.rows, d = modelDim, t = tasks
+        guard dr.rows == b, dr.columns == d, dx.columns == d else {
+            throw MoEError.wrongShape("task level: ∂L/∂r \(dr.shape) and ∂L/∂x \(dx.shape) for \(b) sentences of width \(d)")
+        }
         let dlogits = Tensor(shape: [b, t])
         switch kind {
         case .mixed:
@@ -174,16 +177,5 @@ public final class TaskLevel {
             }
         }
         pendingBackward = false
-        gradRepresentation = nil
-    }
-
-    /// Keeps sentence `indices[i]` of the last forward as sentence `i` (inference only:
-    /// beam search expanding or reordering hypotheses before incremental decoding).
-    public func selectSentences(_ indices: [Int]) {
-        representation = representation.map { gatherRows($0, indices) }
-        probabilities = probabilities.map { gatherRows($0, indices) }
-        predictions = indices.map { predictions[$0] }
-        labels = labels.map { l in indices.map { l[$0] } }
-        pooled = nil; poolRows = nil; gradRepresentation = nil; pendingBackward = false; loss = nil
     }
 }

@@ -58,13 +58,14 @@ public final class DecoderLayer {
         return residualAdd(y2, f, mask: m3)
     }
 
-    /// `∂L/∂out` → `∂L/∂y`; adds `∂L/∂encoderOutput` into `encoderGradient` [B·S, d].
-    public func backward(_ gradOutput: Tensor, encoderGradient: Tensor) throws -> Tensor {
+    /// `∂L/∂out` → `∂L/∂y` and the FFN sub-block's `∂L/∂r` (if it read `r`); adds
+    /// `∂L/∂encoderOutput` into `encoderGradient` [B·S, d].
+    public func backward(_ gradOutput: Tensor, encoderGradient: Tensor) throws -> LayerOutput {
         guard let m = masks else { throw TransformerError.noTrainingForward }
         masks = nil
         let dY2 = Tensor(copying: gradOutput)
-        let dH3 = try feedForward.backward(maskedCopy(gradOutput, mask: m.feedForward))
-        feedForwardNorm.backward(dH3, into: dY2)
+        let f = try feedForward.backward(maskedCopy(gradOutput, mask: m.feedForward))
+        feedForwardNorm.backward(f.input, into: dY2)
         let cross = crossAttention.backward(maskedCopy(dY2, mask: m.crossAttention))
         Kernels.add(cross.keyValue!.pointer, into: encoderGradient.pointer, count: encoderGradient.count)
         let dY1 = Tensor(copying: dY2)
@@ -72,13 +73,14 @@ public final class DecoderLayer {
         let dH1 = selfAttention.backward(maskedCopy(dY1, mask: m.selfAttention)).query
         let dY = Tensor(copying: dY1)
         selfAttentionNorm.backward(dH1, into: dY)
-        return dY
+        return LayerOutput(states: dY, taskRepresentation: f.taskRepresentation)
     }
 
-    /// One incremental decoding step. `y` [B, d] holds position `step` of every sentence;
+    /// One incremental decoding step. `y` [B, d] holds position `step` of every sentence
+    /// (`taskRepresentation`: their `r` [B, d] from the encoder pass, if the model has a task level);
     /// appends this step's keys/values to `cache` and returns the layer output [B, d].
     public func step(_ y: Tensor, cache: DecoderLayerCache, step: Int, sourceMask: [Float],
-                     taskLabels: [Int]?) throws -> Tensor {
+                     taskLabels: [Int]?, taskRepresentation: Tensor?) throws -> Tensor {
         let b = y.rows, d = selfAttention.dim, heads = selfAttention.heads
         let h1 = selfAttentionNorm.forward(y, training: false)
         let (k, v) = selfAttention.keysAndValues(h1)
@@ -97,7 +99,8 @@ public final class DecoderLayer {
         let y2 = residualAdd(y1, a2, mask: nil)
         let h3 = feedForwardNorm.forward(y2, training: false)
         let layout = TokenLayout(side: .decoder, batchSize: b, length: 1, mask: [Float](repeating: 1, count: b),
-                                 startPosition: step, state: cache.feedForwardState, taskLabels: taskLabels)
+                                 startPosition: step, state: cache.feedForwardState, taskLabels: taskLabels,
+                                 taskRepresentation: taskRepresentation)
         let f = try feedForward.forward(h3, layout: layout, training: false)
         return residualAdd(y2, f, mask: nil)
     }

@@ -13,34 +13,24 @@ public struct EncodedSource {
     public var batchSize: Int
     public var sourceLength: Int
     public var taskLabels: [Int]?
-    /// Per decoder layer, the FFN sublayer's state derived from this encoder pass (e.g. THOR's
-    /// task representation `r`), rows = sentences; `makeCache` seeds the layer's `IncrementalState` with it.
-    public var decoderLayerStates: [[String: Tensor]] = []
-}
-
-/// An FFN sublayer whose incremental decoding needs per-sentence state computed during the
-/// encoder pass (THOR's task representation `r`). `Transformer.encode` captures it into the
-/// `EncodedSource` and `makeCache` seeds the layer's `IncrementalState` with it, so a source
-/// decodes the same whatever is encoded or run after it.
-public protocol EncoderDependentSublayer: FeedForwardSublayer {
-    /// Called right after the encoder pass of `batchSize` sentences: tensors whose leading
-    /// dimension is the sentence, keyed as this layer's `IncrementalState` expects them.
-    func stateFromEncoder(batchSize: Int) throws -> [String: Tensor]
+    /// The task representation `r` [B, d] of this encoder pass (models with a task level), so a
+    /// source decodes the same whatever is encoded or run after it.
+    public var taskRepresentation: Tensor?
 }
 
 /// The per-layer cache of incremental decoding: self-attention keys/values of the
 /// positions decoded so far, the cross-attention keys/values of the encoder states,
-/// and the FFN sublayer's own `IncrementalState`.
+/// and the FFN sublayer's own typed `IncrementalState` (nil when it keeps none).
 public final class DecoderLayerCache {
     /// `[B, capacity, d]`; rows `0 ..< step` of each sentence are filled.
     public private(set) var selfKeys: Tensor, selfValues: Tensor
     /// `[B, S, d]`.
     public private(set) var crossKeys: Tensor, crossValues: Tensor
-    public let feedForwardState: IncrementalState
+    public let feedForwardState: IncrementalState?
     public let capacity: Int, sourceLength: Int
 
     init(selfKeys: Tensor, selfValues: Tensor, crossKeys: Tensor, crossValues: Tensor,
-         feedForwardState: IncrementalState, capacity: Int, sourceLength: Int) {
+         feedForwardState: IncrementalState?, capacity: Int, sourceLength: Int) {
         self.selfKeys = selfKeys; self.selfValues = selfValues
         self.crossKeys = crossKeys; self.crossValues = crossValues
         self.feedForwardState = feedForwardState; self.capacity = capacity; self.sourceLength = sourceLength
@@ -58,7 +48,7 @@ public final class DecoderLayerCache {
     func reorder(_ rows: [Int]) {
         selfKeys = gatherRows(selfKeys, rows); selfValues = gatherRows(selfValues, rows)
         crossKeys = gatherRows(crossKeys, rows); crossValues = gatherRows(crossValues, rows)
-        for (key, t) in feedForwardState.tensors { feedForwardState.tensors[key] = gatherRows(t, rows) }
+        feedForwardState?.reorder(rows)
     }
 }
 
@@ -81,15 +71,18 @@ public final class DecoderCache {
     public let layers: [DecoderLayerCache]
     public private(set) var sourceMask: [Float]
     public private(set) var taskLabels: [Int]?
+    /// `r` [B, d] of every row (models with a task level), passed to every decoder layer.
+    public private(set) var taskRepresentation: Tensor?
     public private(set) var batchSize: Int
     public let sourceLength: Int
     /// Positions decoded so far (the next `decodeStep` decodes position `step`).
     public internal(set) var step: Int = 0
     public let capacity: Int
 
-    init(layers: [DecoderLayerCache], sourceMask: [Float], taskLabels: [Int]?, batchSize: Int,
-         sourceLength: Int, capacity: Int) {
+    init(layers: [DecoderLayerCache], sourceMask: [Float], taskLabels: [Int]?, taskRepresentation: Tensor?,
+         batchSize: Int, sourceLength: Int, capacity: Int) {
         self.layers = layers; self.sourceMask = sourceMask; self.taskLabels = taskLabels
+        self.taskRepresentation = taskRepresentation
         self.batchSize = batchSize; self.sourceLength = sourceLength; self.capacity = capacity
     }
 
@@ -107,6 +100,7 @@ public final class DecoderCache {
             count = rows.count * s
         }
         if let t = taskLabels { taskLabels = rows.map { t[$0] } }
+        taskRepresentation = taskRepresentation.map { gatherRows($0, rows) }
         batchSize = rows.count
     }
 }
@@ -125,14 +119,10 @@ extension Transformer {
     /// Runs the encoder on the source side of `batch` (no dropout).
     public func encode(_ batch: Seq2SeqBatch) throws -> EncodedSource {
         try batch.validate(vocabularySize: configuration.vocabularySize, maxPositions: configuration.maxPositions)
-        let states = try runEncoder(batch, training: false).output
-        let layerStates = try decoderLayers.map { layer -> [String: Tensor] in
-            guard let s = layer.feedForward as? EncoderDependentSublayer else { return [:] }
-            return try s.stateFromEncoder(batchSize: batch.batchSize)
-        }
+        let (states, _, r) = try runEncoder(batch, training: false)
         return EncodedSource(states: states, sourceMask: batch.sourceMask, batchSize: batch.batchSize,
                              sourceLength: batch.sourceLength, taskLabels: batch.taskLabels,
-                             decoderLayerStates: layerStates)
+                             taskRepresentation: r)
     }
 
     /// A fresh cache for up to `maxLength` decoder positions, with the cross-attention
@@ -142,23 +132,24 @@ extension Transformer {
             throw TransformerError.invalidArgument("maxLength \(maxLength) must be in 1...\(configuration.maxPositions)")
         }
         let b = encoded.batchSize, s = encoded.sourceLength, d = configuration.modelDim
-        for (i, st) in encoded.decoderLayerStates.enumerated() {
-            if let (key, t) = st.first(where: { $0.value.shape.first != b }) {
-                throw TransformerError.invalidArgument("decoder layer \(i) state \(key) has shape \(t.shape), expected \(b) sentences")
+        if taskLevel != nil {
+            guard let r = encoded.taskRepresentation else {
+                throw TransformerError.invalidArgument("the encoded source has no task representation r: encode it with this model")
+            }
+            guard r.shape == [b, d] else {
+                throw TransformerError.invalidArgument("task representation \(r.shape), expected [\(b), \(d)]")
             }
         }
-        let layers = decoderLayers.enumerated().map { i, layer -> DecoderLayerCache in
+        let layers = decoderLayers.map { layer -> DecoderLayerCache in
             let (k, v) = layer.crossAttention.keysAndValues(encoded.states)
             k.reshape([b, s, d]); v.reshape([b, s, d])
-            let state = IncrementalState()
-            if i < encoded.decoderLayerStates.count {
-                for (key, t) in encoded.decoderLayerStates[i] { state.tensors[key] = Tensor(copying: t) }
-            }
             return DecoderLayerCache(selfKeys: Tensor(shape: [b, maxLength, d]), selfValues: Tensor(shape: [b, maxLength, d]),
-                                     crossKeys: k, crossValues: v, feedForwardState: state,
+                                     crossKeys: k, crossValues: v,
+                                     feedForwardState: layer.feedForward.makeIncrementalState(batchSize: b),
                                      capacity: maxLength, sourceLength: s)
         }
         return DecoderCache(layers: layers, sourceMask: encoded.sourceMask, taskLabels: encoded.taskLabels,
+                            taskRepresentation: encoded.taskRepresentation.map { Tensor(copying: $0) },
                             batchSize: b, sourceLength: s, capacity: maxLength)
     }
 
@@ -173,7 +164,8 @@ extension Transformer {
         }
         var y = embed(tokens, batch: b, length: 1, start: cache.step)
         for (layer, lc) in zip(decoderLayers, cache.layers) {
-            y = try layer.step(y, cache: lc, step: cache.step, sourceMask: cache.sourceMask, taskLabels: cache.taskLabels)
+            y = try layer.step(y, cache: lc, step: cache.step, sourceMask: cache.sourceMask, taskLabels: cache.taskLabels,
+                               taskRepresentation: cache.taskRepresentation)
         }
         let out = decoderNorm.forward(y, training: false)
         let logits = Tensor(shape: [b, v])

@@ -24,22 +24,36 @@ func maskedCopy(_ grad: Tensor, mask: Tensor?) -> Tensor {
     return out
 }
 
+/// What an encoder or decoder layer's pass returns: its output states and, from the layer
+/// that runs the task level (forward) or whose FFN sub-block read `r` (backward), the task
+/// representation or its gradient.
+public struct LayerOutput {
+    /// Output states (forward) or `∂L/∂input` (backward).
+    public var states: Tensor
+    /// `r` [B, d] computed by this layer's task level (forward), or this layer's `∂L/∂r` (backward).
+    public var taskRepresentation: Tensor?
+}
+
 /// One pre-LN encoder layer:
 /// `x = x + Dropout(SelfAttn(LN(x)))`, `x = x + Dropout(FFN(LN(x)))`.
 /// States are `[B·S, d]`, sentence-major; the layout's mask is the key-padding mask.
+/// The layer given the model's task level runs it on its FFN sub-block's input (SPEC §2.1).
 public final class EncoderLayer {
     public let index: Int
     public let selfAttentionNorm: LayerNorm
     public let selfAttention: MultiHeadAttention
     public let feedForwardNorm: LayerNorm
+    /// The task level reading this layer's FFN input (the first encoder MoE layer), or nil.
+    public let taskLevel: TaskLevel?
     public let feedForward: FeedForwardSublayer
     public let dropout: Float, attentionDropout: Float
     private var masks: (attention: Tensor?, feedForward: Tensor?)?
 
     /// Parameter prefix `encoder.layers.<index>`.
     public init(index: Int, configuration c: TransformerConfiguration, feedForward: FeedForwardSublayer,
-                rng: inout RandomGenerator) {
+                taskLevel: TaskLevel? = nil, rng: inout RandomGenerator) {
         self.index = index
+        self.taskLevel = taskLevel
         let p = "encoder.layers.\(index)"
         selfAttentionNorm = LayerNorm(name: "\(p).self_attn_norm", dim: c.modelDim)
         selfAttention = MultiHeadAttention(name: "\(p).self_attn", dim: c.modelDim, heads: c.heads, rng: &rng)
@@ -49,11 +63,13 @@ public final class EncoderLayer {
     }
 
     public var parameters: [Parameter] {
-        selfAttentionNorm.parameters + selfAttention.parameters + feedForwardNorm.parameters + feedForward.parameters
+        selfAttentionNorm.parameters + selfAttention.parameters + feedForwardNorm.parameters
+            + (taskLevel?.parameters ?? []) + feedForward.parameters
     }
 
-    /// `x` [B·S, d] → [B·S, d].
-    public func forward(_ x: Tensor, layout: TokenLayout, training: Bool, rng: inout RandomGenerator) throws -> Tensor {
+    /// `x` [B·S, d] → [B·S, d]; with a task level, also the `r` [B, d] it computed (which this
+    /// layer's FFN sub-block already received and every later sub-block needs).
+    public func forward(_ x: Tensor, layout: TokenLayout, training: Bool, rng: inout RandomGenerator) throws -> LayerOutput {
         let shape = AttentionKernel.Shape(batch: layout.batchSize, queryLength: layout.length,
                                           keyLength: layout.length, dim: selfAttention.dim,
                                           heads: selfAttention.heads, causal: false)
@@ -63,22 +79,38 @@ public final class EncoderLayer {
         let m1 = Dropout.mask(count: a.count, rate: dropout, training: training, rng: &rng)
         let mid = residualAdd(x, a, mask: m1)
         let h2 = feedForwardNorm.forward(mid, training: training)
-        let f = try feedForward.forward(h2, layout: layout, training: training)
+        var ffnLayout = layout
+        let r = try taskLevel?.forward(h2, layout: layout, training: training)
+        if let r { ffnLayout.taskRepresentation = r }
+        let f = try feedForward.forward(h2, layout: ffnLayout, training: training)
         let m2 = Dropout.mask(count: f.count, rate: dropout, training: training, rng: &rng)
         masks = training ? (m1, m2) : nil
-        return residualAdd(mid, f, mask: m2)
+        return LayerOutput(states: residualAdd(mid, f, mask: m2), taskRepresentation: r)
     }
 
-    /// `∂L/∂out` → `∂L/∂x`, accumulating parameter gradients.
-    public func backward(_ gradOutput: Tensor) throws -> Tensor {
+    /// `∂L/∂out` → `∂L/∂x`, accumulating parameter gradients. `taskGradient` is `∂L/∂r` summed
+    /// over the sub-blocks after this one (decoder, later encoder layers). A layer without the task
+    /// level returns its FFN sub-block's `∂L/∂r`; the one with it adds its own to `taskGradient`,
+    /// runs the task level's backward with the total and returns none.
+    public func backward(_ gradOutput: Tensor, taskGradient: Tensor?) throws -> LayerOutput {
         guard let m = masks else { throw TransformerError.noTrainingForward }
         masks = nil
         let dMid = Tensor(copying: gradOutput)
-        let dH2 = try feedForward.backward(maskedCopy(gradOutput, mask: m.feedForward))
+        let f = try feedForward.backward(maskedCopy(gradOutput, mask: m.feedForward))
+        let dH2 = f.input
+        var dr = f.taskRepresentation
+        if let taskLevel {
+            guard let total = taskGradient else {
+                throw TransformerError.invalidArgument("encoder layer \(index): the task level's backward needs ∂L/∂r")
+            }
+            if let own = dr { Kernels.add(own.pointer, into: total.pointer, count: total.count) }
+            try taskLevel.backward(representationGradient: total, into: dH2)
+            dr = nil
+        }
         feedForwardNorm.backward(dH2, into: dMid)
         let dH = selfAttention.backward(maskedCopy(dMid, mask: m.attention)).query
         let dX = Tensor(copying: dMid)
         selfAttentionNorm.backward(dH, into: dX)
-        return dX
+        return LayerOutput(states: dX, taskRepresentation: dr)
     }
 }

@@ -15,8 +15,12 @@ public final class Transformer {
     public let decoderLayers: [DecoderLayer]
     public let encoderNorm: LayerNorm
     public let decoderNorm: LayerNorm
+    /// The task level (THOR's task predictor and `E_task`), run once per pass at the FFN
+    /// input of encoder layer `taskLevel.encoderLayer`; nil in models without one.
+    public let taskLevel: TaskLevel?
     /// Every parameter in a fixed order: embedding, encoder layers, encoder norm,
-    /// decoder layers, decoder norm (each layer: norms, attention, then its FFN sublayer's).
+    /// decoder layers, decoder norm (each layer: norms, attention, the task level's if it holds it,
+    /// then its FFN sublayer's).
     public let parameters: [Parameter]
     /// Label smoothing ε of `L_mt` (SPEC §3: 0.1).
     public var labelSmoothing: Float = 0.1
@@ -30,6 +34,7 @@ public final class Transformer {
         var batch: Seq2SeqBatch
         var sourceDropout: Tensor?, targetDropout: Tensor?
         var decoderOutput: Tensor, logits: Tensor, encoderOutput: Tensor
+        var taskRepresentation: Tensor?
     }
     private var saved: Saved?
 
@@ -40,8 +45,9 @@ public final class Transformer {
     }
 
     /// Builds the model with weights drawn from `seed`. `makeFeedForward(side, layer)` supplies
-    /// each FFN sub-block; nil gives a `DenseFeedForward`.
-    public init(configuration c: TransformerConfiguration, seed: UInt64,
+    /// each FFN sub-block; nil gives a `DenseFeedForward`. `taskLevel` (from `MoEStack`) computes the
+    /// task representation `r` that its MoE sub-blocks route with.
+    public init(configuration c: TransformerConfiguration, seed: UInt64, taskLevel: TaskLevel? = nil,
                 makeFeedForward: (Side, Int) throws -> FeedForwardSublayer? = { _, _ in nil }) throws {
         guard c.vocabularySize > 0, c.modelDim > 0, c.hiddenDim > 0, c.heads > 0 else {
             throw TransformerError.invalidArgument("vocabularySize, modelDim, hiddenDim and heads must be positive")
@@ -56,7 +62,12 @@ public final class Transformer {
               c.padID >= 0, c.padID < c.vocabularySize else {
             throw TransformerError.invalidArgument("need decoderLayers ≥ 1, maxPositions > 0, padID inside the vocabulary")
         }
+        if let taskLevel, taskLevel.encoderLayer >= c.encoderLayers || taskLevel.modelDim != c.modelDim {
+            throw TransformerError.invalidArgument("the task level reads encoder layer \(taskLevel.encoderLayer) at width \(taskLevel.modelDim); "
+                                                   + "the model has \(c.encoderLayers) encoder layers of width \(c.modelDim)")
+        }
         configuration = c
+        self.taskLevel = taskLevel
         var rng = RandomGenerator(seed: seed, stream: [0])
         embedding = Parameter(name: "embedding.weight", shape: [c.vocabularySize, c.modelDim])
         rng.fillNormal(embedding.value.pointer, count: embedding.count, std: 1 / Float(c.modelDim).squareRoot())
@@ -69,7 +80,8 @@ public final class Transformer {
         var enc: [EncoderLayer] = []
         for i in 0..<c.encoderLayers {
             var g = RandomGenerator(seed: seed, stream: [3, UInt64(i)])
-            enc.append(EncoderLayer(index: i, configuration: c, feedForward: try ffn(.encoder, i), rng: &g))
+            enc.append(EncoderLayer(index: i, configuration: c, feedForward: try ffn(.encoder, i),
+                                    taskLevel: taskLevel?.encoderLayer == i ? taskLevel : nil, rng: &g))
         }
         var dec: [DecoderLayer] = []
         for i in 0..<c.decoderLayers {
@@ -111,17 +123,21 @@ public final class Transformer {
         return x
     }
 
-    /// Encoder stack on `batch.source`: the final-LayerNormed states [B·S, d].
-    func runEncoder(_ batch: Seq2SeqBatch, training: Bool) throws -> (output: Tensor, dropout: Tensor?) {
+    /// Encoder stack on `batch.source`: the final-LayerNormed states [B·S, d], the embedding
+    /// dropout mask and the task representation `r` [B, d] (nil without a task level).
+    func runEncoder(_ batch: Seq2SeqBatch, training: Bool) throws
+        -> (output: Tensor, dropout: Tensor?, taskRepresentation: Tensor?) {
         let x = embed(batch.source, batch: batch.batchSize, length: batch.sourceLength)
         let m = Dropout.apply(x, rate: configuration.dropout, training: training, rng: &dropoutGenerator)
-        let layout = TokenLayout(side: .encoder, batchSize: batch.batchSize, length: batch.sourceLength,
+        var layout = TokenLayout(side: .encoder, batchSize: batch.batchSize, length: batch.sourceLength,
                                  mask: batch.sourceMask, taskLabels: batch.taskLabels)
         var h = x
         for layer in encoderLayers {
-            h = try layer.forward(h, layout: layout, training: training, rng: &dropoutGenerator)
+            let out = try layer.forward(h, layout: layout, training: training, rng: &dropoutGenerator)
+            h = out.states
+            if let r = out.taskRepresentation { layout.taskRepresentation = r }
         }
-        return (encoderNorm.forward(h, training: training), m)
+        return (encoderNorm.forward(h, training: training), m, layout.taskRepresentation)
     }
 
     /// Forward pass over a batch: `L_mt` (label-smoothed CE, mean over non-pad targets).
@@ -133,12 +149,12 @@ public final class Transformer {
         let c = configuration
         try batch.validate(vocabularySize: c.vocabularySize, maxPositions: c.maxPositions)
         saved = nil
-        let (enc, srcDrop) = try runEncoder(batch, training: training)
+        let (enc, srcDrop, r) = try runEncoder(batch, training: training)
         let b = batch.batchSize, t = batch.targetLength, d = c.modelDim, v = c.vocabularySize
         let y0 = embed(batch.targetInput, batch: b, length: t)
         let tgtDrop = Dropout.apply(y0, rate: c.dropout, training: training, rng: &dropoutGenerator)
         let layout = TokenLayout(side: .decoder, batchSize: b, length: t, mask: batch.targetMask,
-                                 taskLabels: batch.taskLabels)
+                                 taskLabels: batch.taskLabels, taskRepresentation: r)
         var y = y0
         for layer in decoderLayers {
             y = try layer.forward(y, layout: layout, encoderOutput: enc, sourceMask: batch.sourceMask,
@@ -157,13 +173,14 @@ public final class Transformer {
         }
         if training {
             saved = Saved(batch: batch, sourceDropout: srcDrop, targetDropout: tgtDrop,
-                          decoderOutput: out, logits: logits, encoderOutput: enc)
+                          decoderOutput: out, logits: logits, encoderOutput: enc, taskRepresentation: r)
         }
         return result
     }
 
     /// Backward of the last training `forward`: accumulates `lossScale · ∂L_mt/∂θ` into every
-    /// parameter's `grad` (FFN sublayers included, through their `backward`).
+    /// parameter's `grad` (FFN sublayers included, through their `backward`). The `∂L/∂r` of every
+    /// MoE sub-block is summed in backward order and handed to the task level's backward.
     public func backward(lossScale: Float = 1) throws {
         guard let s = saved else { throw TransformerError.noTrainingForward }
         saved = nil
@@ -184,8 +201,16 @@ public final class Transformer {
         var dy = Tensor(shape: [b * t, d])
         decoderNorm.backward(dOut, into: dy)
         let dEnc = Tensor(shape: [b * sl, d])
+        // ∂L/∂r gathered from every sub-block that read r, for the task level's backward.
+        let taskGradient = s.taskRepresentation.map { Tensor(shape: $0.shape) }
+        func gather(_ dr: Tensor?) {
+            guard let dr, let taskGradient else { return }
+            Kernels.add(dr.pointer, into: taskGradient.pointer, count: taskGradient.count)
+        }
         for layer in decoderLayers.reversed() {
-            dy = try layer.backward(dy, encoderGradient: dEnc)
+            let g = try layer.backward(dy, encoderGradient: dEnc)
+            dy = g.states
+            gather(g.taskRepresentation)
         }
         Dropout.applyBackward(dy, mask: s.targetDropout)
         batch.targetInput.withUnsafeBufferPointer { ip in
@@ -195,7 +220,9 @@ public final class Transformer {
         var dx = Tensor(shape: [b * sl, d])
         encoderNorm.backward(dEnc, into: dx)
         for layer in encoderLayers.reversed() {
-            dx = try layer.backward(dx)
+            let g = try layer.backward(dx, taskGradient: taskGradient)
+            dx = g.states
+            gather(g.taskRepresentation)
         }
         Dropout.applyBackward(dx, mask: s.sourceDropout)
         batch.source.withUnsafeBufferPointer { ip in
