@@ -51,8 +51,10 @@ let package = Package(
 
         .testTarget(name: "ThorTensorTests", dependencies: ["ThorTensor"]),
         .testTarget(name: "ThorModelTests", dependencies: ["ThorTensor", "ThorModel"]),
-        .testTarget(name: "ThorDataTests", dependencies: ["ThorData", "ThorCheckpoint", "ThorTensor"]),
-        .testTarget(name: "ThorWireTests", dependencies: ["ThorWire", "ThorTransport", "ThorTensor", "ThorModel"]),
+        .testTarget(name: "ThorDataTests", dependencies: ["ThorData", "ThorTensor"]),
+        .testTarget(name: "ThorCheckpointTests", dependencies: ["ThorCheckpoint", "ThorTensor"]),
+        .testTarget(name: "ThorWireTests", dependencies: ["ThorWire", "ThorTensor", "ThorModel"]),
+        .testTarget(name: "ThorTransportTests", dependencies: ["ThorTransport"]),
         .testTarget(name: "ThorClusterTests", dependencies: ["ThorCluster", "ThorModel", "ThorTensor", "ThorWire", "ThorTransport"]),
         .testTarget(name: "ThorTrainingTests", dependencies: ["ThorTraining", "ThorModel", "ThorData", "ThorTensor", "ThorCluster", "ThorCheckpoint"]),
         .testTarget(name: "ThorCLITests", dependencies: ["ThorCLI"]),

@@ -176,10 +176,14 @@ final class ThorModelGradientTests: XCTestCase {
                             expect: taskLevel + moeNames(["decoder.layers.1"], ["task_router.w", "router.w"]), samples: 4)
     }
 
-    /// Infuse (`r` added to the routing input) and plain top-p at the model level.
-    func testInfuseAndPlainTopP() throws {
+    /// Infuse (`r` added to the routing input) at the model level.
+    func testInfuse() throws {
         try checkWholeModel(RoutingConfiguration(variant: .infuse, experts: 4, threshold: 0.5, moeEvery: 1, tasks: 3),
                             label: "infuse/every1", expect: taskLevel + moeNames(["encoder.layers.0"], ["gate.w", "router.w"]), samples: 4)
+    }
+
+    /// Plain top-p (no task level) at the model level.
+    func testPlainTopP() throws {
         try checkWholeModel(RoutingConfiguration(variant: .topp, experts: 4, threshold: 0.5, moeEvery: 2),
                             label: "topp/every2", expect: moeNames(["encoder.layers.1", "decoder.layers.1"], ["router.w"]), samples: 4)
     }
