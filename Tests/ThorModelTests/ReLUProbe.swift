@@ -73,20 +73,21 @@ final class ReLUProbe {
         var out: [PreActivation] = []
         for (name, s) in sublayers {
             guard let x = s.lastInput else { continue }
+            let shared = s.inner is MoELayer
             for (k, f) in s.feedForwards.enumerated() where f.activation == .relu {
                 let n = x.rows, d = f.modelDim, h = Tensor(shape: [n, f.hiddenDim])
                 let a = Tensor(shape: [n, f.hiddenDim]), y = Tensor(shape: [n, d])
                 FeedForward.forward(y: y.pointer, h: h.pointer, a: a.pointer, x: x.pointer,
                                     w1: f.w1.value.pointer, b1: f.b1.value.pointer, w2: f.w2.value.pointer, b2: f.b2.value.pointer,
                                     n: n, d: d, dFF: f.hiddenDim, activation: .relu)
-                for i in 0..<h.count { out.append(PreActivation(site: "\(name) ffn \(k) [\(i / f.hiddenDim), \(i % f.hiddenDim)]", value: h[i])) }
+                for i in 0..<h.count { out.append(PreActivation(site: "\(shared ? "\(name) shared expert \(k)" : name) [row \(i / f.hiddenDim), unit \(i % f.hiddenDim)]", value: h[i])) }
             }
         }
         for (i, (layer, batch)) in backend.batches.enumerated() where backend.spec.activation == .relu {
             let key = ExpertKey(layer: layer, expert: batch.expert)
             guard let e = backend.inner.host.experts[key], let kept = e.forward(batch.tokens, keep: true).1 else { continue }
             let h = kept.preActivation, f = e.spec.hiddenDim
-            for j in 0..<h.count { out.append(PreActivation(site: "expert \(key) batch \(i) [\(j / f), \(j % f)]", value: h[j])) }
+            for j in 0..<h.count { out.append(PreActivation(site: "routed expert \(key) (batch \(i)) [row \(j / f), unit \(j % f)]", value: h[j])) }
         }
         return out
     }

@@ -97,11 +97,16 @@ final class ThorModelGradientTests: XCTestCase {
     /// Builds the model, perturbs every bias/norm (so their paths carry gradient), runs one
     /// forward + backward, and checks sampled entries of every parameter: the Transformer's,
     /// the MoE coordinator's (task level, task routers, gates, token routers, shared experts)
-    /// and every routed expert's. Entries whose ±eps nudge changes a routing choice are skipped,
-    /// and with ReLU those whose nudge flips the sign of some ReLU pre-activation (a kink, found by
-    /// `ReLUProbe`; the entries skipped for it that would have failed are printed with the flip).
+    /// and every routed expert's. Entries whose ±eps nudge changes a routing choice are skipped.
+    ///
+    /// With ReLU, `ReLUProbe` finds the nudges that flip the sign of some ReLU pre-activation: the
+    /// loss has a kink between the two nudged points, and the central difference averages two
+    /// different slopes. Where only one side crosses, the one-sided difference on the other side
+    /// (same activation pattern as the analytic gradient) is checked instead, against
+    /// `oneSidedTolerance` (its error is O(eps), not O(eps²)); where both sides cross, the entry is
+    /// skipped. Entries whose central difference would have failed are printed with the flip.
     func checkWholeModel(_ routing: RoutingConfiguration, label: String, expect: [String], activation: Activation = .gelu,
-                         samples: Int = 6, eps: Float = 5e-3, tolerance: Float = 3e-2,
+                         samples: Int = 6, eps: Float = 5e-3, tolerance: Float = 3e-2, oneSidedTolerance: Float = 6e-2,
                          file: StaticString = #filePath, line: UInt = #line) throws {
         let m = try ThorModelUnderTest(model: smallModel(activation: activation), routing: routing, losses: heavyLosses, seed: 17,
                                        probeReLU: activation == .relu)
@@ -115,7 +120,7 @@ final class ThorModelGradientTests: XCTestCase {
 
         let batch = smallBatch()
         try m.zeroGradients()
-        try m.trainingLoss(batch)
+        let baseLoss = try m.trainingLoss(batch).total
         let base = m.routingSignature()
         let baseKinks = m.probe?.preActivations() ?? []
         let baseSigns = baseKinks.map { $0.value > 0 }
@@ -124,7 +129,8 @@ final class ThorModelGradientTests: XCTestCase {
         if routing.variant.usesTaskPredictor { XCTAssertNotNil(aux.task, file: file, line: line) }
         XCTAssertNotNil(aux.tokenBalance, file: file, line: line)
 
-        var checked = 0, skipped = 0, kinks = 0, kinksBeyondTolerance = 0, worst: Float = 0
+        var checked = 0, skipped = 0, oneSided = 0, bothSides = 0, centralWouldFail = 0
+        var worst: Float = 0, worstOneSided: Float = 0
         for p in m.allParameters {
             let analytic = Tensor(copying: p.grad)
             let n = p.count, stride = max(1, n / samples)
@@ -145,14 +151,32 @@ final class ThorModelGradientTests: XCTestCase {
                 let numeric = Float((plus - minus) / Double(2 * eps))
                 let a = analytic[i]
                 let err = abs(numeric - a) / max(1e-2, abs(numeric) + abs(a))
-                if kPlus.map({ $0.value > 0 }) != baseSigns || kMinus.map({ $0.value > 0 }) != baseSigns {
-                    kinks += 1
+                let crossesPlus = kPlus.map { $0.value > 0 } != baseSigns, crossesMinus = kMinus.map { $0.value > 0 } != baseSigns
+                if crossesPlus || crossesMinus {
+                    let flips = baseKinks.indices.filter {
+                        $0 >= kPlus.count || $0 >= kMinus.count || (kPlus[$0].value > 0) != baseSigns[$0] || (kMinus[$0].value > 0) != baseSigns[$0]
+                    }
+                    var side = "both sides cross: skipped"
+                    if crossesPlus && crossesMinus {
+                        bothSides += 1
+                    } else {
+                        oneSided += 1
+                        let d = crossesPlus ? (baseLoss - minus) / Double(eps) : (plus - baseLoss) / Double(eps)
+                        let e1 = abs(Float(d) - a) / max(1e-2, abs(Float(d)) + abs(a))
+                        worstOneSided = max(worstOneSided, e1)
+                        side = "\(crossesPlus ? "backward" : "forward") difference \(Float(d)) (err \(e1))"
+                        XCTAssertLessThanOrEqual(e1, oneSidedTolerance,
+                                                 "\(label) \(p.name)[\(i)]: analytic \(a) vs one-sided \(Float(d)) (ReLU kink on the other side)",
+                                                 file: file, line: line)
+                    }
                     if err > tolerance {
-                        kinksBeyondTolerance += 1
-                        let flips = baseKinks.indices.filter { $0 >= kPlus.count || $0 >= kMinus.count || (kPlus[$0].value > 0) != baseSigns[$0] || (kMinus[$0].value > 0) != baseSigns[$0] }
-                        let shown = flips.prefix(3).filter { $0 < kPlus.count && $0 < kMinus.count }.map { "\(baseKinks[$0].site): \(kMinus[$0].value) | \(baseKinks[$0].value) | \(kPlus[$0].value)" }
-                        print("[ThorModelGradientTests] \(label) \(p.name)[\(i)]: analytic \(a) vs numeric \(numeric) (err \(err)), skipped: "
-                              + "the ±\(eps) nudge flips \(flips.count) ReLU pre-activation(s) (−eps | base | +eps): \(shown.joined(separator: "; "))")
+                        centralWouldFail += 1
+                        let shown = flips.prefix(3).filter { $0 < kPlus.count && $0 < kMinus.count }.map {
+                            "\(baseKinks[$0].site): \(kMinus[$0].value) | \(baseKinks[$0].value) | \(kPlus[$0].value)"
+                        }
+                        print("[ThorModelGradientTests] \(label) \(p.name)[\(i)]: analytic \(a), central \(numeric) (err \(err)); "
+                              + "the ±\(eps) nudge flips \(flips.count) ReLU pre-activation(s) (−eps | base | +eps): "
+                              + "\(shown.joined(separator: "; ")); \(side)")
                     }
                     continue
                 }
@@ -162,12 +186,13 @@ final class ThorModelGradientTests: XCTestCase {
                                          file: file, line: line)
             }
         }
-        XCTAssertGreaterThanOrEqual(checked, 5 * skipped, "\(label): too many routing flips (\(skipped) of \(checked + skipped + kinks))",
+        XCTAssertGreaterThanOrEqual(checked, 5 * skipped, "\(label): too many routing flips (\(skipped) of \(checked + skipped))",
                                     file: file, line: line)
-        XCTAssertGreaterThanOrEqual(checked, 3 * kinks, "\(label): too many ReLU kinks (\(kinks) of \(checked + skipped + kinks))",
+        XCTAssertGreaterThanOrEqual(checked, 5 * bothSides, "\(label): too many ReLU kinks on both sides (\(bothSides))",
                                     file: file, line: line)
-        print("[ThorModelGradientTests] \(label): \(checked) entries checked, \(skipped) skipped (routing flip), "
-              + "\(kinks) skipped (ReLU kink; \(kinksBeyondTolerance) of them beyond tolerance), worst relative error \(worst)")
+        print("[ThorModelGradientTests] \(label): \(checked) entries checked (worst relative error \(worst)), "
+              + "\(skipped) skipped (routing flip); ReLU kinks: \(oneSided) checked one-sided (worst \(worstOneSided)), "
+              + "\(bothSides) skipped (both sides cross), \(centralWouldFail) whose central difference would have failed")
     }
 
     func moeNames(_ layers: [String], _ suffixes: [String]) -> [String] {
@@ -229,6 +254,16 @@ final class ThorModelGradientTests: XCTestCase {
         let layers = ["encoder.layers.0", "encoder.layers.1", "decoder.layers.0", "decoder.layers.1"]
         try checkWholeModel(r, label: "thor-topp/every1/relu", expect: taskLevel + moeNames(layers, ["router.w", "shared.0.w1"]),
                             activation: .relu)
+    }
+
+    /// THOR top-k with capacity and the task prior, ReLU: without kink detection, four entries of
+    /// decoder layer 0 failed here (cross_attn.bo, ffn_norm, moe.2.experts.3.b1), all from one
+    /// pre-activation of routed expert L2E3 at −0.0011 that the ±5e-3 nudges pushed across 0.
+    func testThorTopKWithCapacityAndTaskPriorReLU() throws {
+        var r = RoutingConfiguration(variant: .thorTopK, experts: 4, candidates: 3, moeEvery: 1, tasks: 3)
+        r.capacityFactor = 1; r.taskPrior = true
+        try checkWholeModel(r, label: "thor-topk+capacity+prior/every1/relu",
+                            expect: taskLevel + moeNames(["decoder.layers.0"], ["task_router.w", "router.w"]), activation: .relu, samples: 4)
     }
 
     /// THOR top-k every other layer with ReLU: dense ReLU FFNs in layers 0, MoE in layers 1.
