@@ -190,9 +190,10 @@ final class ThorModelGradientTests: XCTestCase {
                                     file: file, line: line)
         XCTAssertGreaterThanOrEqual(checked, 5 * bothSides, "\(label): too many ReLU kinks on both sides (\(bothSides))",
                                     file: file, line: line)
+        let kinkReport = m.probe == nil ? "" : "; ReLU kinks: \(oneSided) checked one-sided (worst \(worstOneSided)), "
+            + "\(bothSides) skipped (both sides cross), \(centralWouldFail) whose central difference would have failed"
         print("[ThorModelGradientTests] \(label): \(checked) entries checked (worst relative error \(worst)), "
-              + "\(skipped) skipped (routing flip); ReLU kinks: \(oneSided) checked one-sided (worst \(worstOneSided)), "
-              + "\(bothSides) skipped (both sides cross), \(centralWouldFail) whose central difference would have failed")
+              + "\(skipped) skipped (routing flip)\(kinkReport)")
     }
 
     func moeNames(_ layers: [String], _ suffixes: [String]) -> [String] {
