@@ -51,7 +51,7 @@ final class DistributedEquivalenceTests: XCTestCase {
                 XCTAssertEqual(normsRemote[k]?.bitPattern, normsLocal[k]?.bitPattern, "\(what) step \(step) norm \(k)")
             }
             let total = keys.reduce(0.0) { $0 + normsLocal[$1]! }
-            XCTAssertGreaterThan(total, 0)
+            XCTAssertGreaterThan(total, 0, what)
             let clip = Adam.clipScale(squaredNorm: total, maxNorm: 0.5)
             try remote.step(learningRate: 1e-2, clipScale: clip, step: step)
             try local.step(learningRate: 1e-2, clipScale: clip, step: step)
@@ -65,30 +65,55 @@ final class DistributedEquivalenceTests: XCTestCase {
         }
         // The weights moved: the comparison is not between two untouched initial states.
         let w = final[ExpertKey(layer: 0, expert: 0)]!["moe.0.experts.0.w1"]!
-        XCTAssertFalse(w.bitwiseEqual(Expert(key: ExpertKey(layer: 0, expert: 0), spec: spec(activation)).w1.value))
+        XCTAssertFalse(w.bitwiseEqual(Expert(key: ExpertKey(layer: 0, expert: 0), spec: spec(activation)).w1.value), what)
         let c = remote.counters
-        XCTAssertGreaterThan(c.bytesSent, 0)
-        XCTAssertGreaterThan(c.bytesReceived, 0)
-        XCTAssertGreaterThan(c.requests, 0)
+        XCTAssertGreaterThan(c.bytesSent, 0, what)
+        XCTAssertGreaterThan(c.bytesReceived, 0, what)
+        XCTAssertGreaterThan(c.requests, 0, what)
     }
 
-    func testOneTwoThreeWorkersOverIPC() throws {
+    // One test per cluster shape, so that one failing scenario does not hide the others.
+    func testOneWorkerOverIPCGELU() throws {
         try runSteps(workers: 1, strategy: .roundRobin, transport: .ipc, activation: .gelu)
+    }
+
+    func testTwoWorkersRoundRobinOverIPCSwiGLU() throws {
         try runSteps(workers: 2, strategy: .roundRobin, transport: .ipc, activation: .swiglu)
+    }
+
+    func testTwoWorkersBlockedOverIPCReLU() throws {
         try runSteps(workers: 2, strategy: .blocked, transport: .ipc, activation: .relu)
+    }
+
+    func testThreeWorkersRoundRobinOverIPCReLU() throws {
         try runSteps(workers: 3, strategy: .roundRobin, transport: .ipc, activation: .relu)
+    }
+
+    func testThreeWorkersBlockedOverIPCGELUTwoThreads() throws {
         try runSteps(workers: 3, strategy: .blocked, transport: .ipc, activation: .gelu, threads: 2)
     }
 
-    func testOneTwoThreeWorkersOverTCP() throws {
+    func testOneWorkerOverTCPSwiGLU() throws {
         try runSteps(workers: 1, strategy: .blocked, transport: .tcp, activation: .swiglu)
+    }
+
+    func testTwoWorkersRoundRobinOverTCPGELU() throws {
         try runSteps(workers: 2, strategy: .roundRobin, transport: .tcp, activation: .gelu)
+    }
+
+    func testThreeWorkersBlockedOverTCPReLU() throws {
         try runSteps(workers: 3, strategy: .blocked, transport: .tcp, activation: .relu)
+    }
+
+    func testThreeWorkersRoundRobinOverTCPSwiGLUTwoThreads() throws {
         try runSteps(workers: 3, strategy: .roundRobin, transport: .tcp, activation: .swiglu, threads: 2)
     }
 
-    func testReplicasStayBitIdentical() throws {
+    func testReplicasStayBitIdenticalOverIPC() throws {
         try runSteps(workers: 3, strategy: .roundRobin, transport: .ipc, activation: .gelu, replicas: 2)
+    }
+
+    func testReplicasStayBitIdenticalOverTCP() throws {
         try runSteps(workers: 2, strategy: .blocked, transport: .tcp, activation: .swiglu, replicas: 2)
     }
 

@@ -87,7 +87,7 @@ final class BPETests: XCTestCase {
             XCTAssertEqual(t.encode([text, text]), [ids, ids], "batched encoding equals single encoding")
         }
         for text in ["", " ", "  two  spaces  ", "\t\n\r\0", "e\u{301}\u{302}", "👩‍👩‍👧 family", "日本語のテキスト。", "a\u{0}b"] {
-            XCTAssertEqual(t.decode(t.encode(text)), text)
+            XCTAssertEqual(t.decode(t.encode(text)), text, text.debugDescription)
         }
     }
 

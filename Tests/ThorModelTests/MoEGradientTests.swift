@@ -164,19 +164,41 @@ final class MoEGradientTests: XCTestCase {
                      expectParameters: taskLevel + layerParams(["task_router.w", "gate.w", "router.w"]))
     }
 
-    func testAblationGradients() throws {
+    // One test per ablation and baseline, so that one failing variant does not hide the others.
+    func testNoTaskLevelGradients() throws {
         try checkAll(routing(.noTaskLevel), label: "no-task-level", expectParameters: layerParams(["gate.w", "gate.b", "router.w"]))
+    }
+
+    func testNoContextGradients() throws {
         try checkAll(routing(.noContext), label: "no-context", expectParameters: taskLevel + layerParams(["task_router.w", "router.w"]))
+    }
+
+    func testGoldGradients() throws {
         try checkAll(routing(.gold), label: "gold", expectParameters: taskLevel + layerParams(["task_router.w", "gate.w", "router.w"]))
+    }
+
+    func testNonMixedGradients() throws {
         try checkAll(routing(.nonMixed), label: "non-mixed", expectParameters: taskLevel + layerParams(["task_router.w", "gate.w", "router.w"]))
+    }
+
+    func testInfuseGradients() throws {
         try checkAll(routing(.infuse) { $0.selection = .topk }, label: "infuse",
                      expectParameters: taskLevel + layerParams(["gate.w", "gate.b", "router.w"]))
     }
 
-    func testBaselineGradients() throws {
+    func testTop1Gradients() throws {
         try checkAll(routing(.top1), label: "top1", expectParameters: layerParams(["router.w"]))
+    }
+
+    func testTop2Gradients() throws {
         try checkAll(routing(.top2) { $0.sharedExperts = 1 }, label: "top2", expectParameters: layerParams(["router.w", "shared.0.b2"]))
+    }
+
+    func testTopPGradients() throws {
         try checkAll(routing(.topp), label: "topp", expectParameters: layerParams(["router.w"]))
+    }
+
+    func testHardGradients() throws {
         try checkAll(routing(.hard) { $0.sharedExperts = 1 }, label: "hard", expectParameters: layerParams(["shared.0.w2"]))
     }
 

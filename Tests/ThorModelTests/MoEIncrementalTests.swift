@@ -6,37 +6,51 @@ import ThorModel
 final class MoEIncrementalTests: XCTestCase {
     /// A decoder MoE layer fed one position at a time (running prefix context in its
     /// MoEDecodingState) gives the full pass's output, in every variant.
-    func testIncrementalDecoderMatchesFullPass() throws {
-        for v in RoutingVariant.allCases where v != .dense {
-            var r = RoutingConfiguration(variant: v, experts: 4, candidates: 2, threshold: 0.6, moeEvery: 1, sharedExperts: 1, tasks: 3)
-            if v == .thorTopP { r.taskPrior = true }
-            let h = try MoEHarness(routing: r)
-            let dec = h.layers[2]
-            let b = 2, len = 5, d = h.d
-            let x = randomTensor([b * len, d], seed: 77)
-            let mask: [Float] = [1, 1, 1, 1, 1, 1, 1, 1, 0, 0]
-            // The task level (inference) computes r on the encoder input.
-            let rep = try h.stack.taskLevel?.forward(h.xEnc1, layout: h.encLayout, training: false)
-            let full = try dec.forward(x, layout: TokenLayout(side: .decoder, batchSize: b, length: len, mask: mask, taskLabels: [2, 0],
-                                                              taskRepresentation: rep),
-                                       training: false)
-            let fullDecisions = (0..<(b * len)).map { dec.lastDecision!.selected($0) }
-            let state = dec.makeIncrementalState(batchSize: b)
-            XCTAssertTrue(state is MoEDecodingState)
-            for t in 0..<len {
-                let xt = Tensor(shape: [b, d])
-                for s in 0..<b { (xt.pointer + s * d).update(from: x.pointer + (s * len + t) * d, count: d) }
-                let lay = TokenLayout(side: .decoder, batchSize: b, length: 1, mask: [mask[t], mask[len + t]],
-                                      startPosition: t, state: state, taskLabels: [2, 0], taskRepresentation: rep)
-                let yt = try dec.forward(xt, layout: lay, training: false)
-                for s in 0..<b where mask[s * len + t] != 0 {
-                    XCTAssertEqual(dec.lastDecision!.selected(s), fullDecisions[s * len + t], "\(v) sentence \(s) step \(t) selection")
-                    for j in 0..<d {
-                        XCTAssertEqual(yt[s * d + j], full[(s * len + t) * d + j], accuracy: 1e-5, "\(v) sentence \(s) step \(t)")
-                    }
+    func checkIncrementalDecoderMatchesFullPass(_ v: RoutingVariant) throws {
+        var r = RoutingConfiguration(variant: v, experts: 4, candidates: 2, threshold: 0.6, moeEvery: 1, sharedExperts: 1, tasks: 3)
+        if v == .thorTopP { r.taskPrior = true }
+        let h = try MoEHarness(routing: r)
+        let dec = h.layers[2]
+        let b = 2, len = 5, d = h.d
+        let x = randomTensor([b * len, d], seed: 77)
+        let mask: [Float] = [1, 1, 1, 1, 1, 1, 1, 1, 0, 0]
+        // The task level (inference) computes r on the encoder input.
+        let rep = try h.stack.taskLevel?.forward(h.xEnc1, layout: h.encLayout, training: false)
+        let full = try dec.forward(x, layout: TokenLayout(side: .decoder, batchSize: b, length: len, mask: mask, taskLabels: [2, 0],
+                                                          taskRepresentation: rep),
+                                   training: false)
+        let fullDecisions = (0..<(b * len)).map { dec.lastDecision!.selected($0) }
+        let state = dec.makeIncrementalState(batchSize: b)
+        XCTAssertTrue(state is MoEDecodingState)
+        for t in 0..<len {
+            let xt = Tensor(shape: [b, d])
+            for s in 0..<b { (xt.pointer + s * d).update(from: x.pointer + (s * len + t) * d, count: d) }
+            let lay = TokenLayout(side: .decoder, batchSize: b, length: 1, mask: [mask[t], mask[len + t]],
+                                  startPosition: t, state: state, taskLabels: [2, 0], taskRepresentation: rep)
+            let yt = try dec.forward(xt, layout: lay, training: false)
+            for s in 0..<b where mask[s * len + t] != 0 {
+                XCTAssertEqual(dec.lastDecision!.selected(s), fullDecisions[s * len + t], "\(v) sentence \(s) step \(t) selection")
+                for j in 0..<d {
+                    XCTAssertEqual(yt[s * d + j], full[(s * len + t) * d + j], accuracy: 1e-5, "\(v) sentence \(s) step \(t)")
                 }
             }
         }
+    }
+
+    func testIncrementalTop1() throws { try checkIncrementalDecoderMatchesFullPass(.top1) }
+    func testIncrementalTop2() throws { try checkIncrementalDecoderMatchesFullPass(.top2) }
+    func testIncrementalTopP() throws { try checkIncrementalDecoderMatchesFullPass(.topp) }
+    func testIncrementalThorTopK() throws { try checkIncrementalDecoderMatchesFullPass(.thorTopK) }
+    func testIncrementalThorTopP() throws { try checkIncrementalDecoderMatchesFullPass(.thorTopP) }
+    func testIncrementalNoTaskLevel() throws { try checkIncrementalDecoderMatchesFullPass(.noTaskLevel) }
+    func testIncrementalNoContext() throws { try checkIncrementalDecoderMatchesFullPass(.noContext) }
+    func testIncrementalGold() throws { try checkIncrementalDecoderMatchesFullPass(.gold) }
+    func testIncrementalNonMixed() throws { try checkIncrementalDecoderMatchesFullPass(.nonMixed) }
+    func testIncrementalInfuse() throws { try checkIncrementalDecoderMatchesFullPass(.infuse) }
+    func testIncrementalHard() throws { try checkIncrementalDecoderMatchesFullPass(.hard) }
+    func testEveryMoEVariantHasAnIncrementalTest() {
+        let covered: Set<RoutingVariant> = [.top1, .top2, .topp, .thorTopK, .thorTopP, .noTaskLevel, .noContext, .gold, .nonMixed, .infuse, .hard]
+        XCTAssertEqual(covered, Set(RoutingVariant.allCases.filter { $0 != .dense }), "add a testIncremental… method for the new variant")
     }
 
     /// Combine order is fixed: the output does not depend on the expert-thread count, and

@@ -84,27 +84,33 @@ final class SelectionTests: XCTestCase {
     }
 
     /// In the MoE layer, experts outside the task-level candidates are never selected,
-    /// candidates follow TopK(q, K), and capacity in training drops assignments.
-    func testLayerNeverSelectsOutsideCandidates() throws {
-        for v in [RoutingVariant.thorTopP, .thorTopK] {
-            let r = RoutingConfiguration(variant: v, experts: 6, candidates: 3, threshold: 0.95, moeEvery: 1, tasks: 3)
-            let h = try MoEHarness(routing: r)
-            _ = try h.loss()
-            for l in h.layers {
-                let tr = l.lastTaskRouting!, dec = l.lastDecision!
-                let len = dec.rows / tr.batch
-                for b in 0..<tr.batch {
-                    let c = tr.candidateSet(b)
-                    XCTAssertEqual(c.count, 3)
-                    let q = (0..<6).map { tr.q[b * 6 + $0] }
-                    XCTAssertEqual(Set(c), Set(q.indices.sorted { q[$0] > q[$1] || (q[$0] == q[$1] && $0 < $1) }.prefix(3)))
-                    for t in b * len..<(b + 1) * len {
-                        XCTAssertTrue(Set(dec.selected(t)).isSubset(of: Set(c)), "\(v): \(dec.selected(t)) outside \(c)")
-                        for e in 0..<6 where !c.contains(e) { XCTAssertEqual(l.lastProbabilities![t * 6 + e], 0) }
-                    }
+    /// candidates follow TopK(q, K).
+    func checkLayerNeverSelectsOutsideCandidates(_ v: RoutingVariant) throws {
+        let r = RoutingConfiguration(variant: v, experts: 6, candidates: 3, threshold: 0.95, moeEvery: 1, tasks: 3)
+        let h = try MoEHarness(routing: r)
+        _ = try h.loss()
+        for l in h.layers {
+            let tr = l.lastTaskRouting!, dec = l.lastDecision!
+            let len = dec.rows / tr.batch
+            for b in 0..<tr.batch {
+                let c = tr.candidateSet(b)
+                XCTAssertEqual(c.count, 3, "\(v) layer \(l.name) sentence \(b)")
+                let q = (0..<6).map { tr.q[b * 6 + $0] }
+                XCTAssertEqual(Set(c), Set(q.indices.sorted { q[$0] > q[$1] || (q[$0] == q[$1] && $0 < $1) }.prefix(3)),
+                               "\(v) layer \(l.name) sentence \(b): candidates are TopK(q, 3)")
+                for t in b * len..<(b + 1) * len {
+                    XCTAssertTrue(Set(dec.selected(t)).isSubset(of: Set(c)), "\(v): \(dec.selected(t)) outside \(c)")
+                    for e in 0..<6 where !c.contains(e) { XCTAssertEqual(l.lastProbabilities![t * 6 + e], 0, "\(v) p[\(t), \(e)]") }
                 }
             }
         }
+    }
+
+    func testLayerNeverSelectsOutsideCandidatesThorTopP() throws { try checkLayerNeverSelectsOutsideCandidates(.thorTopP) }
+    func testLayerNeverSelectsOutsideCandidatesThorTopK() throws { try checkLayerNeverSelectsOutsideCandidates(.thorTopK) }
+
+    /// Capacity in training drops assignments, at most `ceil(cf · assignments / N)` kept per expert.
+    func testLayerCapacityDropsAssignmentsInTraining() throws {
         let capped = try MoEHarness(routing: RoutingConfiguration(variant: .top2, experts: 4, capacityFactor: 0.5, moeEvery: 1))
         _ = try capped.loss()
         let dec = capped.layers[0].lastDecision!

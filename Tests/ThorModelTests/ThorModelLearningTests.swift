@@ -170,8 +170,8 @@ extension ThorModelLearningTests {
         for i in runs.indices.dropFirst() {
             XCTAssertEqual(losses[0].1.bitPattern, losses[i].1.bitPattern, "run \(i): last losses")
             for (p, q) in zip(runs[0].allParameters, runs[i].allParameters) {
-                XCTAssertEqual(p.name, q.name)
-                XCTAssertTrue(p.value.bitwiseEqual(q.value), "\(p.name) differs between runs")
+                XCTAssertEqual(p.name, q.name, "run \(i)")
+                XCTAssertTrue(p.value.bitwiseEqual(q.value), "run \(i): \(p.name) differs from run 0")
             }
         }
         XCTAssertLessThan(losses[0].1, losses[0].0, "the runs compared did train")

@@ -32,9 +32,9 @@ final class KernelTests: XCTestCase {
             let x = values(n, seed: UInt64(n) + 5)
             let s = x.withUnsafeBufferPointer { Kernels.sumOfSquares($0.baseAddress!, count: n) }
             let ref = x.reduce(0.0) { $0 + Double($1) * Double($1) }
-            XCTAssertEqual(s, ref, accuracy: 1e-9 * max(1, ref))
+            XCTAssertEqual(s, ref, accuracy: 1e-9 * max(1, ref), "n = \(n)")
             let again = x.withUnsafeBufferPointer { Kernels.sumOfSquares($0.baseAddress!, count: n) }
-            XCTAssertEqual(s.bitPattern, again.bitPattern)
+            XCTAssertEqual(s.bitPattern, again.bitPattern, "n = \(n)")
         }
         // Float accumulation would lose the small terms here; Double keeps them.
         var big = [Float](repeating: 1e-4, count: 4096); big[0] = 1e4

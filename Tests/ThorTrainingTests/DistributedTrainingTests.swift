@@ -6,29 +6,39 @@ import ThorTraining
 
 /// Whole-model training over real `thor worker` processes against the in-process run.
 final class DistributedTrainingTests: XCTestCase {
-    /// Three steps over 1, 2 and 3 workers (two placements) give the same losses,
-    /// coordinator weights and expert weights as in process, bit for bit.
-    func testDistributedTrainingMatchesInProcessBitForBit() throws {
+    /// Three steps over `workers` workers give the same losses, coordinator weights and expert
+    /// weights as in process, bit for bit.
+    func checkDistributedTrainingMatchesInProcess(workers: Int, placement: Placement.Strategy) throws {
         let c = tinyConfiguration()
         let reference = try Setup(c)
         let expected = try (0..<3).map { _ in try reference.trainer.trainStep().loss }
         let expectedState = try reference.snapshot()
-        for (workers, placement) in [(1, Placement.Strategy.roundRobin), (2, .roundRobin), (3, .blocked)] {
-            let s = try Setup(c, workers: 0)
-            // Same model, experts moved to a local cluster.
-            let runtime = try ExpertRuntime(configuration: s.configuration, workers: workers, threads: 1, placement: placement)
-            defer { runtime.shutdown() }
-            let model = try TranslationModel(configuration: s.configuration, backend: runtime.backend)
-            let trainer = try Trainer(model: model, data: s.data)
-            let losses = try (0..<3).map { _ in try trainer.trainStep().loss }
-            XCTAssertEqual(losses, expected, "\(workers) workers, \(placement)")
-            var state: [String: Tensor] = [:]
-            for p in model.parameters {
-                state[p.name] = p.value; state[p.name + ".m"] = p.m; state[p.name + ".v"] = p.v
-            }
-            for (_, tensors) in try model.backend.exportState() { for (n, t) in tensors { state[n] = t } }
-            assertBitwiseEqual(expectedState, state, "\(workers) workers, \(placement)")
+        let s = try Setup(c, workers: 0)
+        // Same model, experts moved to a local cluster.
+        let runtime = try ExpertRuntime(configuration: s.configuration, workers: workers, threads: 1, placement: placement)
+        defer { runtime.shutdown() }
+        let model = try TranslationModel(configuration: s.configuration, backend: runtime.backend)
+        let trainer = try Trainer(model: model, data: s.data)
+        let losses = try (0..<3).map { _ in try trainer.trainStep().loss }
+        XCTAssertEqual(losses, expected, "\(workers) workers, \(placement)")
+        var state: [String: Tensor] = [:]
+        for p in model.parameters {
+            state[p.name] = p.value; state[p.name + ".m"] = p.m; state[p.name + ".v"] = p.v
         }
+        for (_, tensors) in try model.backend.exportState() { for (n, t) in tensors { state[n] = t } }
+        assertBitwiseEqual(expectedState, state, "\(workers) workers, \(placement)")
+    }
+
+    func testDistributedTrainingOnOneWorkerMatchesInProcessBitForBit() throws {
+        try checkDistributedTrainingMatchesInProcess(workers: 1, placement: .roundRobin)
+    }
+
+    func testDistributedTrainingOnTwoWorkersMatchesInProcessBitForBit() throws {
+        try checkDistributedTrainingMatchesInProcess(workers: 2, placement: .roundRobin)
+    }
+
+    func testDistributedTrainingOnThreeWorkersBlockedMatchesInProcessBitForBit() throws {
+        try checkDistributedTrainingMatchesInProcess(workers: 3, placement: .blocked)
     }
 
     /// A checkpoint written by an in-process run resumes on 2 workers with the same bits.

@@ -58,7 +58,7 @@ final class WireCodecTests: XCTestCase {
         } else { XCTFail("error") }
         for m: WireMessage in [.ack, .zeroGradients, .gradNormRequest, .shutdown(reason: "bye"),
                                .heartbeat(sequence: 9, sentUnixNanos: 10), .exportRequest(keys: keys)] {
-            XCTAssertEqual(try roundTrip(Envelope(requestID: 5, message: m)).message.name, m.name)
+            XCTAssertEqual(try roundTrip(Envelope(requestID: 5, message: m)).message.name, m.name, m.name)
         }
     }
 
