@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 import ThorTensor
+import ThorExperts
 import ThorModel
 
 /// The context `c` (SPEC §2.4) and the context gate `g`, `h̃` (SPEC §2.5) on hand-made cases,

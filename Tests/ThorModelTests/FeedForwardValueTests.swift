@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 import ThorTensor
+import ThorExperts
 import ThorModel
 
 /// Values of the FFN / expert `W2 · act(W1 · x + b1) + b2` (SPEC §1) for each activation on a

@@ -1,5 +1,6 @@
 import XCTest
 import ThorTensor
+import ThorExperts
 
 /// Central finite differences against a hand-written backward.
 ///

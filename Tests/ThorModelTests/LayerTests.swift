@@ -1,5 +1,6 @@
 import XCTest
 import ThorTensor
+import ThorExperts
 import ThorModel
 
 /// Every hand-written layer backward against central finite differences.

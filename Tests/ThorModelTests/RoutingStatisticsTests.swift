@@ -1,5 +1,6 @@
 import XCTest
 import ThorTensor
+import ThorExperts
 import ThorModel
 
 final class RoutingStatisticsTests: XCTestCase {

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 import ThorTensor
+import ThorExperts
 import ThorModel
 
 /// Values of the routing levels and their auxiliary losses on hand-made cases (4 experts,

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 import ThorTensor
+import ThorExperts
 import ThorModel
 
 /// Values of the task level (SPEC §2.1–2.2, `L_task` of §3) and of the per-layer means of the

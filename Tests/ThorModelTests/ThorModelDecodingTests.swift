@@ -1,5 +1,6 @@
 import XCTest
 import ThorTensor
+import ThorExperts
 import ThorModel
 
 /// Incremental decoding and beam search of the whole THOR model (Transformer + MoE layers):

@@ -1,5 +1,6 @@
 import XCTest
 import ThorTensor
+import ThorExperts
 import ThorModel
 
 /// A deterministic multi-domain translation task: every source sentence carries words of its

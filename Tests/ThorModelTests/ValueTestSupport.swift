@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 import ThorTensor
+import ThorExperts
 
 // Helpers of the value tests: expected values are worked out in Double with plain loops
 // from SPEC's formulas, never by calling the code under test.

@@ -1,5 +1,6 @@
 import XCTest
 import ThorTensor
+import ThorExperts
 import ThorModel
 import ThorCluster
 import ThorTraining

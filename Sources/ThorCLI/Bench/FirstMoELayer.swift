@@ -1,4 +1,5 @@
 import ThorTensor
+import ThorExperts
 import ThorModel
 
 /// The first encoder MoE layer of a stack, run the way the Transformer runs it: the task level

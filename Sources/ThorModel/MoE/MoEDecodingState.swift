@@ -1,4 +1,5 @@
 import ThorTensor
+import ThorExperts
 
 /// An MoE layer's state across incremental decoding steps: the running sum and count of the
 /// decoder context's prefix (SPEC §2.4), one row per hypothesis. The task representation `r`

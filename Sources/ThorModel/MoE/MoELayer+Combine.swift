@@ -1,4 +1,5 @@
 import ThorTensor
+import ThorExperts
 
 /// The routed experts' outputs of one forward, grouped by expert, and the combined output.
 struct CombinedExperts {

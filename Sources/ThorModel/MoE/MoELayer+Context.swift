@@ -1,4 +1,5 @@
 import ThorTensor
+import ThorExperts
 
 /// The context `c` and the gated routing input `h̃` of one forward (SPEC §2.4–2.5).
 struct GatedContext {

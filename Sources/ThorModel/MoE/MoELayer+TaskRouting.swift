@@ -1,4 +1,5 @@
 import ThorTensor
+import ThorExperts
 
 /// The task level inside one MoE layer (SPEC §2.2–2.3): the layer receives `r` and routes
 /// sentences with its own task router; `∂L/∂r` goes back to the model with the layer's gradients.

@@ -1,4 +1,5 @@
 import ThorTensor
+import ThorExperts
 
 /// The token level of one MoE layer (SPEC §2.6–2.7 and the auxiliary losses of §3):
 /// `p = softmax(W_r h̃ (+ log q))` over the candidates, then top-k, top-p or hard selection.
