@@ -64,8 +64,8 @@ public final class TrainingRun {
             checkpoint = ck
             var c = ck.configuration
             c.training.maxSteps = configuration.training.maxSteps
-            c.training.workers = configuration.training.workers
-            c.training.expertThreads = configuration.training.expertThreads
+            c.cluster.workers = configuration.cluster.workers
+            c.cluster.expertThreads = configuration.cluster.expertThreads
             configuration = c
             say("resuming from \(resume) at step \(ck.state.step)")
         }
@@ -80,20 +80,20 @@ public final class TrainingRun {
         let t = configuration.training
         let runtime: ExpertRuntime
         if let bind = options.bind {
-            runtime = try ExpertRuntime(configuration: configuration, externalWorkers: max(1, t.workers), bind: bind,
+            runtime = try ExpertRuntime(configuration: configuration, externalWorkers: max(1, configuration.cluster.workers), bind: bind,
                                         timeout: options.registrationTimeout, placement: options.placement,
                                         onRegistration: say)
         } else {
-            runtime = try ExpertRuntime(configuration: configuration, workers: t.workers, threads: t.expertThreads,
+            runtime = try ExpertRuntime(configuration: configuration, workers: configuration.cluster.workers, threads: configuration.cluster.expertThreads,
                                         transport: options.transport, placement: options.placement)
         }
         defer { runtime.shutdown() }
         if let c = runtime.cluster {
             say("cluster: coordinator + \(c.workerIDs.count) expert workers at \(c.coordinator.endpoint)")
         } else if runtime.coordinator != nil {
-            say("cluster: coordinator + \(t.workers) external expert workers")
+            say("cluster: coordinator + \(configuration.cluster.workers) external expert workers")
         } else {
-            say("experts run in this process (training.workers = 0)")
+            say("experts run in this process (cluster.workers = 0)")
         }
         let model = try TranslationModel(configuration: configuration, backend: runtime.backend)
         let trainer = try Trainer(model: model, data: data, checkpoint: checkpoint)
@@ -208,7 +208,7 @@ public final class TrainingRun {
             try metrics?.write(rec)
             summary.test = test
             say(test.table(title: "test set after \(trainer.step) steps (\(configuration.routing.variant.rawValue), "
-                            + "\(t.workers == 0 ? "in-process experts" : "\(t.workers) expert workers"))"))
+                            + "\(configuration.cluster.workers == 0 ? "in-process experts" : "\(configuration.cluster.workers) expert workers"))"))
             say(String(format: "training: %.0f tokens/s (source + target, non-pad) over %.0f s", trainRate, elapsed))
         }
         return summary

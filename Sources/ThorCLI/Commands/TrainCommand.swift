@@ -29,7 +29,7 @@ struct TrainCommand: ParsableCommand {
             help: ArgumentHelp("Override one key, e.g. --set routing.threshold=0.7 (repeatable).", valueName: "section.key=value"))
     var overrides: [String] = []
 
-    @Option(help: "Expert-worker processes to start (0: experts in this process). Default: training.workers (2).")
+    @Option(help: "Expert-worker processes to start (0: experts in this process). Default: cluster.workers (2).")
     var workers: Int?
 
     @Option(help: "Optimizer steps to run (training.max_steps).")
@@ -77,7 +77,7 @@ struct TrainCommand: ParsableCommand {
             }
             o[String(s[..<eq])] = String(s[s.index(after: eq)...])
         }
-        if let workers { o["training.workers"] = String(workers) }
+        if let workers { o["cluster.workers"] = String(workers) }
         if let maxSteps { o["training.max_steps"] = String(maxSteps) }
         if let seed { o["training.seed"] = String(seed) }
         if let variant { o["routing.variant"] = variant }
