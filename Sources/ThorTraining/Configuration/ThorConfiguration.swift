@@ -94,6 +94,45 @@ public struct ThorConfiguration: ConfigurationSection {
         return out
     }
 
+    /// The value at a `section.key` path, as it would appear in a file (`absent` when unset).
+    public func value(at path: String) -> String {
+        let parts = path.split(separator: ".").map(String.init)
+        guard parts.count == 2, case .object(let root) = jsonValue, case .object(let section)? = root[parts[0]],
+              let v = section[parts[1]] else { return "absent" }
+        return v.serialized()
+    }
+
+    /// Whether a resumed run may change the key at `path`: the cluster, the evaluation, and the
+    /// training keys that only steer the run (`TrainingConfiguration.resumableKeys`).
+    public static func mayChangeOnResume(_ path: String) -> Bool {
+        path.hasPrefix("cluster.") || path.hasPrefix("evaluation.")
+            || TrainingConfiguration.resumableKeys.contains { "training.\($0.stringValue)" == path }
+    }
+
+    /// The configuration a run resumed from a checkpoint continues with: the checkpoint's
+    /// `saved`, with the keys the user gave (`section.key` → value text) applied. A given key
+    /// that would change anything but what `mayChangeOnResume` allows is refused, naming each
+    /// such key with both values. `model.vocabulary_size` and `routing.tasks` given as 0
+    /// ("from the data") keep the checkpoint's resolved values.
+    public static func resumed(from saved: ThorConfiguration, with given: [String: String],
+                               checkpoint: String) throws -> ThorConfiguration {
+        var keys = given
+        for path in ["model.vocabulary_size", "routing.tasks"] where keys[path].map(JSONValue.parseScalar) == JSONValue.number(Double(0)) {
+            keys[path] = nil
+        }
+        let wanted = try saved.applying(overrides: keys)
+        let refused = wanted.differences(from: saved).filter { !mayChangeOnResume($0) }
+        guard refused.isEmpty else {
+            let list = refused.map { "\($0) is \(saved.value(at: $0)) in the checkpoint, \(wanted.value(at: $0)) given" }
+            throw TrainingError.invalidConfiguration(
+                "--resume \(checkpoint) continues the checkpoint's model and training; these settings contradict it: "
+                + list.joined(separator: "; ") + ". Drop them (or start a new run in another --save-dir); only "
+                + "training.max_steps, training.dev_interval, training.checkpoint_interval, training.log_interval, "
+                + "evaluation.* and cluster.* may change on resume.")
+        }
+        return wanted
+    }
+
     /// Checks the sections and the constraints between them.
     public func validate(path: String = "") throws {
         try model.validate(path: "model")
