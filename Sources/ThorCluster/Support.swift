@@ -1,3 +1,4 @@
+import ThorTensor
 import ThorWire
 import ThorExperts
 #if canImport(Glibc)
@@ -6,14 +7,10 @@ import Glibc
 import Darwin
 #endif
 
-/// Seconds on a monotonic clock.
-@inline(__always) func monotonicSeconds() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
-}
+/// Seconds on the monotonic clock (`MonotonicClock`, the one clock of every timing).
+@inline(__always) func monotonicSeconds() -> Double { MonotonicClock.seconds() }
 
-/// Nanoseconds since the Unix epoch.
+/// Nanoseconds since the Unix epoch: a timestamp carried in Heartbeat messages, never used to time anything.
 func unixNanoseconds() -> UInt64 {
     var ts = timespec()
     clock_gettime(CLOCK_REALTIME, &ts)

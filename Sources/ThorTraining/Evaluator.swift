@@ -112,6 +112,9 @@ public enum Evaluator {
         precondition(corpus.pairs.count == pairs.count, "evaluation corpus and text pairs must align")
         let tasks = corpus.tasks
         let chosen = indices ?? Array(0..<pairs.count)
+        guard !chosen.isEmpty else {
+            throw TrainingError.data("the evaluation set is empty: there is nothing to score (BLEU and loss need at least one pair)")
+        }
         let batches = Batching.evaluationBatches(corpus, indices: chosen, maxTokens: options.maxTokens)
         var hypotheses = [String](repeating: "", count: pairs.count)
         var lossSum = 0.0, lossTokens = 0, produced = 0
@@ -123,9 +126,9 @@ public enum Evaluator {
         }
         let stats = model.moe.takeStatistics()
         for batch in batches {
-            let t0 = DispatchTime.now().uptimeNanoseconds
+            let watch = Stopwatch()
             let out = try translate(model, batch: batch, options: options)
-            decodeSeconds += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+            decodeSeconds += watch.seconds
             for (row, index) in batch.indices.enumerated() {
                 hypotheses[index] = tokenizer.decode(out[row])
                 produced += out[row].count + 1

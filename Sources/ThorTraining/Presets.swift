@@ -1,3 +1,4 @@
+import ThorTensor
 import ThorModel
 
 extension ThorConfiguration {
@@ -19,8 +20,8 @@ extension ThorConfiguration {
         c.training.devInterval = 400
         c.training.checkpointInterval = 400
         c.training.logInterval = 20
-        c.training.workers = 2
-        c.training.expertThreads = 1
+        c.cluster.workers = 2
+        c.cluster.expertThreads = 1
         c.data.vocabularySize = 1000
         c.data.syntheticPairs = 20_000
         c.data.syntheticEvalPairsPerTask = 100

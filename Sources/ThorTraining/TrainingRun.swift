@@ -4,24 +4,30 @@ import ThorModel
 import ThorData
 import ThorCluster
 
-/// A whole training run as `thor train` performs it: data, tokenizer, a local
-/// cluster of expert workers, the training loop with progress, metrics (JSONL),
-/// periodic dev evaluation and checkpoints, and a final test evaluation.
+/// A whole training run as `thor train` performs it, in named steps: prepare (or resume),
+/// then per step train, log a window, evaluate on dev, save; then finish (last checkpoint,
+/// test evaluation). Info lines go to `info` (stderr), results to `result` (stdout); a
+/// progress display can follow `onStep`.
 public final class TrainingRun {
     public struct Options {
+        /// The configuration of a new run (a resumed run continues with its checkpoint's).
         public var configuration: ThorConfiguration
-        /// Directory for metrics.jsonl and checkpoints (nil: nothing written).
+        /// The keys the user gave explicitly (config file, `--set`, flags) as `section.key` → value
+        /// text. A resumed run applies them to its checkpoint's configuration and refuses any that
+        /// would change the model (`ThorConfiguration.resumed(from:with:)`).
+        public var explicitKeys: [String: String] = [:]
+        /// Directory for config.json, metrics.jsonl and checkpoints (nil: nothing written).
         public var saveDirectory: String?
         /// A checkpoint directory to continue from (its weights, moments, data position, RNG).
         public var resume: String?
+        /// Replace another run's files in `saveDirectory` (otherwise such a directory is refused).
+        public var overwrite = false
         public var transport: LocalCluster.Transport = .ipc
         public var placement: Placement.Strategy = .roundRobin
         /// Serve externally started workers on this endpoint instead of starting a local cluster.
         public var bind: String?
         /// Seconds to wait for external workers to register.
         public var registrationTimeout: Double = 300
-        /// Show a progress bar on stderr.
-        public var progress = true
         /// Run the final test evaluation.
         public var evaluateAtEnd = true
         public init(configuration: ThorConfiguration) { self.configuration = configuration }
@@ -37,9 +43,24 @@ public final class TrainingRun {
         public var interrupted: Bool
     }
 
+    /// The figures of one optimizer step, for a progress display.
+    public struct Progress {
+        public var step: Int
+        public var maxSteps: Int
+        public var result: StepResult
+        /// Tokens per second of the last logged window (nil before the first).
+        public var tokensPerSecond: Double?
+        /// Experts per token of the last logged window.
+        public var expertsPerToken: Double?
+    }
+
     public let options: Options
-    /// Lines for the user (stdout by default).
-    public var say: (String) -> Void = { FileHandle.standardOutput.write(Data(($0 + "\n").utf8)) }
+    /// Information for the user (stderr by default).
+    public var info: (String) -> Void = { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
+    /// Results: the test table and the training throughput (stdout by default).
+    public var result: (String) -> Void = { FileHandle.standardOutput.write(Data(($0 + "\n").utf8)) }
+    /// Called after every optimizer step.
+    public var onStep: ((Progress) -> Void)?
 
     public init(options: Options) { self.options = options }
 
@@ -56,161 +77,208 @@ public final class TrainingRun {
     }
 
     public func run() throws -> Summary {
-        let fm = FileManager.default
+        let session = try prepare()
+        defer { session.runtime.shutdown() }
+        let signals = TerminationSignals()
+        session.model.moe.startCollectingStatistics()
+        while session.trainer.step < session.training.maxSteps {
+            if let s = signals.received {
+                info("\nsignal \(s): saving a checkpoint and stopping the workers")
+                session.interrupted = true
+                break
+            }
+            try step(session)
+        }
+        return try finish(session)
+    }
+
+    // MARK: - Steps
+
+    /// Everything a run holds between its steps.
+    final class Session {
+        let configuration: ThorConfiguration
+        let data: TranslationData
+        let runtime: ExpertRuntime
+        let model: TranslationModel
+        let trainer: Trainer
+        let metrics: MetricsLog?
+        let decoding: DecodingOptions
+        var training: TrainingConfiguration { configuration.training }
+        /// The current log window.
+        var window = Window()
+        var totalTokens = 0
+        let clock = Stopwatch()
+        var last: StepResult?
+        var lastCheckpoint: String?
+        var tokensPerSecond: Double?
+        var expertsPerToken: Double?
+        var interrupted = false
+
+        struct Window {
+            var tokens = 0, loss = 0.0, steps = 0
+            var clock = Stopwatch()
+        }
+
+        init(configuration: ThorConfiguration, data: TranslationData, runtime: ExpertRuntime, model: TranslationModel,
+             trainer: Trainer, metrics: MetricsLog?) {
+            self.configuration = configuration; self.data = data; self.runtime = runtime; self.model = model
+            self.trainer = trainer; self.metrics = metrics; decoding = DecodingOptions(configuration)
+        }
+    }
+
+    /// Checks the save directory and the resume request, loads the data, starts the experts
+    /// and builds the model; then (only then) claims the save directory.
+    func prepare() throws -> Session {
         var configuration = options.configuration
         var checkpoint: RunCheckpoint? = nil
         if let resume = options.resume {
             let ck = try RunCheckpoint(directory: resume)
+            configuration = try ThorConfiguration.resumed(from: ck.configuration, with: options.explicitKeys,
+                                                          checkpoint: resume)
             checkpoint = ck
-            var c = ck.configuration
-            c.training.maxSteps = configuration.training.maxSteps
-            c.training.workers = configuration.training.workers
-            c.training.expertThreads = configuration.training.expertThreads
-            configuration = c
-            say("resuming from \(resume) at step \(ck.state.step)")
         }
-        let t0 = Date()
+        let directory = try options.saveDirectory.map {
+            try RunDirectory.check($0, resume: options.resume, overwrite: options.overwrite)
+        }
+        if let ck = checkpoint { info("resuming from \(ck.directory) at step \(ck.state.step)") }
+        let loading = Stopwatch()
         let data = try TranslationData.load(configuration.data, seed: configuration.training.seed,
                                             maxPositions: configuration.model.maxPositions,
                                             tokenizer: checkpoint?.tokenizer, tasks: checkpoint?.state.tasks)
         configuration = try Self.resolve(configuration, data: data)
-        say("data: \(data.train.pairs.count) training pairs over \(data.tasks.count) tasks (\(data.tasks.joined(separator: ", "))), "
+        info("data: \(data.train.pairs.count) training pairs over \(data.tasks.count) tasks (\(data.tasks.joined(separator: ", "))), "
             + "dev \(data.dev.pairs.count), test \(data.test.pairs.count); BPE vocabulary \(data.tokenizer.vocabularySize) "
-            + String(format: "(%.1fs)", Date().timeIntervalSince(t0)))
-        let t = configuration.training
-        let runtime: ExpertRuntime
+            + String(format: "(%.1fs)", loading.seconds))
+        let runtime = try startExperts(configuration)
+        do {
+            let model = try TranslationModel(configuration: configuration, backend: runtime.backend)
+            let trainer = try Trainer(model: model, data: data, checkpoint: checkpoint)
+            describe(model)
+            let metrics = try directory.map { try $0.open(configuration: configuration, resumingAt: checkpoint?.state.step) }
+            return Session(configuration: configuration, data: data, runtime: runtime, model: model,
+                           trainer: trainer, metrics: metrics)
+        } catch {
+            runtime.shutdown()
+            throw error
+        }
+    }
+
+    /// Starts the expert runtime the configuration and options ask for.
+    func startExperts(_ configuration: ThorConfiguration) throws -> ExpertRuntime {
+        let cluster = configuration.cluster
         if let bind = options.bind {
-            runtime = try ExpertRuntime(configuration: configuration, externalWorkers: max(1, t.workers), bind: bind,
-                                        timeout: options.registrationTimeout, placement: options.placement,
-                                        onRegistration: say)
-        } else {
-            runtime = try ExpertRuntime(configuration: configuration, workers: t.workers, threads: t.expertThreads,
+            let runtime = try ExpertRuntime(configuration: configuration, externalWorkers: max(1, cluster.workers), bind: bind,
+                                            timeout: options.registrationTimeout, placement: options.placement,
+                                            onRegistration: info)
+            info("cluster: coordinator + \(cluster.workers) external expert workers")
+            return runtime
+        }
+        let runtime = try ExpertRuntime(configuration: configuration, workers: cluster.workers, threads: cluster.expertThreads,
                                         transport: options.transport, placement: options.placement)
-        }
-        defer { runtime.shutdown() }
         if let c = runtime.cluster {
-            say("cluster: coordinator + \(c.workerIDs.count) expert workers at \(c.coordinator.endpoint)")
-        } else if runtime.coordinator != nil {
-            say("cluster: coordinator + \(t.workers) external expert workers")
+            info("cluster: coordinator + \(c.workerIDs.count) expert workers at \(c.coordinator.endpoint)")
         } else {
-            say("experts run in this process (training.workers = 0)")
+            info("experts run in this process (cluster.workers = 0)")
         }
-        let model = try TranslationModel(configuration: configuration, backend: runtime.backend)
-        let trainer = try Trainer(model: model, data: data, checkpoint: checkpoint)
+        return runtime
+    }
+
+    /// One line on the model and its parameter counts.
+    func describe(_ model: TranslationModel) {
+        let configuration = model.configuration
         let coordinatorCount = model.parameters.reduce(0) { $0 + $1.count }
         let spec = TranslationModel.expertSpec(for: configuration)
         let expertCount = TranslationModel.expertKeys(for: configuration).count
         // An expert's w1 [d, f1], b1 [f1], w2 [d_ff, d], b2 [d], as `Expert` allocates them.
         let f1 = spec.activation.firstProjectionWidth(dFF: spec.hiddenDim)
         let perExpert = spec.modelDim * f1 + f1 + spec.hiddenDim * spec.modelDim + spec.modelDim
-        say("model: \(configuration.routing.variant.rawValue), d=\(configuration.model.modelDim), "
+        info("model: \(configuration.routing.variant.rawValue), d=\(configuration.model.modelDim), "
             + "\(configuration.model.encoderLayers)+\(configuration.model.decoderLayers) layers, "
             + "\(model.moe.layers.count) MoE layers × \(configuration.routing.experts) experts; "
             + "\(coordinatorCount) coordinator + \(expertCount * perExpert) expert parameters")
+    }
 
-        var metrics: MetricsLog? = nil
-        if let dir = options.saveDirectory {
-            try fm.createDirectory(atPath: dir, withIntermediateDirectories: true)
-            try configuration.jsonString.write(toFile: dir + "/config.json", atomically: true, encoding: .utf8)
-            metrics = try MetricsLog(path: dir + "/metrics.jsonl")
-        }
-        let signals = TerminationSignals()
-        let decoding = DecodingOptions(configuration)
-        var bar = ProgressBar(total: t.maxSteps, label: "train")
-        var windowTokens = 0, windowStart = Date(), windowLoss = 0.0, windowSteps = 0
-        var totalTokens = 0
-        let runStart = Date()
-        var last: StepResult? = nil
-        var lastCheckpoint: String? = nil
-        var rate = 0.0, experts: Double? = nil
-        var interrupted = false
-        model.moe.startCollectingStatistics()
+    /// One optimizer step, then whatever is due at the new step: a log window, a dev evaluation, a checkpoint.
+    func step(_ s: Session) throws {
+        let r = try s.trainer.trainStep()
+        s.last = r
+        s.window.tokens += r.tokens; s.totalTokens += r.tokens
+        s.window.loss += r.loss; s.window.steps += 1
+        let t = s.training, now = s.trainer.step
+        if now % t.logInterval == 0 || now == t.maxSteps { try logWindow(s, r) }
+        onStep?(Progress(step: now, maxSteps: t.maxSteps, result: r, tokensPerSecond: s.tokensPerSecond,
+                         expertsPerToken: s.expertsPerToken))
+        if t.devInterval > 0, now % t.devInterval == 0, now < t.maxSteps { try evaluateOnDev(s) }
+        if t.checkpointInterval > 0, now % t.checkpointInterval == 0, now < t.maxSteps { try save(s) }
+    }
 
-        func save() throws {
-            guard let dir = options.saveDirectory else { return }
-            let path = dir + "/checkpoint-\(trainer.step)"
-            try trainer.saveCheckpoint(to: path)
-            let link = dir + "/checkpoint-last"
-            try? fm.removeItem(atPath: link)
-            try fm.createSymbolicLink(atPath: link, withDestinationPath: "checkpoint-\(trainer.step)")
-            lastCheckpoint = path
-        }
+    /// Closes the log window ending with step result `r`: throughput, experts per token, a metrics record.
+    func logWindow(_ s: Session, _ r: StepResult) throws {
+        let rate = Double(s.window.tokens) / max(s.window.clock.seconds, 1e-9)
+        s.tokensPerSecond = rate
+        s.expertsPerToken = s.model.moe.takeStatistics()?.expertsPerToken()
+        s.model.moe.startCollectingStatistics()
+        var rec: [String: Any] = [
+            "split": "train", "step": s.trainer.step, "loss": s.window.loss / Double(s.window.steps),
+            "l_mt": r.translationLoss, "grad_norm": r.gradientNorm, "lr": Double(r.learningRate),
+            "clip": Double(r.clipScale), "tokens_per_s": rate, "elapsed_s": s.clock.seconds,
+        ]
+        if let e = s.expertsPerToken { rec["experts_per_token"] = e }
+        if let v = r.auxiliary.task { rec["l_task"] = v }
+        if let v = r.auxiliary.taskBalance { rec["l_task_lb"] = v }
+        if let v = r.auxiliary.tokenBalance { rec["l_tok_lb"] = v }
+        if let v = r.auxiliary.dynamic { rec["l_dyn"] = v }
+        try s.metrics?.write(rec)
+        s.window = Session.Window()
+    }
 
-        while trainer.step < t.maxSteps {
-            if let s = signals.received {
-                say("\nsignal \(s): saving a checkpoint and stopping the workers")
-                interrupted = true
-                break
-            }
-            let r = try trainer.trainStep()
-            last = r
-            windowTokens += r.tokens; totalTokens += r.tokens
-            windowLoss += r.loss; windowSteps += 1
-            let stepNow = trainer.step
-            if stepNow % t.logInterval == 0 || stepNow == t.maxSteps {
-                let seconds = Date().timeIntervalSince(windowStart)
-                rate = Double(windowTokens) / max(seconds, 1e-9)
-                experts = model.moe.takeStatistics()?.expertsPerToken()
-                model.moe.startCollectingStatistics()
-                var rec: [String: Any] = [
-                    "split": "train", "step": stepNow, "loss": windowLoss / Double(windowSteps),
-                    "l_mt": r.translationLoss, "grad_norm": r.gradientNorm, "lr": Double(r.learningRate),
-                    "clip": Double(r.clipScale), "tokens_per_s": rate,
-                    "elapsed_s": Date().timeIntervalSince(runStart),
-                ]
-                if let e = experts { rec["experts_per_token"] = e }
-                if let v = r.auxiliary.task { rec["l_task"] = v }
-                if let v = r.auxiliary.taskBalance { rec["l_task_lb"] = v }
-                if let v = r.auxiliary.tokenBalance { rec["l_tok_lb"] = v }
-                if let v = r.auxiliary.dynamic { rec["l_dyn"] = v }
-                try metrics?.write(rec)
-                windowTokens = 0; windowLoss = 0; windowSteps = 0; windowStart = Date()
-            }
-            if options.progress {
-                let figs: KeyValuePairs<String, String> = ["loss": String(format: "%.3f", r.loss),
-                        "L_mt": String(format: "%.3f", r.translationLoss),
-                        "L_task": r.auxiliary.task.map { String(format: "%.3f", $0) } ?? "-",
-                        "lb": String(format: "%.3f", (r.auxiliary.taskBalance ?? 0) + (r.auxiliary.tokenBalance ?? 0)),
-                        "tok/s": rate > 0 ? String(format: "%.0f", rate) : "…",
-                        "exp/tok": experts.map { String(format: "%.2f", $0) } ?? "…"]
-                bar.update(stepNow, figs)
-            }
-            if t.devInterval > 0, stepNow % t.devInterval == 0, stepNow < t.maxSteps {
-                let dev = try Evaluator.evaluate(model, tokenizer: data.tokenizer, corpus: data.dev, pairs: data.devPairs,
-                                                 indices: Evaluator.spread(count: data.dev.pairs.count,
-                                                                           limit: configuration.evaluation.devSentences),
-                                                 options: decoding)
-                model.moe.startCollectingStatistics()
-                var rec = dev.record
-                rec["split"] = "dev"; rec["step"] = stepNow
-                try metrics?.write(rec)
-                if options.progress { FileHandle.standardError.write(Data("\n".utf8)) }
-                say(String(format: "dev @ %d: BLEU %.2f, loss %.3f, experts/token %@, task accuracy %@", stepNow,
-                           dev.averageBLEU, dev.loss, dev.expertsPerToken.map { String(format: "%.2f", $0) } ?? "-",
-                           dev.taskAccuracy.map { String(format: "%.3f", $0) } ?? "-"))
-            }
-            if t.checkpointInterval > 0, stepNow % t.checkpointInterval == 0, stepNow < t.maxSteps {
-                try save()
-            }
-        }
-        if options.progress && !interrupted { bar.finish() }
-        try save()
-        if let lastCheckpoint { say("checkpoint: \(lastCheckpoint)") }
-        let elapsed = Date().timeIntervalSince(runStart)
-        let trainRate = Double(totalTokens) / max(elapsed, 1e-9)
-        var summary = Summary(steps: trainer.step, finalLoss: last?.loss ?? .nan, trainTokensPerSecond: trainRate,
-                              expertsPerToken: experts, test: nil, lastCheckpoint: lastCheckpoint, interrupted: interrupted)
-        if options.evaluateAtEnd && !interrupted {
-            let test = try Evaluator.evaluate(model, tokenizer: data.tokenizer, corpus: data.test, pairs: data.testPairs,
-                                              options: decoding)
-            var rec = test.record
-            rec["split"] = "test"; rec["step"] = trainer.step; rec["train_tokens_per_s"] = trainRate
-            try metrics?.write(rec)
-            summary.test = test
-            say(test.table(title: "test set after \(trainer.step) steps (\(configuration.routing.variant.rawValue), "
-                            + "\(t.workers == 0 ? "in-process experts" : "\(t.workers) expert workers"))"))
-            say(String(format: "training: %.0f tokens/s (source + target, non-pad) over %.0f s", trainRate, elapsed))
-        }
+    /// BLEU, loss, experts per token and task accuracy on (a spread of) the dev set.
+    func evaluateOnDev(_ s: Session) throws {
+        let dev = try Evaluator.evaluate(s.model, tokenizer: s.data.tokenizer, corpus: s.data.dev, pairs: s.data.devPairs,
+                                         indices: Evaluator.spread(count: s.data.dev.pairs.count,
+                                                                   limit: s.configuration.evaluation.devSentences),
+                                         options: s.decoding)
+        s.model.moe.startCollectingStatistics()
+        var rec = dev.record
+        rec["split"] = "dev"; rec["step"] = s.trainer.step
+        try s.metrics?.write(rec)
+        info(String(format: "dev @ %d: BLEU %.2f, loss %.3f, experts/token %@, task accuracy %@", s.trainer.step,
+                    dev.averageBLEU, dev.loss, dev.expertsPerToken.map { String(format: "%.2f", $0) } ?? "-",
+                    dev.taskAccuracy.map { String(format: "%.3f", $0) } ?? "-"))
+    }
+
+    /// Writes `checkpoint-STEP` and points `checkpoint-last` at it.
+    func save(_ s: Session) throws {
+        guard let dir = options.saveDirectory else { return }
+        let fm = FileManager.default
+        let path = dir + "/checkpoint-\(s.trainer.step)"
+        try s.trainer.saveCheckpoint(to: path)
+        let link = dir + "/checkpoint-last"
+        try? fm.removeItem(atPath: link)
+        try fm.createSymbolicLink(atPath: link, withDestinationPath: "checkpoint-\(s.trainer.step)")
+        s.lastCheckpoint = path
+    }
+
+    /// The last checkpoint, then (unless interrupted) the test evaluation and the results.
+    func finish(_ s: Session) throws -> Summary {
+        try save(s)
+        if let path = s.lastCheckpoint { info("checkpoint: \(path)") }
+        let elapsed = s.clock.seconds
+        let trainRate = Double(s.totalTokens) / max(elapsed, 1e-9)
+        var summary = Summary(steps: s.trainer.step, finalLoss: s.last?.loss ?? .nan, trainTokensPerSecond: trainRate,
+                              expertsPerToken: s.expertsPerToken, test: nil, lastCheckpoint: s.lastCheckpoint,
+                              interrupted: s.interrupted)
+        guard options.evaluateAtEnd && !s.interrupted else { return summary }
+        let test = try Evaluator.evaluate(s.model, tokenizer: s.data.tokenizer, corpus: s.data.test, pairs: s.data.testPairs,
+                                          options: s.decoding)
+        var rec = test.record
+        rec["split"] = "test"; rec["step"] = s.trainer.step; rec["train_tokens_per_s"] = trainRate
+        try s.metrics?.write(rec)
+        summary.test = test
+        let workers = s.configuration.cluster.workers
+        result(test.table(title: "test set after \(s.trainer.step) steps (\(s.configuration.routing.variant.rawValue), "
+                          + "\(workers == 0 ? "in-process experts" : "\(workers) expert workers"))"))
+        result(String(format: "training: %.0f tokens/s (source + target, non-pad) over %.0f s", trainRate, elapsed))
         return summary
     }
 }

@@ -39,6 +39,9 @@ public struct TranslationData: Sendable {
             throw TrainingError.data("the corpus tasks \(tasks) differ from the checkpoint's \(givenTasks)")
         }
         guard !train.isEmpty else { throw TrainingError.data("the training corpus is empty") }
+        // An empty evaluation set would score BLEU 0.00 and loss 0.0000 instead of saying so.
+        guard !dev.isEmpty else { throw TrainingError.data("the dev set (data.dev: \(c.dev)) has no pairs") }
+        guard !test.isEmpty else { throw TrainingError.data("the test set (data.test: \(c.test)) has no pairs") }
         let tokenizer = try given ?? BPETokenizer.learn(from: train.map(\.source) + train.map(\.target),
                                                         vocabularySize: c.vocabularySize)
         let limit = min(c.maxLength, maxPositions)

@@ -61,12 +61,15 @@ public enum TrainingError: Error, CustomStringConvertible, Equatable {
     case checkpoint(String)
     case data(String)
     case nonFiniteLoss(step: Int)
+    /// A save directory that cannot take this run.
+    case runDirectory(String)
 
     public var description: String {
         switch self {
         case .invalidConfiguration(let m): return "invalid configuration: \(m)"
         case .checkpoint(let m): return "checkpoint: \(m)"
         case .data(let m): return "data: \(m)"
+        case .runDirectory(let m): return m
         case .nonFiniteLoss(let s): return "the loss is not finite at step \(s); lower training.learning_rate or raise training.warmup_steps"
         }
     }

@@ -1,9 +1,26 @@
 import XCTest
 import Foundation
+import ThorTensor
 import ThorModel
 
+/// The model's sections of a configuration file, read the way `ThorConfiguration` reads them.
+struct ModelSections: ConfigurationSection {
+    var model = TransformerConfiguration()
+    var routing = RoutingConfiguration()
+    var losses = LossConfiguration()
+    init() {}
+    enum CodingKeys: String, CodingKey, CaseIterable { case model, routing, losses }
+    func validate(path: String) throws {
+        try model.validate(path: "model"); try routing.validate(path: "routing"); try losses.validate(path: "losses")
+    }
+}
+
 final class ConfigurationTests: XCTestCase {
-    func parse(_ json: String) throws -> ThorConfiguration { try ThorConfiguration(json: Data(json.utf8)) }
+    func parse(_ json: String) throws -> ModelSections {
+        let c = try ModelSections.read(JSONValue.parse(Data(json.utf8)), path: "")
+        try c.validate(path: "")
+        return c
+    }
 
     func assertError(_ json: String, path: String, mentions: [String] = [], file: StaticString = #filePath, line: UInt = #line) {
         XCTAssertThrowsError(try parse(json), file: file, line: line) { error in
@@ -22,30 +39,39 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(c.routing.threshold, 0.5)
         XCTAssertEqual(c.routing.moeEvery, 2)
         XCTAssertNil(c.routing.capacityFactor)             // dropless
-        XCTAssertEqual(c.losses, LossConfiguration(alpha: 0.01, beta: 0.01, gamma: 0.01, delta: 1e-4, labelSmoothing: 0.1))
-        XCTAssertEqual(c.training.samplingTemperature, 1.5)
-        XCTAssertEqual(c.training.adamBeta2, 0.98)
+        XCTAssertEqual(c.losses.alpha, 0.01); XCTAssertEqual(c.losses.beta, 0.01); XCTAssertEqual(c.losses.gamma, 0.01)
+        XCTAssertEqual(c.losses.delta, 1e-4); XCTAssertEqual(c.losses.labelSmoothing, 0.1)
         XCTAssertEqual(c.model.dropout, 0.1)
+        XCTAssertEqual(c.model.vocabularySize, 0)
         XCTAssertEqual((0..<6).filter(c.routing.isMoELayer), [1, 3, 5])
     }
 
-    func testFullFileAndRoundTrip() throws {
+    /// The convenience initializers take their defaults from the one place they are written.
+    func testInitializersShareTheDefaults() throws {
+        XCTAssertEqual(LossConfiguration(alpha: 0.5).beta, LossConfiguration().beta)
+        XCTAssertEqual(LossConfiguration(alpha: LossConfiguration().alpha), LossConfiguration())
+        XCTAssertEqual(TransformerConfiguration(vocabularySize: 0), TransformerConfiguration())
+        XCTAssertEqual(RoutingConfiguration(variant: .thorTopP), RoutingConfiguration())
+        XCTAssertEqual(try parse("{}").losses, LossConfiguration())
+        XCTAssertEqual(LossConfiguration.keys, ["alpha", "beta", "gamma", "delta", "label_smoothing"])
+    }
+
+    func testFullSectionsAndRoundTrip() throws {
         let c = try parse("""
         {"model": {"vocabulary_size": 8000, "model_dim": 512, "hidden_dim": 2048, "heads": 8,
                    "encoder_layers": 6, "decoder_layers": 6, "activation": "swiglu"},
          "routing": {"variant": "thor-topk", "experts": 32, "candidates": 8, "k": 2, "moe_every": 1,
                      "shared_experts": 1, "task_prior": true, "tasks": 5, "capacity_factor": 1.25},
-         "losses": {"alpha": 0.02, "delta": 0},
-         "training": {"learning_rate": 7e-4, "seed": 42, "workers": 4}}
+         "losses": {"alpha": 0.02, "delta": 0}}
         """)
         XCTAssertEqual(c.model.modelDim, 512); XCTAssertEqual(c.model.activation, .swiglu)
         XCTAssertEqual(c.routing.variant, .thorTopK); XCTAssertEqual(c.routing.resolvedCandidates, 8)
         XCTAssertEqual(c.routing.capacityFactor, 1.25); XCTAssertTrue(c.routing.taskPrior)
         XCTAssertEqual(c.losses.alpha, 0.02); XCTAssertEqual(c.losses.beta, 0.01)
-        XCTAssertEqual(c.training.seed, 42)
         XCTAssertEqual((0..<6).filter(c.routing.isMoELayer), Array(0..<6))
-        let again = try parse(c.jsonString)
-        XCTAssertEqual(again, c)
+        XCTAssertEqual(try parse(c.jsonValue.serialized()), c)
+        // null means "the default"
+        XCTAssertEqual(try parse(#"{"routing": {"threshold": null, "max_experts": null}}"#).routing, RoutingConfiguration())
     }
 
     func testEveryVariantParses() throws {
@@ -60,25 +86,40 @@ final class ConfigurationTests: XCTestCase {
         assertError(#"{"modle": {}}"#, path: "modle", mentions: ["unknown", "model", "routing"])
         assertError(#"{"routing": {"treshold": 0.5}}"#, path: "routing.treshold", mentions: ["threshold"])
         assertError(#"{"model": {"dim": 5}}"#, path: "model.dim", mentions: ["model_dim"])
-        assertError(#"{"training": {"lr": 1}}"#, path: "training.lr", mentions: ["learning_rate"])
         assertError(#"{"losses": {"epsilon": 1}}"#, path: "losses.epsilon", mentions: ["label_smoothing"])
     }
 
     func testWrongTypes() {
-        assertError(#"{"routing": {"experts": "eight"}}"#, path: "routing.experts", mentions: ["integer"])
-        assertError(#"{"routing": {"experts": 2.5}}"#, path: "routing.experts", mentions: ["integer"])
+        assertError(#"{"routing": {"experts": "eight"}}"#, path: "routing.experts", mentions: ["integer", "\"eight\""])
+        assertError(#"{"routing": {"experts": 2.5}}"#, path: "routing.experts", mentions: ["integer", "2.5"])
         assertError(#"{"routing": {"threshold": "high"}}"#, path: "routing.threshold", mentions: ["number"])
         assertError(#"{"routing": {"task_prior": 1}}"#, path: "routing.task_prior", mentions: ["true or false"])
+        assertError(#"{"routing": {"candidates": [4]}}"#, path: "routing.candidates", mentions: ["integer", "an array"])
         assertError(#"{"routing": 3}"#, path: "routing", mentions: ["object"])
         assertError(#"{"routing": {"variant": "top3"}}"#, path: "routing.variant", mentions: ["thor-topp", "hard", "dense"])
+        assertError(#"{"routing": {"selection": 2}}"#, path: "routing.selection", mentions: ["string"])
         assertError(#"{"model": {"activation": "tanh"}}"#, path: "model.activation", mentions: ["relu", "gelu", "swiglu"])
         assertError("{not json", path: "")
+    }
+
+    /// Issue 9: an integer too large said "must be an integer, got an integer".
+    func testIntegerTooLargeSaysSo() {
+        for text in ["1e20", "100000000000000000000", "9007199254740993"] {
+            XCTAssertThrowsError(try parse(#"{"model": {"model_dim": \#(text)}}"#)) { error in
+                let e = error as? ConfigurationError
+                XCTAssertEqual(e?.path, "model.model_dim")
+                XCTAssertFalse("\(error)".contains("got an integer"), "\(error)")
+                XCTAssertTrue("\(error)".contains("must be an integer in"), "\(error)")
+            }
+        }
+        assertError(#"{"model": {"model_dim": -1e300}}"#, path: "model.model_dim", mentions: ["too large"])
+        assertError(#"{"losses": {"alpha": 1e300}}"#, path: "losses.alpha", mentions: ["±3.4e38"])
     }
 
     func testImpossibleValues() {
         assertError(#"{"routing": {"experts": 4, "candidates": 5}}"#, path: "routing.candidates", mentions: ["1…experts (4)"])
         assertError(#"{"routing": {"threshold": 0}}"#, path: "routing.threshold", mentions: ["(0, 1]"])
-        assertError(#"{"routing": {"threshold": 1.5}}"#, path: "routing.threshold", mentions: ["(0, 1]"])
+        assertError(#"{"routing": {"threshold": 1.5}}"#, path: "routing.threshold", mentions: ["(0, 1]", "1.5"])
         assertError(#"{"routing": {"variant": "thor-topk", "experts": 8, "candidates": 2, "k": 3}}"#, path: "routing.k", mentions: ["≤ candidates"])
         assertError(#"{"routing": {"variant": "top2", "experts": 8, "k": 3}}"#, path: "routing.k")
         assertError(#"{"routing": {"variant": "thor-topk", "k": 0}}"#, path: "routing.k", mentions: ["≥ 1"])
@@ -89,26 +130,22 @@ final class ConfigurationTests: XCTestCase {
         assertError(#"{"model": {"model_dim": 10, "heads": 4}}"#, path: "model.heads", mentions: ["divisible"])
         assertError(#"{"model": {"dropout": -0.1}}"#, path: "model.dropout", mentions: ["[0, 1)"])
         assertError(#"{"losses": {"gamma": -1}}"#, path: "losses.gamma")
-        assertError(#"{"training": {"sampling_temperature": 0}}"#, path: "training.sampling_temperature")
-        assertError(#"{"model": {"encoder_layers": 1}, "routing": {"moe_every": 2}}"#, path: "routing.moe_every")
     }
 
-    func testOverrides() throws {
-        let base = try parse("{}")
-        let c = try base.applying(overrides: ["routing.threshold": "0.7", "routing.variant": "gold",
-                                              "routing.max_experts": "3", "training.seed": "9", "routing.task_prior": "true"])
-        XCTAssertEqual(c.routing.threshold, 0.7); XCTAssertEqual(c.routing.variant, .gold)
-        XCTAssertEqual(c.routing.maxExperts, 3); XCTAssertEqual(c.training.seed, 9); XCTAssertTrue(c.routing.taskPrior)
-        XCTAssertNil(try c.applying(overrides: ["routing.max_experts": "null"]).routing.maxExperts)
-        XCTAssertThrowsError(try base.applying(overrides: ["routing.threshold": "1.5"])) { e in
-            XCTAssertEqual((e as? ConfigurationError)?.path, "routing.threshold")
-        }
-        XCTAssertThrowsError(try base.applying(overrides: ["routing.thresh": "0.5"])) { e in
-            XCTAssertEqual((e as? ConfigurationError)?.path, "routing.thresh")
-        }
-        XCTAssertThrowsError(try base.applying(overrides: ["threshold": "0.5"]))
-        XCTAssertThrowsError(try base.applying(overrides: ["routing.experts": "many"])) { e in
-            XCTAssertEqual((e as? ConfigurationError)?.path, "routing.experts")
-        }
+    /// Issue 9: the JSON reader accepted trailing commas and kept one of two duplicate keys.
+    func testStrictJSON() {
+        assertError(#"{"routing": {"experts": 4,}}"#, path: "", mentions: ["trailing comma", "line 1"])
+        assertError(#"{"routing": {"experts": 4},}"#, path: "", mentions: ["trailing comma"])
+        assertError(#"{"model": {"model_dim": 64}, "x": [1, 2,]}"#, path: "", mentions: ["trailing comma"])
+        assertError("{\"routing\": {\"threshold\": 0.5,\n  \"threshold\": 0.7}}", path: "routing.threshold",
+                    mentions: ["duplicate key `routing.threshold`", "line 2"])
+        assertError(#"{"routing": {}, "routing": {}}"#, path: "routing", mentions: ["duplicate"])
+        assertError(#"{"routing": {"experts": 4}} // comment"#, path: "", mentions: ["after the JSON document"])
+        assertError(#"{"routing": {"experts": 04}}"#, path: "", mentions: ["leading zero"])
+        assertError(#"{"routing": {"threshold": NaN}}"#, path: "", mentions: ["expected a value"])
+        assertError(#"{'routing': {}}"#, path: "", mentions: ["double quotes"])
+        assertError(#"{"routing": {"experts": 4}"#, path: "", mentions: ["end of file"])
+        XCTAssertEqual(try StrictJSONParser.parse(Data(#"{"a": "\u00e9\ud83d\ude00\n", "b": [-0.5e-3, true, null]}"#.utf8)),
+                       .object(["a": .string("é😀\n"), "b": .array([.number(-0.5e-3), .bool(true), .null])]))
     }
 }

@@ -18,8 +18,8 @@ func tinyConfiguration(workers: Int = 0, variant: RoutingVariant = .thorTopP) ->
     c.routing.experts = 4
     c.training.maxTokensPerBatch = 256
     c.training.warmupSteps = 10
-    c.training.workers = workers
-    c.training.expertThreads = 1
+    c.cluster.workers = workers
+    c.cluster.expertThreads = 1
     c.data.syntheticPairs = 300
     c.data.syntheticEvalPairsPerTask = 3
     c.data.vocabularySize = 300
@@ -42,7 +42,7 @@ final class Setup {
         r.model.vocabularySize = data.tokenizer.vocabularySize
         r.routing.tasks = data.tasks.count
         configuration = r
-        runtime = try ExpertRuntime(configuration: r, workers: workers ?? r.training.workers, threads: 1)
+        runtime = try ExpertRuntime(configuration: r, workers: workers ?? r.cluster.workers, threads: 1)
         model = try TranslationModel(configuration: r, backend: runtime.backend)
         trainer = try Trainer(model: model, data: data, checkpoint: checkpoint)
     }

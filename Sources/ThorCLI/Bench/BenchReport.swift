@@ -1,4 +1,5 @@
 import Foundation
+import ThorTensor
 
 /// Output of a `thor bench` command: a table for people, and the same figures as
 /// one JSON object (`--json`) or CSV rows (`--csv FILE`) for plots.
@@ -72,9 +73,9 @@ func bestTime(repeats: Int = 3, _ body: () throws -> Void) rethrows -> Double {
     try body()
     var best = Double.infinity
     for _ in 0..<max(1, repeats) {
-        let t0 = DispatchTime.now().uptimeNanoseconds
+        let t0 = MonotonicClock.seconds()
         try body()
-        best = min(best, Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+        best = min(best, MonotonicClock.seconds() - t0)
     }
     return best
 }

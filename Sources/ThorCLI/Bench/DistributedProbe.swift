@@ -42,7 +42,7 @@ final class ProbeBackend: ExpertBackend {
 }
 
 /// Monotonic seconds.
-func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
+func now() -> Double { MonotonicClock.seconds() }
 
 /// One timed forward+backward of an MoE layer, split at the expert calls:
 /// `routing` = forward before the expert call (task level, gate, router, selection, gather)

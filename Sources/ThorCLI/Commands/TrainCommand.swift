@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import ThorTensor
 import ThorModel
 import ThorCluster
 import ThorTraining
@@ -19,7 +20,13 @@ struct TrainCommand: ParsableCommand {
         accuracy, tokens/s. Ctrl-C saves a checkpoint and stops the workers; --resume continues \
         bit for bit, on any number of workers.
 
-        Precedence: the config file, then each --set, then the explicit flags.
+        Precedence: the config file, then each --set, then the explicit flags. A save directory \
+        holds one run: one that holds another run's files is refused unless --resume points into \
+        it (the run continues; metrics.jsonl drops records after the checkpoint's step) or \
+        --overwrite is given. With --resume the checkpoint's configuration is used; keys given by \
+        --config, --set or the flags must agree with it, except training.max_steps, the \
+        training intervals, evaluation.* and cluster.* (e.g. --workers), which may change.
+        Info lines go to stderr, the results (test table, tokens/s) to stdout.
         """)
 
     @Option(name: .long, help: "Configuration file (JSON; see docs/configuration.md).")
@@ -29,7 +36,7 @@ struct TrainCommand: ParsableCommand {
             help: ArgumentHelp("Override one key, e.g. --set routing.threshold=0.7 (repeatable).", valueName: "section.key=value"))
     var overrides: [String] = []
 
-    @Option(help: "Expert-worker processes to start (0: experts in this process). Default: training.workers (2).")
+    @Option(help: "Expert-worker processes to start (0: experts in this process). Default: cluster.workers (2).")
     var workers: Int?
 
     @Option(help: "Optimizer steps to run (training.max_steps).")
@@ -59,7 +66,10 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Expert placement over workers: round-robin or blocked.")
     var placement: String = "round-robin"
 
-    @Flag(help: "No progress bar (log lines only).")
+    @Flag(help: "Replace another run's files in --save-dir (without it such a directory is refused).")
+    var overwrite = false
+
+    @Flag(help: "No progress bar (info lines on stderr only).")
     var noProgress = false
 
     @Flag(help: "Skip the final test-set evaluation.")
@@ -68,21 +78,34 @@ struct TrainCommand: ParsableCommand {
     @Flag(help: "Print the effective configuration as JSON and exit.")
     var printConfig = false
 
-    func effectiveConfiguration() throws -> ThorConfiguration {
-        var c = try config.map { try ThorConfiguration(contentsOf: $0) } ?? .quickstart
-        var o: [String: String] = [:]
-        for s in overrides {
-            guard let eq = s.firstIndex(of: "=") else {
-                throw ValidationError("--set expects section.key=value, got '\(s)'")
-            }
-            o[String(s[..<eq])] = String(s[s.index(after: eq)...])
+    /// The configuration file's keys as `section.key` → value text (what the file states explicitly).
+    func fileKeys() throws -> [String: String] {
+        guard let config else { return [:] }
+        guard let data = FileManager.default.contents(atPath: config), case .object(let root) = try JSONValue.parse(data) else {
+            return [:]
         }
-        if let workers { o["training.workers"] = String(workers) }
+        var keys: [String: String] = [:]
+        for (section, value) in root {
+            guard case .object(let members) = value else { continue }
+            for (key, v) in members where v != .null { keys["\(section).\(key)"] = v.serialized() }
+        }
+        return keys
+    }
+
+    /// The keys given by `--set` and the flags, as `section.key` → value text.
+    func flagKeys() throws -> [String: String] {
+        var o = try ThorConfiguration.overrides(overrides)
+        if let workers { o["cluster.workers"] = String(workers) }
         if let maxSteps { o["training.max_steps"] = String(maxSteps) }
         if let seed { o["training.seed"] = String(seed) }
         if let variant { o["routing.variant"] = variant }
-        if !o.isEmpty { c = try c.applying(overrides: o) }
-        return c
+        return o
+    }
+
+    func effectiveConfiguration() throws -> ThorConfiguration {
+        let c = try config.map { try ThorConfiguration(contentsOf: $0) } ?? .quickstart
+        let o = try flagKeys()
+        return o.isEmpty ? c : try c.applying(overrides: o)
     }
 
     func run() throws {
@@ -95,15 +118,35 @@ struct TrainCommand: ParsableCommand {
             throw ValidationError("--placement must be \(Placement.Strategy.allCases.map(\.rawValue).joined(separator: " or ")), got '\(placement)'")
         }
         var options = TrainingRun.Options(configuration: c)
+        options.explicitKeys = try fileKeys().merging(flagKeys()) { $1 }
         options.saveDirectory = saveDir
         options.resume = resume
+        options.overwrite = overwrite
         options.transport = t
         options.placement = p
         options.bind = bind
         options.registrationTimeout = registrationTimeout
-        options.progress = !noProgress
         options.evaluateAtEnd = !noEval
-        let summary = try TrainingRun(options: options).run()
+        let run = TrainingRun(options: options)
+        if !noProgress {
+            // One bar on stderr; info lines end its line first.
+            final class Display { var bar: ProgressBar? }
+            let display = Display()
+            let info = run.info
+            run.info = { line in display.bar?.finish(); info(line) }
+            run.onStep = { p in
+                if display.bar == nil { display.bar = ProgressBar(total: p.maxSteps, label: "train") }
+                let r = p.result
+                display.bar?.update(p.step, [
+                    "loss": String(format: "%.3f", r.loss),
+                    "L_mt": String(format: "%.3f", r.translationLoss),
+                    "L_task": r.auxiliary.task.map { String(format: "%.3f", $0) } ?? "-",
+                    "lb": String(format: "%.3f", (r.auxiliary.taskBalance ?? 0) + (r.auxiliary.tokenBalance ?? 0)),
+                    "tok/s": p.tokensPerSecond.map { String(format: "%.0f", $0) } ?? "…",
+                    "exp/tok": p.expertsPerToken.map { String(format: "%.2f", $0) } ?? "…"])
+            }
+        }
+        let summary = try run.run()
         if summary.interrupted { throw ExitCode(130) }
     }
 }

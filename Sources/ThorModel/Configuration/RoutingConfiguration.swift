@@ -1,3 +1,5 @@
+import ThorTensor
+
 /// Every model the paper compares, selected by one configuration field
 /// (`routing.variant`, SPEC §2 "Variants").
 public enum RoutingVariant: String, CaseIterable, Sendable, Codable {
@@ -93,8 +95,8 @@ public enum SelectionRule: String, CaseIterable, Sendable, Codable {
 }
 
 /// The `routing` section of a configuration file. Optional fields are resolved
-/// from the variant (see the `resolved…` properties).
-public struct RoutingConfiguration: Sendable, Equatable {
+/// from the variant (see the `resolved…` properties). Defaults: the property initializers.
+public struct RoutingConfiguration: ConfigurationSection {
     public var variant: RoutingVariant = .thorTopP
     /// `N`, routed experts per MoE layer.
     public var experts: Int = 8
@@ -119,10 +121,14 @@ public struct RoutingConfiguration: Sendable, Equatable {
     /// `T`, number of tasks (0: taken from the training data).
     public var tasks: Int = 0
 
-    public init(variant: RoutingVariant = .thorTopP, experts: Int = 8, candidates: Int? = nil,
-                selection: SelectionRule? = nil, k: Int? = nil, threshold: Float = 0.5,
-                maxExperts: Int? = nil, capacityFactor: Float? = nil, moeEvery: Int = 2,
-                sharedExperts: Int = 0, taskPrior: Bool = false, tasks: Int = 0) {
+    public init() {}
+
+    /// The defaults with some fields replaced.
+    public init(variant: RoutingVariant = RoutingConfiguration().variant, experts: Int = RoutingConfiguration().experts,
+                candidates: Int? = nil, selection: SelectionRule? = nil, k: Int? = nil,
+                threshold: Float = RoutingConfiguration().threshold, maxExperts: Int? = nil, capacityFactor: Float? = nil,
+                moeEvery: Int = RoutingConfiguration().moeEvery, sharedExperts: Int = RoutingConfiguration().sharedExperts,
+                taskPrior: Bool = RoutingConfiguration().taskPrior, tasks: Int = RoutingConfiguration().tasks) {
         self.variant = variant; self.experts = experts; self.candidates = candidates
         self.selection = selection; self.k = k; self.threshold = threshold; self.maxExperts = maxExperts
         self.capacityFactor = capacityFactor; self.moeEvery = moeEvery; self.sharedExperts = sharedExperts
@@ -141,74 +147,46 @@ public struct RoutingConfiguration: Sendable, Equatable {
         variant != .dense && (index + 1) % moeEvery == 0
     }
 
-    static let keys = ["variant", "experts", "candidates", "selection", "k", "threshold", "max_experts",
-                       "capacity_factor", "moe_every", "shared_experts", "task_prior", "tasks"]
-
-    init(reading value: JSONValue?, path: String) throws {
-        let r = try SectionReader(value, path: path, allowed: Self.keys)
-        variant = try r.choice("variant", default: RoutingVariant.thorTopP)!
-        experts = try r.int("experts", default: 8)
-        candidates = try r.int("candidates", default: nil)
-        selection = try r.choice("selection", default: nil as SelectionRule?)
-        k = try r.int("k", default: nil)
-        threshold = try r.float("threshold", default: 0.5)
-        maxExperts = try r.int("max_experts", default: nil)
-        capacityFactor = try r.float("capacity_factor", default: nil)
-        moeEvery = try r.int("moe_every", default: 2)
-        sharedExperts = try r.int("shared_experts", default: 0)
-        taskPrior = try r.bool("task_prior", default: false)
-        tasks = try r.int("tasks", default: 0)
-    }
-
-    var json: JSONValue {
-        var o: [String: JSONValue] = [
-            "variant": .string(variant.rawValue), "experts": .number(Double(experts)),
-            "threshold": .number(threshold), "moe_every": .number(Double(moeEvery)),
-            "shared_experts": .number(Double(sharedExperts)), "task_prior": .bool(taskPrior),
-            "tasks": .number(Double(tasks)),
-        ]
-        if let candidates { o["candidates"] = .number(Double(candidates)) }
-        if let selection { o["selection"] = .string(selection.rawValue) }
-        if let k { o["k"] = .number(Double(k)) }
-        if let maxExperts { o["max_experts"] = .number(Double(maxExperts)) }
-        if let capacityFactor { o["capacity_factor"] = .number(capacityFactor) }
-        return .object(o)
+    public enum CodingKeys: String, CodingKey, CaseIterable {
+        case variant, experts, candidates, selection, k, threshold, maxExperts = "max_experts"
+        case capacityFactor = "capacity_factor", moeEvery = "moe_every", sharedExperts = "shared_experts"
+        case taskPrior = "task_prior", tasks
     }
 
     /// Checks every value; errors name the key (`routing.k`) and the allowed range.
     public func validate(path: String = "routing") throws {
-        func p(_ k: String) -> String { "\(path).\(k)" }
+        func p(_ k: CodingKeys) -> String { "\(path).\(k.stringValue)" }
         let n = experts
-        try Check.require(n >= 1, p("experts"), "must be ≥ 1, got \(n)")
+        try Check.require(n >= 1, p(.experts), "must be ≥ 1, got \(n)")
         if let c = candidates {
-            try Check.require(c >= 1 && c <= n, p("candidates"), "must be in 1…experts (\(n)), got \(c)")
+            try Check.require(c >= 1 && c <= n, p(.candidates), "must be in 1…experts (\(n)), got \(c)")
         }
         if let s = selection, let fixed = variant.fixedSelection, s != fixed {
-            throw ConfigurationError(path: p("selection"),
+            throw ConfigurationError(path: p(.selection),
                 message: "variant \(variant.rawValue) always uses \(fixed.rawValue); omit the key or set it to \(fixed.rawValue)")
         }
         if let k, let fixed = variant.fixedK, k != fixed {
-            throw ConfigurationError(path: p("k"), message: "variant \(variant.rawValue) always uses k = \(fixed); omit the key or set it to \(fixed)")
+            throw ConfigurationError(path: p(.k), message: "variant \(variant.rawValue) always uses k = \(fixed); omit the key or set it to \(fixed)")
         }
         let kk = resolvedK
-        try Check.require(kk >= 1, p("k"), "must be ≥ 1, got \(kk)")
+        try Check.require(kk >= 1, p(.k), "must be ≥ 1, got \(kk)")
         let kMatters = k != nil || variant == .hard || resolvedSelection == .topk
         if variant.usesTaskMask && kMatters {
             let c = resolvedCandidates
-            try Check.require(kk <= c, p("k"), "must be ≤ candidates K (\(c)), got \(kk)")
+            try Check.require(kk <= c, p(.k), "must be ≤ candidates K (\(c)), got \(kk)")
         } else if kMatters {
-            try Check.require(kk <= n, p("k"), "must be ≤ experts N (\(n)), got \(kk)")
+            try Check.require(kk <= n, p(.k), "must be ≤ experts N (\(n)), got \(kk)")
         }
-        try Check.require(threshold > 0 && threshold <= 1, p("threshold"), "must be in (0, 1], got \(threshold)")
-        if let m = maxExperts { try Check.require(m >= 1, p("max_experts"), "must be ≥ 1 (or null for no cap), got \(m)") }
+        try Check.require(threshold > 0 && threshold <= 1, p(.threshold), "must be in (0, 1], got \(threshold)")
+        if let m = maxExperts { try Check.require(m >= 1, p(.maxExperts), "must be ≥ 1 (or null for no cap), got \(m)") }
         if let cf = capacityFactor {
-            try Check.require(cf > 0 && cf.isFinite, p("capacity_factor"), "must be > 0 (or null for dropless), got \(cf)")
+            try Check.require(cf > 0 && cf.isFinite, p(.capacityFactor), "must be > 0 (or null for dropless), got \(cf)")
         }
-        try Check.require(moeEvery >= 1, p("moe_every"), "must be ≥ 1 (1: every layer, 2: every other layer), got \(moeEvery)")
-        try Check.require(sharedExperts >= 0, p("shared_experts"), "must be ≥ 0, got \(sharedExperts)")
-        try Check.require(tasks >= 0, p("tasks"), "must be ≥ 0 (0: from the training data), got \(tasks)")
+        try Check.require(moeEvery >= 1, p(.moeEvery), "must be ≥ 1 (1: every layer, 2: every other layer), got \(moeEvery)")
+        try Check.require(sharedExperts >= 0, p(.sharedExperts), "must be ≥ 0, got \(sharedExperts)")
+        try Check.require(tasks >= 0, p(.tasks), "must be ≥ 0 (0: from the training data), got \(tasks)")
         if taskPrior {
-            try Check.require(variant.usesTaskMask, p("task_prior"),
+            try Check.require(variant.usesTaskMask, p(.taskPrior),
                               "needs a variant with the task-level mask (thor-topk, thor-topp, no-context, gold, non-mixed), variant is \(variant.rawValue)")
         }
     }
