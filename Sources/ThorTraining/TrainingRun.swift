@@ -69,6 +69,10 @@ public final class TrainingRun {
             configuration = c
             say("resuming from \(resume) at step \(ck.state.step)")
         }
+        // Before anything starts: does it fit, and is the worker count sensible?
+        try ResourceEstimate(configuration).check(externalWorkers: options.bind != nil) {
+            FileHandle.standardError.write(Data(($0 + "\n").utf8))
+        }
         let t0 = Date()
         let data = try TranslationData.load(configuration.data, seed: configuration.training.seed,
                                             maxPositions: configuration.model.maxPositions,
