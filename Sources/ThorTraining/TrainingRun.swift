@@ -78,6 +78,7 @@ public final class TrainingRun {
                                             maxPositions: configuration.model.maxPositions,
                                             tokenizer: checkpoint?.tokenizer, tasks: checkpoint?.state.tasks)
         configuration = try Self.resolve(configuration, data: data)
+        for w in data.warnings { FileHandle.standardError.write(Data("warning: \(w)\n".utf8)) }
         say("data: \(data.train.pairs.count) training pairs over \(data.tasks.count) tasks (\(data.tasks.joined(separator: ", "))), "
             + "dev \(data.dev.pairs.count), test \(data.test.pairs.count); BPE vocabulary \(data.tokenizer.vocabularySize) "
             + String(format: "(%.1fs)", Date().timeIntervalSince(t0)))
