@@ -69,8 +69,10 @@ public enum CheckpointManifest {
     }
 
     /// Paths (relative, `/`-separated, sorted) of the regular files under `directory`.
-    static func regularFiles(in directory: String) throws -> [String] {
+    static func regularFiles(in given: String) throws -> [String] {
         let fm = FileManager.default
+        // The enumerator does not descend into a symlink (`checkpoint-last`): list its target.
+        let directory = URL(fileURLWithPath: given).resolvingSymlinksInPath().path
         guard let e = fm.enumerator(atPath: directory) else { throw SafeTensorsError("\(directory): cannot list") }
         var out: [String] = []
         while let rel = e.nextObject() as? String {

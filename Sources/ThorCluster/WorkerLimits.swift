@@ -37,7 +37,7 @@ public struct WorkerLimits: Sendable, Equatable {
             defer { fclose(f) }
             var line = [CChar](repeating: 0, count: 256)
             while fgets(&line, Int32(line.count), f) != nil {
-                let s = String(cString: line)
+                let s = line.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
                 if s.hasPrefix("MemAvailable:") {
                     let kb = s.split(separator: " ").compactMap { Int($0) }.first ?? 0
                     if kb > 0 { return kb * 1024 }

@@ -50,6 +50,8 @@ final class IntegrityTests: XCTestCase {
     func testChangedAddedOrUnlistedCheckpointFilesAreRefusedByName() throws {
         let (_, dir) = try savedCheckpoint()
         XCTAssertNoThrow(try RunCheckpoint(directory: dir))
+        try FileManager.default.createSymbolicLink(atPath: scratch + "/last", withDestinationPath: "ck")  // like checkpoint-last
+        XCTAssertNoThrow(try RunCheckpoint(directory: scratch + "/last"))
         let files = ["coordinator.safetensors", RunCheckpoint.expertFile(ExpertKey(layer: 1, expert: 2)),
                      "config.json", "tokenizer.json", "state.json"]
         for (i, file) in files.enumerated() {
