@@ -22,6 +22,8 @@ public struct WorkerOptions: Sendable {
     public var orphanTimeout: Double = 30
     /// Frames above this many bytes get a `tooLarge` Error reply (10× above it, libzmq drops the connection).
     public var maxFrameBytes: Int = WireCodec.defaultMaxFrameBytes
+    /// Memory budget and per-tensor element limit, checked before a request allocates.
+    public var limits = WorkerLimits()
     /// How often the loop checks signals, the parent and the connection (seconds).
     public var pollInterval: Double = 0.05
     /// Log lines to stderr.
@@ -39,6 +41,8 @@ public enum WorkerExit: Sendable, Equatable, CustomStringConvertible {
     case signal(Int32)
     case parentGone
     case orphaned(seconds: Double)
+    /// No connection was ever made within the orphan timeout.
+    case neverConnected(endpoint: String, seconds: Double)
 
     public var description: String {
         switch self {
@@ -46,6 +50,8 @@ public enum WorkerExit: Sendable, Equatable, CustomStringConvertible {
         case .signal(let s): return "stopped by signal \(s)"
         case .parentGone: return "parent process is gone"
         case .orphaned(let s): return "disconnected from the coordinator for \(s) s"
+        case .neverConnected(let e, let s):
+            return "never connected to a coordinator at \(e) within \(s) s (is it running, and is the address right?)"
         }
     }
 }
@@ -75,7 +81,8 @@ public final class ExpertWorker {
     }
 
     var registration: Registration {
-        Registration(workerID: options.workerID, threads: options.threads, pid: Int(getpid()),
+        Registration(workerID: options.workerID, threads: options.threads,
+                     capacityBytes: UInt64(max(0, options.limits.memoryBudgetBytes)), pid: Int(getpid()),
                      hostname: currentHostname(), incarnation: incarnation, hosted: host?.keys ?? [])
     }
 
@@ -83,6 +90,7 @@ public final class ExpertWorker {
     /// parent's death or a long disconnection.
     /// With `signals`, SIGTERM/SIGINT end the loop cleanly (`.signal`).
     public func run(signals: TerminationSignals? = nil) throws -> WorkerExit {
+        try Endpoint.validate(options.endpoint)
         let context = try ZMQContext()
         let socket = try Socket(context: context, type: .dealer)
         defer { socket.close() }
@@ -97,7 +105,7 @@ public final class ExpertWorker {
         log("connecting to \(options.endpoint)")
         try send(Envelope(requestID: 0, sender: options.workerID, message: .register(registration)), on: socket)
 
-        var connected = false, handshakes = 0
+        var connected = false, everConnected = false, handshakes = 0
         var disconnectedSince = monotonicSeconds()
         while true {
             let ready = try Socket.poll([socket, monitor], timeout: options.pollInterval)
@@ -105,6 +113,7 @@ public final class ExpertWorker {
                 while let event = try monitor.receiveEvent(timeout: 0) {
                     if event.kind.contains(.handshakeSucceeded) {
                         connected = true
+                        everConnected = true
                         handshakes += 1
                         log("connected to \(event.endpoint)")
                         // After a reconnect the coordinator may be new: announce ourselves again.
@@ -131,7 +140,8 @@ public final class ExpertWorker {
             if let s = signals?.received { return .signal(s) }
             if let p = options.parentPID, getppid() != p { return .parentGone }
             if !connected, options.orphanTimeout > 0, monotonicSeconds() - disconnectedSince > options.orphanTimeout {
-                return .orphaned(seconds: options.orphanTimeout)
+                return everConnected ? .orphaned(seconds: options.orphanTimeout)
+                                     : .neverConnected(endpoint: options.endpoint, seconds: options.orphanTimeout)
             }
         }
     }
@@ -164,13 +174,16 @@ public final class ExpertWorker {
         do {
             switch envelope.message {
             case .assign(let a):
+                try options.limits.check(a)
                 try assign(a)
                 return (reply(id, .ack), nil)
             case .forward(let layer, let training, let batches, let dtype):
+                try checkSize(batches, "Forward")
                 let outs = try assigned().forward(layer: layer, batches: batches, training: training)
                 let result = zip(batches, outs).map { ExpertBatch(expert: $0.expert, tokens: $1) }
                 return (reply(id, .forwardReply(layer: layer, outputs: result), dtype: dtype ?? .f32), nil)
             case .backward(let layer, let gradients, let dtype):
+                try checkSize(gradients, "Backward")
                 let outs = try assigned().backward(layer: layer, gradients: gradients)
                 let result = zip(gradients, outs).map { ExpertBatch(expert: $0.expert, tokens: $1) }
                 return (reply(id, .backwardReply(layer: layer, inputGradients: result), dtype: dtype ?? .f32), nil)
@@ -191,6 +204,7 @@ public final class ExpertWorker {
                 }
                 return (reply(id, .expertStates(all)), nil)
             case .importRequest(let state):
+                try options.limits.check(state)
                 try assigned().importState(state)
                 return (reply(id, .ack), nil)
             case .heartbeat(let seq, _):
@@ -208,6 +222,11 @@ public final class ExpertWorker {
         } catch {
             return (reply(id, .error(code: .internal, message: "\(error)")), nil)
         }
+    }
+
+    private func checkSize(_ batches: [ExpertBatch], _ what: String) throws {
+        let h = try assigned()
+        try options.limits.check(batches, spec: h.spec, hostedExperts: h.experts.count, what: what)
     }
 
     private func assigned() throws -> ExpertHost {

@@ -45,12 +45,11 @@ public final class LocalCluster {
         var tmp: String? = nil
         switch transport {
         case .ipc:
-            var template = Array("/tmp/thor-cluster-XXXXXX".utf8CString)
-            guard let dir = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            guard let dir = SocketDirectory.create() else {
                 throw ClusterError.launch("cannot create a temporary directory for the ipc socket")
             }
-            tmp = String(cString: dir)
-            endpoint = "ipc://\(tmp!)/coordinator.sock"
+            tmp = dir
+            endpoint = SocketDirectory.endpoint(in: dir)
         case .tcp:
             endpoint = "tcp://127.0.0.1:*"
         }

@@ -67,9 +67,9 @@ public final class RemoteExpertBackend: ExpertBackend {
                                                    detail: "expected \(g.indices.count) tensors, got \(reply.name)")
             }
             for (j, i) in g.indices.enumerated() {
-                guard got[j].expert == batches[i].expert, got[j].tokens.rows == batches[i].tokens.rows else {
+                guard got[j].expert == batches[i].expert, got[j].tokens.shape == batches[i].tokens.shape else {
                     throw ClusterError.unexpectedReply(worker: g.worker, operation: operation,
-                                                       detail: "tensor \(j) is for expert \(got[j].expert) \(got[j].tokens.shape), expected expert \(batches[i].expert)")
+                                                       detail: "tensor \(j) is for expert \(got[j].expert) \(got[j].tokens.shape), expected expert \(batches[i].expert) \(batches[i].tokens.shape)")
                 }
                 if placement.primary(ExpertKey(layer: layer, expert: batches[i].expert)) == g.worker { out[i] = got[j].tokens }
             }

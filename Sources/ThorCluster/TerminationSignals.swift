@@ -5,7 +5,7 @@ import Glibc
 import Darwin
 #endif
 
-/// Catches SIGTERM and SIGINT (whichever thread they hit) so a long-running
+/// Catches SIGTERM, SIGINT and SIGHUP (whichever thread they hit) so a long-running
 /// loop can notice them and clean up: workers exit, a coordinator tears its
 /// workers down. Keep the instance alive while it should catch signals.
 public final class TerminationSignals: @unchecked Sendable {
@@ -13,10 +13,10 @@ public final class TerminationSignals: @unchecked Sendable {
     private var caught: Int32? = nil
     private var sources: [DispatchSourceSignal] = []
 
-    /// Starts catching SIGTERM and SIGINT (their default action is replaced).
+    /// Starts catching SIGTERM, SIGINT and SIGHUP (a closed terminal stops a run the same way; their default action is replaced).
     public init() {
         pthread_mutex_init(&mutex, nil)
-        for s in [SIGTERM, SIGINT] {
+        for s in [SIGTERM, SIGINT, SIGHUP] {
             signal(s, SIG_IGN)  // the dispatch source sees it; the default action no longer runs
             let source = DispatchSource.makeSignalSource(signal: s, queue: .global())
             source.setEventHandler { [weak self] in self?.record(s) }

@@ -61,6 +61,10 @@ public struct EncodedCorpus: Sendable, Equatable {
     public var pairs: [EncodedPair]
     /// Number of input pairs dropped for being longer than the limits.
     public var droppedForLength: Int
+    /// Indices (into the input pairs) of the pairs dropped for length, in order.
+    public var droppedIndices: [Int] = []
+    /// Indices (into the input pairs) of the pairs kept, in order: `pairs[i]` came from input `keptIndices[i]`.
+    public var keptIndices: [Int] = []
 
     /// Pairs per task.
     public var taskSizes: [Int] {
@@ -74,6 +78,7 @@ public struct EncodedCorpus: Sendable, Equatable {
         self.tasks = tasks
         self.pairs = pairs
         self.droppedForLength = 0
+        self.keptIndices = Array(pairs.indices)
     }
 
     /// Encodes `pairs`. `tags` maps a task to a tag token put after `[CLS]` (e.g. `"de": "<2en>"`
@@ -94,17 +99,20 @@ public struct EncodedCorpus: Sendable, Equatable {
         let targets = tokenizer.encode(pairs.map(\.target))
         var out: [EncodedPair] = []
         out.reserveCapacity(pairs.count)
-        var dropped = 0
+        var dropped: [Int] = [], kept: [Int] = []
         for (i, p) in pairs.enumerated() {
             guard let t = taskIndex[p.task] else {
                 throw TokenizerError("pair \(i + 1) has task '\(p.task)', not one of \(tasks.joined(separator: ", "))")
             }
             let e = EncodedPair(task: t, sourceTokens: sources[i], targetTokens: targets[i], tag: tagIDs[p.task])
-            if e.source.count > maxLength || e.targetInput.count > maxLength { dropped += 1; continue }
+            if e.source.count > maxLength || e.targetInput.count > maxLength { dropped.append(i); continue }
             out.append(e)
+            kept.append(i)
         }
         self.pairs = out
-        self.droppedForLength = dropped
+        self.droppedForLength = dropped.count
+        self.droppedIndices = dropped
+        self.keptIndices = kept
     }
 }
 

@@ -46,8 +46,18 @@ public enum CorpusFile {
     ///   invalid UTF-8, a wrong number of fields, an empty field or an unknown task.
     public static func read(path: String, tasks: [String]? = nil) throws -> [TranslationPair] {
         let data: Data
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+            throw CorpusFileError(path: path, line: 0, reason: "no such file")
+        }
+        guard !isDirectory.boolValue else {
+            throw CorpusFileError(path: path, line: 0, reason: "is a directory, not a corpus file (give the path of a task<TAB>source<TAB>target file)")
+        }
+        guard FileManager.default.isReadableFile(atPath: path) else {
+            throw CorpusFileError(path: path, line: 0, reason: "permission denied (the file is not readable)")
+        }
         do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
-            throw CorpusFileError(path: path, line: 0, reason: "cannot read the file (\(error.localizedDescription))")
+            throw CorpusFileError(path: path, line: 0, reason: "cannot read the file (\(String(cString: strerror(errno))))")
         }
         return try parse(data, path: path, tasks: tasks)
     }

@@ -30,6 +30,7 @@ public struct TrainingState: Codable, Equatable, Sendable {
 /// state.json                      TrainingState (also in coordinator.safetensors metadata)
 /// coordinator.safetensors         coordinator parameters `NAME`, Adam moments `NAME.adam_m`, `NAME.adam_v`
 /// experts/moe-L-expert-E.safetensors   one file per routed expert: weights and Adam moments
+/// manifest.json                   SHA-256 of every other file (checked before anything is read)
 /// ```
 ///
 /// Expert files are per expert, not per worker, so a run resumes on any number of workers.
@@ -68,6 +69,7 @@ public struct RunCheckpoint {
         try configJSON.write(toFile: tmp + "/config.json", atomically: true, encoding: .utf8)
         try tokenizer.save(to: tmp + "/tokenizer.json")
         try (stateJSON + "\n").write(toFile: tmp + "/state.json", atomically: true, encoding: .utf8)
+        try CheckpointManifest.write(directory: tmp)
         if fm.fileExists(atPath: directory) {
             let old = directory + ".old"
             try? fm.removeItem(atPath: old)
@@ -90,6 +92,7 @@ public struct RunCheckpoint {
         guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDir), isDir.boolValue else {
             throw fail("not a checkpoint directory")
         }
+        do { try CheckpointManifest.verify(directory: directory) } catch { throw fail("\(error); refusing to load it") }
         do {
             configuration = try ThorConfiguration(contentsOf: directory + "/config.json")
         } catch { throw fail("config.json: \(error)") }
@@ -120,9 +123,12 @@ public struct RunCheckpoint {
         var staged: [(Tensor, Tensor)] = []
         for p in model.parameters {
             for (suffix, dst) in [("", p.value), (".adam_m", p.m), (".adam_v", p.v)] {
-                do {
-                    staged.append((try coordinator.tensor(p.name + suffix, shape: p.shape), dst))
-                } catch { throw fail("coordinator.safetensors: \(error)") }
+                let t: Tensor
+                do { t = try coordinator.tensor(p.name + suffix, shape: p.shape) } catch { throw fail("coordinator.safetensors: \(error)") }
+                if let bad = NonFinite.first(in: [(p.name + suffix, t)]) {
+                    throw fail("coordinator.safetensors: tensor \(bad) is not finite; refusing to load it")
+                }
+                staged.append((t, dst))
             }
         }
         var experts: [ExpertKey: [String: Tensor]] = [:]
@@ -133,6 +139,9 @@ public struct RunCheckpoint {
             var tensors: [String: Tensor] = [:]
             for name in file.names {
                 do { tensors[name] = try file.tensor(name) } catch { throw fail("\(Self.expertFile(key)): \(error)") }
+            }
+            if let bad = NonFinite.first(in: tensors.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }) {
+                throw fail("\(Self.expertFile(key)): tensor \(bad) is not finite; refusing to load it")
             }
             experts[key] = tensors
         }

@@ -55,6 +55,18 @@ public final class Trainer {
         try RunCheckpoint.save(model: model, tokenizer: data.tokenizer, state: state, to: directory)
     }
 
+    /// The first weight holding a non-finite value: coordinator parameters in order, then
+    /// the experts' tensors in key order; or why none is to blame.
+    func firstNonFiniteWeight() throws -> String {
+        if let w = NonFinite.first(in: model.parameters.map { ($0.name, $0.value) }) { return "first non-finite: \(w)" }
+        let experts = try model.backend.exportState()
+        for key in experts.keys.sorted() {
+            let tensors = experts[key]!.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+            if let w = NonFinite.first(in: tensors) { return "first non-finite: \(w)" }
+        }
+        return "every weight is finite: the forward pass overflowed"
+    }
+
     /// One optimizer step on the next training batch.
     @discardableResult
     public func trainStep() throws -> StepResult {
@@ -68,8 +80,9 @@ public final class Trainer {
         let aux = model.moe.auxiliaryLosses
         let total = Double(ce.loss) + aux.weighted(by: model.configuration.losses)
         guard total.isFinite else {
+            let culprit = try firstNonFiniteWeight()
             try model.zeroGradients()
-            throw TrainingError.nonFiniteLoss(step: step + 1)
+            throw TrainingError.nonFinite(step: step + 1, quantity: "loss (\(total))", tensor: culprit)
         }
         try model.transformer.backward()
         // Global gradient norm: coordinator parameters in order, then experts in key order,
@@ -78,6 +91,16 @@ public final class Trainer {
         for p in model.parameters { squared += Kernels.sumOfSquares(p.grad.pointer, count: p.count) }
         let expertNorms = try model.backend.squaredGradientNorms()
         for key in expertNorms.keys.sorted() { squared += expertNorms[key]! }
+        // A non-finite gradient stops here, before any weight changes.
+        guard squared.isFinite else {
+            let culprit = NonFinite.first(in: model.parameters.map { ($0.name + ".grad", $0.grad) })
+                ?? expertNorms.keys.sorted().first { !expertNorms[$0]!.isFinite }
+                    .map { "a gradient of expert \($0) (\($0.parameterPrefix).*)" }
+                ?? "no single tensor: the sum of squares overflowed"
+            try model.zeroGradients()
+            throw TrainingError.nonFinite(step: step + 1, quantity: "gradient norm (\(squared.squareRoot()))",
+                                          tensor: "first non-finite: \(culprit)")
+        }
         let clip = Adam.clipScale(squaredNorm: squared, maxNorm: t.clipNorm)
         let next = step + 1
         let lr = Adam.inverseSquareRootRate(peak: t.learningRate, warmup: t.warmupSteps, step: next)

@@ -140,12 +140,15 @@ public final class TrainingRun {
         let directory = try options.saveDirectory.map {
             try RunDirectory.check($0, resume: options.resume, overwrite: options.overwrite)
         }
+        // Before anything starts: does it fit, and is the worker count sensible?
+        try ResourceEstimate(configuration).check(externalWorkers: options.bind != nil) { info($0) }
         if let ck = checkpoint { info("resuming from \(ck.directory) at step \(ck.state.step)") }
         let loading = Stopwatch()
         let data = try TranslationData.load(configuration.data, seed: configuration.training.seed,
                                             maxPositions: configuration.model.maxPositions,
                                             tokenizer: checkpoint?.tokenizer, tasks: checkpoint?.state.tasks)
         configuration = try Self.resolve(configuration, data: data)
+        for w in data.warnings { info("warning: \(w)") }
         info("data: \(data.train.pairs.count) training pairs over \(data.tasks.count) tasks (\(data.tasks.joined(separator: ", "))), "
             + "dev \(data.dev.pairs.count), test \(data.test.pairs.count); BPE vocabulary \(data.tokenizer.vocabularySize) "
             + String(format: "(%.1fs)", loading.seconds))

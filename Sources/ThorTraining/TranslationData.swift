@@ -13,6 +13,8 @@ public struct TranslationData: Sendable {
     /// Dev and test pairs as text, in the same order as `dev.pairs` / `test.pairs`.
     public let devPairs: [TranslationPair]
     public let testPairs: [TranslationPair]
+    /// What the user should know about the data (lines skipped for length), one line each.
+    public var warnings: [String] = []
 
     /// Reads or generates the corpora. With `tokenizer` (from a checkpoint) the vocabulary is
     /// reused; otherwise it is learned from the training pairs (sources and targets).
@@ -45,17 +47,29 @@ public struct TranslationData: Sendable {
         let tokenizer = try given ?? BPETokenizer.learn(from: train.map(\.source) + train.map(\.target),
                                                         vocabularySize: c.vocabularySize)
         let limit = min(c.maxLength, maxPositions)
+        var warnings: [String] = []
+        /// "n lines over the limit skipped, first at file:line" for a corpus that lost pairs to length.
+        func report(_ e: EncodedCorpus, _ file: String, _ limitText: String) {
+            guard let first = e.droppedIndices.first else { return }
+            let where_ = c.usesBuiltinCorpus ? "\(file) pair \(first + 1)" : "\(file):\(first + 1)"
+            warnings.append("\(e.droppedForLength) line\(e.droppedForLength == 1 ? "" : "s") over the limit (\(limitText)) "
+                            + "skipped, first at \(where_)")
+        }
         let encodedTrain = try EncodedCorpus(pairs: train, tokenizer: tokenizer, tasks: tasks, maxLength: limit)
+        report(encodedTrain, c.usesBuiltinCorpus ? "synthetic train" : c.train, "\(limit) tokens, data.max_length")
         guard !encodedTrain.pairs.isEmpty else {
             throw TrainingError.data("every training pair is longer than data.max_length (\(limit) tokens)")
         }
-        // Evaluation sets keep every pair (references align by index); only the positional table limits them.
+        // Evaluation sets keep every pair the positional table can hold; references stay aligned
+        // with the kept pairs, and skipped ones are reported like training ones.
         let encodedDev = try EncodedCorpus(pairs: dev, tokenizer: tokenizer, tasks: tasks, maxLength: maxPositions)
         let encodedTest = try EncodedCorpus(pairs: test, tokenizer: tokenizer, tasks: tasks, maxLength: maxPositions)
-        guard encodedDev.droppedForLength == 0, encodedTest.droppedForLength == 0 else {
-            throw TrainingError.data("dev/test pairs longer than model.max_positions (\(maxPositions) tokens): raise it")
-        }
-        return TranslationData(tasks: tasks, tokenizer: tokenizer, train: encodedTrain, dev: encodedDev,
-                               test: encodedTest, devPairs: dev, testPairs: test)
+        report(encodedDev, c.usesBuiltinCorpus ? "synthetic dev" : c.dev, "\(maxPositions) tokens, model.max_positions")
+        report(encodedTest, c.usesBuiltinCorpus ? "synthetic test" : c.test, "\(maxPositions) tokens, model.max_positions")
+        var data = TranslationData(tasks: tasks, tokenizer: tokenizer, train: encodedTrain, dev: encodedDev,
+                                   test: encodedTest, devPairs: encodedDev.keptIndices.map { dev[$0] },
+                                   testPairs: encodedTest.keptIndices.map { test[$0] })
+        data.warnings = warnings
+        return data
     }
 }

@@ -60,7 +60,8 @@ public enum TrainingError: Error, CustomStringConvertible, Equatable {
     case invalidConfiguration(String)
     case checkpoint(String)
     case data(String)
-    case nonFiniteLoss(step: Int)
+    /// A non-finite loss or gradient norm at `step`, with the first tensor holding a non-finite value.
+    case nonFinite(step: Int, quantity: String, tensor: String)
     /// A save directory that cannot take this run.
     case runDirectory(String)
 
@@ -70,7 +71,9 @@ public enum TrainingError: Error, CustomStringConvertible, Equatable {
         case .checkpoint(let m): return "checkpoint: \(m)"
         case .data(let m): return "data: \(m)"
         case .runDirectory(let m): return m
-        case .nonFiniteLoss(let s): return "the loss is not finite at step \(s); lower training.learning_rate or raise training.warmup_steps"
+        case .nonFinite(let s, let q, let t):
+            return "the \(q) is not finite at step \(s) (\(t)); training stopped without a checkpoint of this step; "
+                + "lower training.learning_rate or raise training.warmup_steps"
         }
     }
 }

@@ -22,7 +22,11 @@ public final class Translator {
     /// Translates `sources` (with their task names, needed by the `gold` and `hard`
     /// variants; THOR variants predict the task themselves), in batches of at most
     /// `options.maxTokens` padded tokens; results in input order.
-    public func translate(_ sources: [String], tasks taskNames: [String?], options: DecodingOptions) throws -> [String] {
+    /// A line longer than the model's positional table (`model.max_positions` tokens) is
+    /// truncated to fit, with a line for `warn` naming it; the other lines are unaffected.
+    public func translate(_ sources: [String], tasks taskNames: [String?], options: DecodingOptions,
+                          warn: (String) -> Void = { FileHandle.standardError.write(Data(("warning: " + $0 + "\n").utf8)) })
+        throws -> [String] {
         precondition(sources.count == taskNames.count)
         var labels: [Int32] = []
         for (i, t) in taskNames.enumerated() {
@@ -40,12 +44,14 @@ public final class Translator {
             }
         }
         let limit = model.configuration.model.maxPositions
-        let pairs: [EncodedPair] = try sources.enumerated().map { i, s in
-            let e = EncodedPair(task: labels[i], sourceTokens: tokenizer.encode(s), targetTokens: [])
-            guard e.source.count <= limit else {
-                throw TrainingError.data("line \(i + 1) has \(e.source.count) tokens; the model takes at most \(limit)")
-            }
-            return e
+        let pairs: [EncodedPair] = sources.enumerated().map { i, s in
+            let tokens = tokenizer.encode(s)
+            let e = EncodedPair(task: labels[i], sourceTokens: tokens, targetTokens: [])
+            guard e.source.count > limit else { return e }
+            let specials = e.source.count - tokens.count
+            warn("line \(i + 1) has \(e.source.count) tokens; the model takes at most \(limit): "
+                 + "translating its first \(limit - specials) tokens only")
+            return EncodedPair(task: labels[i], sourceTokens: Array(tokens.prefix(max(0, limit - specials))), targetTokens: [])
         }
         let corpus = EncodedCorpus(tasks: tasks, pairs: pairs)
         var out = [String](repeating: "", count: sources.count)

@@ -140,6 +140,10 @@ final class TrainingTests: XCTestCase {
         let expert = dir + "/" + RunCheckpoint.expertFile(ExpertKey(layer: 1, expert: 2))
         let bytes = try Data(contentsOf: URL(fileURLWithPath: expert))
         try bytes.prefix(bytes.count / 2).write(to: URL(fileURLWithPath: expert))
+        XCTAssertThrowsError(try RunCheckpoint(directory: dir)) { error in  // the manifest's SHA-256 no longer matches
+            XCTAssertTrue("\(error)".contains("moe-1-expert-2") && "\(error)".contains("SHA-256"), "\(error)")
+        }
+        try CheckpointManifest.write(directory: dir)  // past the checksum: the reader itself must refuse it
         let ck = try RunCheckpoint(directory: dir)
         XCTAssertThrowsError(try ck.restore(into: b.model)) { error in
             XCTAssertTrue("\(error)".contains("moe-1-expert-2"), "\(error)")
@@ -148,6 +152,7 @@ final class TrainingTests: XCTestCase {
 
         // Garbage coordinator file.
         try Data("not a safetensors file".utf8).write(to: URL(fileURLWithPath: dir + "/coordinator.safetensors"))
+        try CheckpointManifest.write(directory: dir)
         XCTAssertThrowsError(try RunCheckpoint(directory: dir)) { error in
             XCTAssertTrue("\(error)".contains("coordinator.safetensors"), "\(error)")
         }

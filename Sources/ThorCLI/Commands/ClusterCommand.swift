@@ -70,8 +70,7 @@ struct ClusterCommand: ParsableCommand {
         guard layers >= 1, experts >= 1, modelDim >= 1, hiddenDim >= 1, steps >= 0, threads >= 1 else {
             throw ValidationError("--layers, --experts, --model-dim, --hidden-dim and --threads must be positive, --steps >= 0")
         }
-        if let bind { guard bind.hasPrefix("tcp://") || bind.hasPrefix("ipc://") else {
-            throw ValidationError("--bind must be tcp://HOST:PORT or ipc://PATH, got \(bind)") } }
+        if let bind { do { try Endpoint.validate(bind, binding: true) } catch { throw ValidationError("--bind: \(error)") } }
     }
 
     func run() throws {

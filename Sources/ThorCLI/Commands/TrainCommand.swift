@@ -117,6 +117,7 @@ struct TrainCommand: ParsableCommand {
         guard let p = Placement.Strategy(rawValue: placement) else {
             throw ValidationError("--placement must be \(Placement.Strategy.allCases.map(\.rawValue).joined(separator: " or ")), got '\(placement)'")
         }
+        if let bind { do { try Endpoint.validate(bind, binding: true) } catch { throw ValidationError("--bind: \(error)") } }
         var options = TrainingRun.Options(configuration: c)
         options.explicitKeys = try fileKeys().merging(flagKeys()) { $1 }
         options.saveDirectory = saveDir

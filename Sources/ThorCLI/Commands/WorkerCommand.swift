@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import ThorCluster
 import ThorWire
 #if canImport(Glibc)
@@ -44,15 +45,21 @@ struct WorkerCommand: ParsableCommand {
     @Option(name: .long, help: "Largest frame accepted; larger ones get a TOO_LARGE Error reply.")
     var maxFrameBytes: Int = WireCodec.defaultMaxFrameBytes
 
+    @Option(name: .long, help: "Memory budget in bytes for experts and request activations; larger requests get a TOO_LARGE Error reply (default: physical memory).")
+    var memoryBudget: Int?
+
+    @Option(name: .long, help: "Largest tensor in elements, received or built; larger ones get a TOO_LARGE Error reply.")
+    var maxTensorElements: Int = Int(Int32.max)
+
     @Flag(name: .long, help: "Log connection events and assignments to stderr.")
     var verbose = false
 
     func validate() throws {
-        guard connect.hasPrefix("tcp://") || connect.hasPrefix("ipc://") else {
-            throw ValidationError("--connect must be tcp://HOST:PORT or ipc://PATH, got \(connect)")
-        }
+        do { try Endpoint.validate(connect) } catch { throw ValidationError("--connect: \(error)") }
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1, got \(threads)") }
         guard orphanTimeout >= 0 else { throw ValidationError("--orphan-timeout must be >= 0, got \(orphanTimeout)") }
+        if let m = memoryBudget { guard m > 0 else { throw ValidationError("--memory-budget must be positive, got \(m)") } }
+        guard maxTensorElements > 0 else { throw ValidationError("--max-tensor-elements must be positive, got \(maxTensorElements)") }
         guard maxFrameBytes > 0 else { throw ValidationError("--max-frame-bytes must be positive, got \(maxFrameBytes)") }
         if let id { guard !id.isEmpty, id.utf8.count <= 255 else { throw ValidationError("--id must be 1…255 bytes") } }
     }
@@ -65,10 +72,19 @@ struct WorkerCommand: ParsableCommand {
         options.orphanTimeout = orphanTimeout
         options.maxFrameBytes = maxFrameBytes
         options.verbose = verbose
+        options.limits = WorkerLimits(memoryBudgetBytes: memoryBudget ?? WorkerLimits.physicalMemoryBytes(),
+                                      maxTensorElements: maxTensorElements)
         let worker = ExpertWorker(options: options)
         let exit = try worker.run(signals: signals)
-        if verbose { print("thor worker \(options.workerID): \(exit)") }
-        if case .orphaned = exit { throw ExitCode(3) }
+        // Our coordinator was killed before it could clean up: remove its ipc socket directory.
+        if exit == .parentGone { SocketDirectory.removeAbandoned(endpoint: connect) }
+        switch exit {
+        case .orphaned, .neverConnected:
+            FileHandle.standardError.write(Data("thor worker \(options.workerID): \(exit)\n".utf8))
+            throw ExitCode(3)
+        default:
+            if verbose { FileHandle.standardError.write(Data("thor worker \(options.workerID): \(exit)\n".utf8)) }
+        }
     }
 
     static func defaultID() -> String {
