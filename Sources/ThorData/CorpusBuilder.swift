@@ -188,7 +188,10 @@ public struct CorpusBuilder {
                                        filter: PairFilter) throws -> [TranslationPair] {
         var out: [TranslationPair] = []
         var catalogs = 0
-        for tree in trees {
+        for (i, tree) in trees.enumerated() {
+            if i % 10 == 0 || i == trees.count - 1 {
+                log("reading catalogs of package \(i + 1) of \(trees.count) (\(tree.package)); \(out.count) pairs so far")
+            }
             for file in CorpusBuilder.moFiles(under: tree.directory) {
                 let parts = file.split(separator: "/")
                 guard let lc = parts.lastIndex(of: "LC_MESSAGES"), lc > 0,
