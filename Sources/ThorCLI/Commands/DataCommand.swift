@@ -79,17 +79,8 @@ struct DataBuildCommand: ParsableCommand {
         var builder = CorpusBuilder(options: options) { line in
             FileHandle.standardError.write(Data("thor data: \(line)\n".utf8))
         }
-        let stats: BuildStatistics
-        do { stats = try builder.build() } catch {
-            throw ValidationErrorOrFailure(message: "\(error)")
-        }
+        let stats = try builder.build()  // errors name the package or file: printed as `Error: ...`, exit 1
         FileHandle.standardError.write(Data(String(format: "thor data: done in %.1f s\n", Date().timeIntervalSince(start)).utf8))
         print(stats.markdown, terminator: "")
     }
-}
-
-/// A build failure printed as `Error: ...` with exit code 1.
-struct ValidationErrorOrFailure: Error, CustomStringConvertible {
-    var message: String
-    var description: String { message }
 }
