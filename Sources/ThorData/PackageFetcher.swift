@@ -78,7 +78,9 @@ public struct PackageFetcher {
         guard r.status == 0 else {
             throw PackageFetchError(package: package, reason: "cannot extract \(deb.lastPathComponent): \(lastLine(r.output))")
         }
-        FileManager.default.createFile(atPath: marker.path, contents: Data())
+        guard FileManager.default.createFile(atPath: marker.path, contents: Data()) else {
+            throw PackageFetchError(package: package, reason: "cannot write \(marker.path)")
+        }
         return dir
     }
 
