@@ -28,6 +28,8 @@ let package = Package(
         // libzmq's pkg-config output carries -isystem flags SwiftPM rejects: link through the module map.
         .systemLibrary(name: "CZMQ", providers: [.apt(["libzmq3-dev"])]),
         .systemLibrary(name: "CProtobufC", providers: [.apt(["libprotobuf-c-dev"])]),
+        // SQLite, for the Bible database of `thor data build` (Debian: libsqlite3-dev).
+        .systemLibrary(name: "CSQLite", providers: [.apt(["libsqlite3-dev"])]),
         // protobuf-c code generated from Protos/ by scripts/gen-protos.sh (committed).
         .target(name: "CThorProto", dependencies: ["CProtobufC"],
                 cSettings: [.unsafeFlags(["-O2"])],
@@ -36,7 +38,7 @@ let package = Package(
         .target(name: "ThorTensor", dependencies: ["CBLAS"], swiftSettings: optimize),
         .target(name: "ThorExperts", dependencies: ["ThorTensor"], swiftSettings: optimize),
         .target(name: "ThorModel", dependencies: ["ThorTensor", "ThorExperts"], swiftSettings: optimize),
-        .target(name: "ThorData", dependencies: ["ThorTensor"], swiftSettings: optimize),
+        .target(name: "ThorData", dependencies: ["ThorTensor", "CSQLite"], swiftSettings: optimize),
         .target(name: "ThorCheckpoint", dependencies: ["ThorTensor"], swiftSettings: optimize),
         .target(name: "ThorWire", dependencies: ["ThorTensor", "ThorExperts", "CThorProto"], swiftSettings: optimize),
         .target(name: "ThorTransport", dependencies: ["CZMQ"], swiftSettings: optimize),

@@ -83,7 +83,7 @@ public struct ResourceEstimate: Sendable, CustomStringConvertible {
                       warn: (String) -> Void) throws {
         if workers > experts {
             throw TrainingError.invalidConfiguration(
-                "training.workers is \(workers) but the model has only \(experts) routed experts "
+                "cluster.workers is \(workers) but the model has only \(experts) routed experts "
                 + "(\(expertsPerLayer) per MoE layer × \(experts / max(1, expertsPerLayer)) MoE layers): every worker beyond "
                 + "\(experts) would host no expert; use at most \(experts) workers")
         }

@@ -56,7 +56,7 @@ final class HardeningCLITests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: scratch + "/big"))
         let many = try Thor.run(["train", "--workers", "1000", "--save-dir", scratch + "/many"])
         XCTAssertNotEqual(many.status, 0)
-        XCTAssertTrue(many.stderr.contains("training.workers is 1000") && many.stderr.contains("at most 16 workers"), many.stderr)
+        XCTAssertTrue(many.stderr.contains("cluster.workers is 1000") && many.stderr.contains("at most 16 workers"), many.stderr)
         XCTAssertLessThan(Date().timeIntervalSince(t0), 30, "refusals must come before any work")
         let dir = try Thor.run(["train", "--set", "data.train=\(scratch!)", "--set", "data.dev=\(scratch!)",
                                 "--set", "data.test=\(scratch!)", "--save-dir", scratch + "/d"])

@@ -150,7 +150,7 @@ final class IntegrityTests: XCTestCase {
 
         // tiny: 4 experts per MoE layer × 2 MoE layers.
         XCTAssertThrowsError(try ResourceEstimate(tinyConfiguration(workers: 1000)).check { _ in }) { error in
-            XCTAssertTrue("\(error)".contains("training.workers is 1000") && "\(error)".contains("at most 8 workers"), "\(error)")
+            XCTAssertTrue("\(error)".contains("cluster.workers is 1000") && "\(error)".contains("at most 8 workers"), "\(error)")
         }
         try ResourceEstimate(tinyConfiguration(workers: 6)).check { warnings.append($0) }
         XCTAssertEqual(warnings.count, 1)
