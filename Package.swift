@@ -20,6 +20,8 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        // SHA-256 of checkpoint files and built corpora.
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         // System libraries (Debian: libopenblas-dev, libzmq3-dev, libprotobuf-c-dev).
@@ -38,8 +40,10 @@ let package = Package(
         .target(name: "ThorTensor", dependencies: ["CBLAS"], swiftSettings: optimize),
         .target(name: "ThorExperts", dependencies: ["ThorTensor"], swiftSettings: optimize),
         .target(name: "ThorModel", dependencies: ["ThorTensor", "ThorExperts"], swiftSettings: optimize),
-        .target(name: "ThorData", dependencies: ["ThorTensor", "CSQLite"], swiftSettings: optimize),
-        .target(name: "ThorCheckpoint", dependencies: ["ThorTensor"], swiftSettings: optimize),
+        .target(name: "ThorData", dependencies: ["ThorTensor", "CSQLite", .product(name: "Crypto", package: "swift-crypto")],
+                swiftSettings: optimize),
+        .target(name: "ThorCheckpoint", dependencies: ["ThorTensor", .product(name: "Crypto", package: "swift-crypto")],
+                swiftSettings: optimize),
         .target(name: "ThorWire", dependencies: ["ThorTensor", "ThorExperts", "CThorProto"], swiftSettings: optimize),
         .target(name: "ThorTransport", dependencies: ["CZMQ"], swiftSettings: optimize),
         .target(name: "ThorCluster",

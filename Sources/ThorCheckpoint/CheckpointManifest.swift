@@ -1,4 +1,5 @@
 import Foundation
+import Crypto
 
 /// `manifest.json` of a checkpoint directory: the SHA-256 of every file in it,
 ///
@@ -59,13 +60,13 @@ public enum CheckpointManifest {
         defer { chunk.deallocate() }
         while true {
             let n = fread(chunk, 1, 1 << 20, f)
-            if n > 0 { hasher.update(UnsafeRawBufferPointer(start: chunk, count: n)) }
+            if n > 0 { hasher.update(bufferPointer: UnsafeRawBufferPointer(start: chunk, count: n)) }
             if n < 1 << 20 {
                 guard ferror(f) == 0 else { throw SafeTensorsError("\(path): read error") }
                 break
             }
         }
-        return hasher.finalizeHex()
+        return hasher.finalize().map { String(format: "%02x", $0) }.joined()
     }
 
     /// Paths (relative, `/`-separated, sorted) of the regular files under `directory`.

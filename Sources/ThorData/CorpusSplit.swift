@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 
 /// Deduplication and the train/dev/test split of a built corpus, decided by a hash of
@@ -42,7 +43,7 @@ public enum CorpusSplit {
 
     /// The hash position `u(e)` of an English string (before lower-casing).
     public static func position(ofEnglish english: String) -> UInt64 {
-        let d = SHA256.digest(Array(english.lowercased().utf8))
+        let d = Array(SHA256.hash(data: Array(english.lowercased().utf8)))
         return d[0..<8].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
     }
 
@@ -59,7 +60,7 @@ public enum CorpusSplit {
             let key = (englishIsTarget ? p.target : p.source).lowercased()
             let u: UInt64
             if let known = positions[key] { u = known } else {
-                let d = SHA256.digest(Array(key.utf8))
+                let d = Array(SHA256.hash(data: Array(key.utf8)))
                 u = d[0..<8].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
                 positions[key] = u
             }
