@@ -24,6 +24,8 @@ public final class TrainingRun {
         public var progress = true
         /// Run the final test evaluation.
         public var evaluateAtEnd = true
+        /// Heartbeats and the local supervisor's restart budget.
+        public var liveness = ExpertRuntime.Liveness()
         public init(configuration: ThorConfiguration) { self.configuration = configuration }
     }
 
@@ -66,6 +68,8 @@ public final class TrainingRun {
             c.training.maxSteps = configuration.training.maxSteps
             c.training.workers = configuration.training.workers
             c.training.expertThreads = configuration.training.expertThreads
+            c.training.replicas = configuration.training.replicas
+            c.training.onExpertLoss = configuration.training.onExpertLoss
             configuration = c
             say("resuming from \(resume) at step \(ck.state.step)")
         }
@@ -82,14 +86,15 @@ public final class TrainingRun {
         if let bind = options.bind {
             runtime = try ExpertRuntime(configuration: configuration, externalWorkers: max(1, t.workers), bind: bind,
                                         timeout: options.registrationTimeout, placement: options.placement,
-                                        onRegistration: say)
+                                        liveness: options.liveness, onRegistration: say)
         } else {
             runtime = try ExpertRuntime(configuration: configuration, workers: t.workers, threads: t.expertThreads,
-                                        transport: options.transport, placement: options.placement)
+                                        transport: options.transport, placement: options.placement, liveness: options.liveness)
         }
         defer { runtime.shutdown() }
         if let c = runtime.cluster {
-            say("cluster: coordinator + \(c.workerIDs.count) expert workers at \(c.coordinator.endpoint)")
+            say("cluster: coordinator + \(c.workerIDs.count) expert workers at \(c.coordinator.endpoint), "
+                + "\(runtime.remote?.replicas ?? 1) replicas per expert, on expert loss: \(t.onExpertLoss.rawValue)")
         } else if runtime.coordinator != nil {
             say("cluster: coordinator + \(t.workers) external expert workers")
         } else {
@@ -114,6 +119,23 @@ public final class TrainingRun {
             try configuration.jsonString.write(toFile: dir + "/config.json", atomically: true, encoding: .utf8)
             metrics = try MetricsLog(path: dir + "/metrics.jsonl")
         }
+        var lastCheckpoint: String? = nil
+        let recovery = try ExpertLossRecovery(policy: t.onExpertLoss, runtime: runtime, trainer: trainer,
+                                              lastCheckpoint: { [options] in lastCheckpoint ?? options.resume }, say: say)
+        recovery.install(on: trainer)
+        // Fail-over, rejoin and restore events: one line on stderr, one record in metrics.jsonl.
+        let logEvent: (ClusterEvent) -> Void = { e in
+            FileHandle.standardError.write(Data(("\nthor: \(e)\n").utf8))
+            var rec: [String: Any] = ["split": "event", "event": e.kind.rawValue, "step": e.step, "worker": e.worker,
+                                      "reason": e.reason]
+            if !e.moved.isEmpty { rec["moved"] = Dictionary(uniqueKeysWithValues: e.moved.map { ($0.key.description, $0.value) }) }
+            if !e.lostExperts.isEmpty { rec["lost_experts"] = e.lostExperts.map(\.description) }
+            if let d = e.detectionSeconds { rec["detection_s"] = d }
+            if let r = e.recoverySeconds { rec[e.kind == .rejoined ? "rejoin_s" : "recovery_s"] = r }
+            try? metrics?.write(rec)
+        }
+        runtime.onEvent = logEvent
+        recovery.onEvent = logEvent
         let signals = TerminationSignals()
         let decoding = DecodingOptions(configuration)
         var bar = ProgressBar(total: t.maxSteps, label: "train")
@@ -121,7 +143,6 @@ public final class TrainingRun {
         var totalTokens = 0
         let runStart = Date()
         var last: StepResult? = nil
-        var lastCheckpoint: String? = nil
         var rate = 0.0, experts: Double? = nil
         var interrupted = false
         model.moe.startCollectingStatistics()
@@ -130,9 +151,12 @@ public final class TrainingRun {
             guard let dir = options.saveDirectory else { return }
             let path = dir + "/checkpoint-\(trainer.step)"
             try trainer.saveCheckpoint(to: path)
-            let link = dir + "/checkpoint-last"
-            try? fm.removeItem(atPath: link)
-            try fm.createSymbolicLink(atPath: link, withDestinationPath: "checkpoint-\(trainer.step)")
+            // Replace the link atomically (a new link renamed over it): a kill at any moment
+            // leaves checkpoint-last pointing at a complete checkpoint.
+            let link = dir + "/checkpoint-last", tmpLink = link + ".new"
+            try? fm.removeItem(atPath: tmpLink)
+            try fm.createSymbolicLink(atPath: tmpLink, withDestinationPath: "checkpoint-\(trainer.step)")
+            guard rename(tmpLink, link) == 0 else { throw TrainingError.checkpoint("cannot update \(link): errno \(errno)") }
             lastCheckpoint = path
         }
 

@@ -60,6 +60,8 @@ public enum TrainingError: Error, CustomStringConvertible, Equatable {
     case checkpoint(String)
     case data(String)
     case nonFiniteLoss(step: Int)
+    /// Experts with no replica left, and the policy said stop (or waiting/restoring failed).
+    case expertsLost(String)
 
     public var description: String {
         switch self {
@@ -67,6 +69,7 @@ public enum TrainingError: Error, CustomStringConvertible, Equatable {
         case .checkpoint(let m): return "checkpoint: \(m)"
         case .data(let m): return "data: \(m)"
         case .nonFiniteLoss(let s): return "the loss is not finite at step \(s); lower training.learning_rate or raise training.warmup_steps"
+        case .expertsLost(let m): return m
         }
     }
 }

@@ -74,12 +74,17 @@ public struct TrainingConfiguration: Sendable, Equatable {
     public var workers: Int = 2
     /// Threads computing experts concurrently in one process.
     public var expertThreads: Int = 2
+    /// Workers hosting each routed expert (0: 2 when there are at least 2 workers, else 1).
+    public var replicas: Int = 0
+    /// What happens when every replica of an expert is lost.
+    public var onExpertLoss: ExpertLossPolicy = .restore
 
     public init() {}
 
     static let keys = ["learning_rate", "warmup_steps", "clip_norm", "adam_beta1", "adam_beta2", "adam_epsilon",
                        "weight_decay", "max_tokens_per_batch", "max_steps", "seed", "sampling_temperature",
-                       "dev_interval", "checkpoint_interval", "log_interval", "workers", "expert_threads"]
+                       "dev_interval", "checkpoint_interval", "log_interval", "workers", "expert_threads",
+                       "replicas", "on_expert_loss"]
 
     init(reading value: JSONValue?, path: String) throws {
         let r = try SectionReader(value, path: path, allowed: Self.keys)
@@ -101,6 +106,8 @@ public struct TrainingConfiguration: Sendable, Equatable {
         logInterval = try r.int("log_interval", default: 100)
         workers = try r.int("workers", default: 2)
         expertThreads = try r.int("expert_threads", default: 2)
+        replicas = try r.int("replicas", default: 0)
+        onExpertLoss = try r.choice("on_expert_loss", default: ExpertLossPolicy.restore)!
     }
 
     var json: JSONValue {
@@ -113,6 +120,7 @@ public struct TrainingConfiguration: Sendable, Equatable {
             "seed": .number(Double(seed)), "sampling_temperature": n(samplingTemperature),
             "dev_interval": i(devInterval), "checkpoint_interval": i(checkpointInterval), "log_interval": i(logInterval),
             "workers": i(workers), "expert_threads": i(expertThreads),
+            "replicas": i(replicas), "on_expert_loss": .string(onExpertLoss.rawValue),
         ])
     }
 
@@ -137,7 +145,26 @@ public struct TrainingConfiguration: Sendable, Equatable {
         try Check.require(logInterval >= 1, p("log_interval"), "must be ≥ 1, got \(logInterval)")
         try Check.require(workers >= 0, p("workers"), "must be ≥ 0 (0: in-process experts), got \(workers)")
         try Check.require(expertThreads >= 1, p("expert_threads"), "must be ≥ 1, got \(expertThreads)")
+        try Check.require(replicas >= 0 && (workers == 0 || replicas <= workers), p("replicas"),
+                          "must be between 0 (automatic) and the worker count (\(workers)), got \(replicas)")
     }
+
+    /// Replicas per expert the run uses: `replicas`, or 2 when there are at least 2 workers.
+    public var effectiveReplicas: Int {
+        if workers == 0 { return 1 }
+        return replicas > 0 ? replicas : (workers >= 2 ? 2 : 1)
+    }
+}
+
+/// What a run does when every replica of an expert is lost (`training.on_expert_loss`,
+/// `thor train --on-expert-loss`).
+public enum ExpertLossPolicy: String, Sendable, CaseIterable {
+    /// Stop with a non-zero status naming the lost experts and the checkpoint to resume from.
+    case fail
+    /// Pause until a worker that still holds them comes back, then redo the step.
+    case wait
+    /// Reload the whole run from the last checkpoint and continue (deterministic replay).
+    case restore
 }
 
 /// A whole run's configuration: one JSON file with sections `model`, `routing`, `losses`, `training`,
