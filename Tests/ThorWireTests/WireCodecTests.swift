@@ -129,7 +129,7 @@ final class WireCodecTests: XCTestCase {
             XCTAssertThrowsError(try WireCodec.decode(b)) { XCTAssertTrue("\($0)".contains("empty"), "\($0)") }
         }
         // A valid Envelope with no body.
-        var env = ProtobufBytes(); env.uint(1, 1); env.uint(2, 5)
+        var env = ProtobufBytes(); env.uint(1, UInt64(thorProtocolVersion)); env.uint(2, 5)
         try env.bytes.withUnsafeBytes { b in
             XCTAssertThrowsError(try WireCodec.decode(b)) { XCTAssertTrue("\($0)".contains("no message body"), "\($0)") }
         }
