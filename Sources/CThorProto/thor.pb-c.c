@@ -1561,7 +1561,7 @@ const ProtobufCMessageDescriptor thor__expert_batch__descriptor =
   (ProtobufCMessageInit) thor__expert_batch__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor thor__register__field_descriptors[7] =
+static const ProtobufCFieldDescriptor thor__register__field_descriptors[9] =
 {
   {
     "worker_id",
@@ -1647,20 +1647,46 @@ static const ProtobufCFieldDescriptor thor__register__field_descriptors[7] =
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "session",
+    8,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Thor__Register, session),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "committed_step",
+    9,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Thor__Register, committed_step),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned thor__register__field_indices_by_name[] = {
   2,   /* field[2] = capacity_bytes */
+  8,   /* field[8] = committed_step */
   6,   /* field[6] = hosted */
   4,   /* field[4] = hostname */
   5,   /* field[5] = incarnation */
   3,   /* field[3] = pid */
+  7,   /* field[7] = session */
   1,   /* field[1] = threads */
   0,   /* field[0] = worker_id */
 };
 static const ProtobufCIntRange thor__register__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 7 }
+  { 0, 9 }
 };
 const ProtobufCMessageDescriptor thor__register__descriptor =
 {
@@ -1670,7 +1696,7 @@ const ProtobufCMessageDescriptor thor__register__descriptor =
   "Thor__Register",
   "thor",
   sizeof(Thor__Register),
-  7,
+  9,
   thor__register__field_descriptors,
   thor__register__field_indices_by_name,
   1,  thor__register__number_ranges,
@@ -2811,10 +2837,10 @@ const ProtobufCMessageDescriptor thor__envelope__descriptor =
 static const ProtobufCEnumValue thor__protocol_version__enum_values_by_number[2] =
 {
   { "PROTOCOL_VERSION_UNSPECIFIED", "THOR__PROTOCOL_VERSION__PROTOCOL_VERSION_UNSPECIFIED", 0 },
-  { "PROTOCOL_VERSION_CURRENT", "THOR__PROTOCOL_VERSION__PROTOCOL_VERSION_CURRENT", 1 },
+  { "PROTOCOL_VERSION_CURRENT", "THOR__PROTOCOL_VERSION__PROTOCOL_VERSION_CURRENT", 2 },
 };
 static const ProtobufCIntRange thor__protocol_version__value_ranges[] = {
-{0, 0},{0, 2}
+{0, 0},{2, 1},{0, 2}
 };
 static const ProtobufCEnumValueIndex thor__protocol_version__enum_values_by_name[2] =
 {
@@ -2832,7 +2858,7 @@ const ProtobufCEnumDescriptor thor__protocol_version__descriptor =
   thor__protocol_version__enum_values_by_number,
   2,
   thor__protocol_version__enum_values_by_name,
-  1,
+  2,
   thor__protocol_version__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
@@ -2898,7 +2924,7 @@ const ProtobufCEnumDescriptor thor__activation__descriptor =
   thor__activation__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCEnumValue thor__error_code__enum_values_by_number[12] =
+static const ProtobufCEnumValue thor__error_code__enum_values_by_number[13] =
 {
   { "ERROR_CODE_UNSPECIFIED", "THOR__ERROR_CODE__ERROR_CODE_UNSPECIFIED", 0 },
   { "ERROR_CODE_MALFORMED", "THOR__ERROR_CODE__ERROR_CODE_MALFORMED", 1 },
@@ -2912,13 +2938,15 @@ static const ProtobufCEnumValue thor__error_code__enum_values_by_number[12] =
   { "ERROR_CODE_NOT_ASSIGNED", "THOR__ERROR_CODE__ERROR_CODE_NOT_ASSIGNED", 9 },
   { "ERROR_CODE_UNEXPECTED_MESSAGE", "THOR__ERROR_CODE__ERROR_CODE_UNEXPECTED_MESSAGE", 10 },
   { "ERROR_CODE_INTERNAL", "THOR__ERROR_CODE__ERROR_CODE_INTERNAL", 11 },
+  { "ERROR_CODE_DUPLICATE_WORKER_ID", "THOR__ERROR_CODE__ERROR_CODE_DUPLICATE_WORKER_ID", 12 },
 };
 static const ProtobufCIntRange thor__error_code__value_ranges[] = {
-{0, 0},{0, 12}
+{0, 0},{0, 13}
 };
-static const ProtobufCEnumValueIndex thor__error_code__enum_values_by_name[12] =
+static const ProtobufCEnumValueIndex thor__error_code__enum_values_by_name[13] =
 {
   { "ERROR_CODE_BAD_TENSOR", 4 },
+  { "ERROR_CODE_DUPLICATE_WORKER_ID", 12 },
   { "ERROR_CODE_INTERNAL", 11 },
   { "ERROR_CODE_MALFORMED", 1 },
   { "ERROR_CODE_MISSING_STATE", 8 },
@@ -2938,9 +2966,9 @@ const ProtobufCEnumDescriptor thor__error_code__descriptor =
   "ErrorCode",
   "Thor__ErrorCode",
   "thor",
-  12,
+  13,
   thor__error_code__enum_values_by_number,
-  12,
+  13,
   thor__error_code__enum_values_by_name,
   1,
   thor__error_code__value_ranges,

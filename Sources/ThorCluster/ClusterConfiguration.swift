@@ -7,16 +7,39 @@ public struct ClusterConfiguration: ConfigurationSection {
     public var workers: Int = 2
     /// Threads computing experts concurrently in one process.
     public var expertThreads: Int = 2
+    /// Workers hosting each routed expert (0: 2 when there are at least 2 workers, else 1).
+    public var replicas: Int = 0
+    /// What happens when every replica of an expert is lost.
+    public var onExpertLoss: ExpertLossPolicy = .restore
 
     public init() {}
 
     public enum CodingKeys: String, CodingKey, CaseIterable {
-        case workers, expertThreads = "expert_threads"
+        case workers, expertThreads = "expert_threads", replicas, onExpertLoss = "on_expert_loss"
     }
 
     public func validate(path: String = "cluster") throws {
         func p(_ k: CodingKeys) -> String { "\(path).\(k.stringValue)" }
         try Check.require(workers >= 0, p(.workers), "must be ≥ 0 (0: in-process experts), got \(workers)")
         try Check.require(expertThreads >= 1, p(.expertThreads), "must be ≥ 1, got \(expertThreads)")
+        try Check.require(replicas >= 0 && (workers == 0 || replicas <= workers), p(.replicas),
+                          "must be between 0 (automatic) and the worker count (\(workers)), got \(replicas)")
     }
+
+    /// Replicas per expert the run uses: `replicas`, or 2 when there are at least 2 workers.
+    public var effectiveReplicas: Int {
+        if workers == 0 { return 1 }
+        return replicas > 0 ? replicas : (workers >= 2 ? 2 : 1)
+    }
+}
+
+/// What a run does when every replica of an expert is lost (`cluster.on_expert_loss`,
+/// `thor train --on-expert-loss`).
+public enum ExpertLossPolicy: String, Sendable, CaseIterable, Codable {
+    /// Stop with a non-zero status naming the lost experts and the checkpoint to resume from.
+    case fail
+    /// Pause until a worker that still holds them comes back, then redo the step.
+    case wait
+    /// Reload the whole run from the last checkpoint and continue (deterministic replay).
+    case restore
 }

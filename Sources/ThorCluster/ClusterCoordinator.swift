@@ -2,6 +2,10 @@ import ThorTensor
 import ThorExperts
 import ThorWire
 import ThorTransport
+import CZMQ
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Where the coordinator's time and bytes went (for `thor bench distributed`).
 public struct TransportCounters: Sendable, Equatable {
@@ -17,9 +21,35 @@ public struct TransportCounters: Sendable, Equatable {
     public init() {}
 }
 
+/// What became of one request of a fault-tolerant exchange.
+public enum ExchangeOutcome {
+    /// The worker's reply (possibly an `Error` reply).
+    case reply(WireMessage)
+    /// The worker was declared dead before it answered (the reason says why).
+    case lost(String)
+
+    public var message: WireMessage? { if case .reply(let m) = self { return m } else { return nil } }
+}
+
+/// A worker the coordinator declared dead.
+public struct WorkerLoss: Sendable, Equatable {
+    public var worker: String
+    public var reason: String
+    /// Seconds from its last sign of life (a reply or a beat) to the moment it was declared dead.
+    public var silentSeconds: Double
+    /// Monotonic time it was declared dead.
+    public var declaredAt: Double
+}
+
 /// The coordinator's end of the cluster: a ROUTER socket the workers' DEALERs
-/// connect to, the registry of workers, and request/reply exchanges with
-/// deadlines. Use from one thread.
+/// connect to, the registry of workers, their liveness, and request/reply
+/// exchanges with deadlines. Use from one thread.
+///
+/// Liveness (the ZeroMQ guide's Paranoid Pirate): every worker sends a beat every
+/// `heartbeatInterval` also while it computes; while the coordinator waits for
+/// replies it beats to the workers it waits on, and declares a worker dead after
+/// `heartbeatLiveness` silent intervals, when its process exited (`childWatch`),
+/// when it is unreachable, or when it misses the request's deadline.
 public final class ClusterCoordinator {
     public let context: ZMQContext
     private let socket: Socket
@@ -29,109 +59,320 @@ public final class ClusterCoordinator {
     public let session: UInt64
     /// Replies above this size are rejected.
     public var maxFrameBytes: Int
-    /// Registered workers by id, and their ids in registration order.
+    /// Registered workers by id (latest incarnation), and their ids in registration order.
     public private(set) var registrations: [String: Registration] = [:]
     public private(set) var workerIDs: [String] = []
     /// Time and bytes of every exchange so far.
     public var counters = TransportCounters()
-    /// Called for each newly registered worker.
+    /// Called for each newly registered worker (and each new incarnation of one).
     public var onRegistration: ((Registration) -> Void)?
+    /// Called when a worker is declared dead.
+    public var onLoss: ((WorkerLoss) -> Void)?
+    /// Called with a refusal message (e.g. a duplicate worker id).
+    public var onRefusal: ((String) -> Void)?
+    /// Seconds between beats; a worker silent for `heartbeatLiveness` intervals is dead.
+    public var heartbeatInterval: Double = 0.25
+    public var heartbeatLiveness: Int = 3
+    /// Workers whose process is known to have exited (set by `LocalCluster`): checked while waiting.
+    public var childWatch: (() -> [(worker: String, reason: String)])?
+    /// Request deadlines learned from measured exchange times.
+    public var deadlines = DeadlineEstimator()
+    /// The seam for a fault injector: consulted before each request is sent (off when nil).
+    public var faultHook: ((FaultPoint) -> FaultAction)?
+    /// The optimizer step in progress (for fault points and events).
+    public var currentStep = 0
+    /// Workers declared dead, with why; cleared when the worker registers again.
+    public private(set) var lost: [String: WorkerLoss] = [:]
+    /// Workers that registered (new, new incarnation, or back after being declared dead)
+    /// and are not yet used: the backend takes them at the next step boundary.
+    public private(set) var joined: [String] = []
+    /// Refusals sent so far (duplicate ids), newest last.
+    public private(set) var refusals: [String] = []
+
     private var nextRequestID: UInt64 = 1
+    private var routes: [String: String] = [:]          // worker id → routing id
+    private var workerByRoute: [String: String] = [:]   // routing id → worker id
+    private var lastHeard: [String: Double] = [:]
+    /// A second incarnation of a registered id, judged once the first has had a liveness window to speak.
+    private var contested: [String: (registration: Registration, since: Double)] = [:]
 
     /// Binds a ROUTER at `endpoint` (`tcp://127.0.0.1:*` picks a free port).
-    public init(bind endpoint: String, maxFrameBytes: Int = WireCodec.defaultMaxFrameBytes) throws {
+    public init(bind endpoint: String, maxFrameBytes: Int = WireCodec.defaultMaxFrameBytes,
+                heartbeatInterval: Double = 0.25, heartbeatLiveness: Int = 3) throws {
         do {
             context = try ZMQContext()
             socket = try Socket(context: context, type: .router)
             try socket.setRouterMandatory(true)
             try socket.setHighWaterMarks(send: 0, receive: 0)
+            try socket.setHeartbeat(interval: heartbeatInterval, timeout: heartbeatInterval * Double(max(1, heartbeatLiveness)))
             try socket.bind(endpoint)
             self.endpoint = try socket.lastEndpoint()
         } catch let e as ZMQError {
             throw ClusterError.transport(e.description)
         }
         self.maxFrameBytes = maxFrameBytes
+        self.heartbeatInterval = heartbeatInterval
+        self.heartbeatLiveness = heartbeatLiveness
         var rng = SystemRandomNumberGenerator()
-        session = rng.next()
+        session = rng.next() | 1
     }
 
     deinit { socket.close() }
 
-    /// Waits until `count` workers have registered; throws naming how many did
-    /// within `timeout` seconds. `check` runs between polls (e.g. to notice dead children).
+    /// Seconds of silence after which a worker is dead.
+    public var livenessWindow: Double { heartbeatInterval * Double(max(1, heartbeatLiveness)) }
+
+    /// Whether `worker` is registered, not declared dead, and heard from within the liveness window.
+    public func isAlive(_ worker: String) -> Bool {
+        guard registrations[worker] != nil, lost[worker] == nil, let t = lastHeard[worker] else { return false }
+        return monotonicSeconds() - t <= livenessWindow
+    }
+
+    /// Registered workers not declared dead, in registration order.
+    public var liveWorkerIDs: [String] { workerIDs.filter { lost[$0] == nil } }
+
+    /// Declares `worker` dead (idempotent): nothing more is sent to it until it registers again.
+    public func declareLost(_ worker: String, reason: String) {
+        guard registrations[worker] != nil, lost[worker] == nil else { return }
+        let now = monotonicSeconds()
+        let loss = WorkerLoss(worker: worker, reason: reason, silentSeconds: now - (lastHeard[worker] ?? now), declaredAt: now)
+        lost[worker] = loss
+        joined.removeAll { $0 == worker }
+        onLoss?(loss)
+    }
+
+    /// The backend took `worker` into service (or gave up on it): it is no longer waiting to join.
+    public func acceptJoin(_ worker: String) { joined.removeAll { $0 == worker } }
+
+    /// Waits until `count` workers are registered and answer a heartbeat; throws naming how
+    /// many did within `timeout` seconds. A worker that registered but died (its process
+    /// exited, or it stopped beating) is not counted; `check` runs between polls.
     public func waitForWorkers(count: Int, timeout: Double, check: () throws -> Void = {}) throws {
         let deadline = monotonicSeconds() + timeout
-        while workerIDs.count < count {
+        while true {
             try check()
+            try poll(timeout: 0.05)
+            let live = liveWorkerIDs.filter { isAlive($0) }
+            if live.count >= count {
+                // Registration counts only workers that answer.
+                let probe = Array(live.prefix(count))
+                let outcomes = try exchangeTolerant(probe.map { (worker: $0, message: WireMessage.heartbeat(sequence: 0, sentUnixNanos: unixNanoseconds())) },
+                                                    operation: "Heartbeat", timeout: max(1, livenessWindow * 2))
+                if outcomes.allSatisfy({ $0.message != nil }) {
+                    joined.removeAll { probe.contains($0) }
+                    return
+                }
+                continue
+            }
             let left = deadline - monotonicSeconds()
             guard left > 0 else {
-                throw ClusterError.timeout(operation: "registration (\(workerIDs.count) of \(count) registered: \(workerIDs.joined(separator: ", ")))",
+                let named = live.isEmpty ? "" : ": \(live.joined(separator: ", "))"
+                throw ClusterError.timeout(operation: "registration (\(live.count) of \(count) registered and answering\(named))",
                                            workers: ["<unregistered>"], seconds: timeout)
             }
-            _ = try receiveOne(timeout: min(left, 0.05), pending: [:])
         }
     }
 
-    /// Sends every request (at most one per worker matters for ordering only in
-    /// the reply list), then gathers all replies within `timeout` seconds.
-    /// Returns the replies in request order. Error replies become `ClusterError.remote`
-    /// (the first one in request order, after all replies arrived).
+    /// Receives and handles everything that arrives within `timeout` seconds
+    /// (registrations, beats), then checks children and contested ids.
+    public func poll(timeout: Double) throws {
+        let end = monotonicSeconds() + timeout
+        repeat {
+            _ = try receiveOne(timeout: max(0, min(end - monotonicSeconds(), heartbeatInterval / 2)), pending: [:])
+            checkChildren()
+            settleContested()
+        } while monotonicSeconds() < end
+    }
+
+    /// Sends every request, then gathers all replies. Returns the replies in request
+    /// order. Error replies become `ClusterError.remote` (the first one in request order,
+    /// after all replies arrived); a worker that misses the deadline, stops beating or
+    /// exits makes it throw (`.timeout` for the deadline, `.workerLost` otherwise).
     public func exchange(_ requests: [(worker: String, message: WireMessage)], operation: String,
                          timeout: Double, dtype: WireDType = .f32) throws -> [WireMessage] {
+        for r in requests where registrations[r.worker] == nil { throw ClusterError.unknownWorker(r.worker) }
+        let outcomes = try exchangeTolerant(requests, operation: operation, timeout: timeout, dtype: dtype)
+        var timedOut: [String] = []
+        for (i, o) in outcomes.enumerated() {
+            if case .lost(let reason) = o {
+                if reason.hasPrefix(Self.deadlineReason) { timedOut.append(requests[i].worker); continue }
+                throw ClusterError.workerLost(worker: requests[i].worker, operation: operation, reason: reason)
+            }
+        }
+        if !timedOut.isEmpty { throw ClusterError.timeout(operation: operation, workers: timedOut, seconds: timeout) }
+        for (i, o) in outcomes.enumerated() {
+            if case .error(let code, let message)? = o.message {
+                throw ClusterError.remote(worker: requests[i].worker, operation: operation, code: code, message: message)
+            }
+        }
+        return outcomes.map { $0.message! }
+    }
+
+    static let deadlineReason = "no reply within the deadline"
+
+    /// Sends every request to the workers not declared dead and gathers their replies
+    /// until each has answered or been declared dead (missed beats, exited process,
+    /// unreachable, or no reply within `timeout` seconds, default: the learned deadline
+    /// for `operation`). Never throws for a dead worker: its outcome is `.lost`.
+    public func exchangeTolerant(_ requests: [(worker: String, message: WireMessage)], operation: String,
+                                 phase: FaultPhase = .other, layer: Int? = nil,
+                                 timeout: Double? = nil, dtype: WireDType = .f32) throws -> [ExchangeOutcome] {
         if requests.isEmpty { return [] }
+        var outcomes = [ExchangeOutcome?](repeating: nil, count: requests.count)
         var pending: [UInt64: Int] = [:]
         var t0 = monotonicSeconds()
         for (i, r) in requests.enumerated() {
-            guard registrations[r.worker] != nil else { throw ClusterError.unknownWorker(r.worker) }
+            guard registrations[r.worker] != nil, let route = routes[r.worker] else {
+                outcomes[i] = .lost("not registered"); continue
+            }
+            if let l = lost[r.worker] { outcomes[i] = .lost(l.reason); continue }
             let id = nextRequestID
             nextRequestID += 1
+            let action = faultHook?(FaultPoint(step: currentStep, phase: phase, layer: layer, worker: r.worker, operation: operation)) ?? .none
+            pending[id] = i
+            if action == .drop { continue }
             let frame = WireCodec.encode(Envelope(requestID: id, sender: "coordinator", session: session, message: r.message),
                                          dtype: dtype)
+            if action == .corrupt, frame.count > 0, let p = frame.pointer { p.storeBytes(of: p.load(fromByteOffset: frame.count / 2, as: UInt8.self) ^ 0xA5, toByteOffset: frame.count / 2, as: UInt8.self) }
             counters.bytesSent += frame.count
             do {
-                try socket.send([Frame(r.worker), Frame(adoptingMalloced: frame.take(), count: frame.count)])
+                try socket.send([Frame(route), Frame(adoptingMalloced: frame.take(), count: frame.count)])
+            } catch let e as ZMQError where e.code == EHOSTUNREACH {
+                pending[id] = nil
+                lostUnreachable(r.worker)
+                outcomes[i] = .lost(lost[r.worker]?.reason ?? "unreachable")
             } catch let e as ZMQError {
                 throw ClusterError.transport("sending \(operation) to worker \(r.worker): \(e)")
             }
-            pending[id] = i
         }
         counters.requests += requests.count
         counters.encodeSeconds += monotonicSeconds() - t0
         t0 = monotonicSeconds()
-        var replies = [WireMessage?](repeating: nil, count: requests.count)
-        let deadline = t0 + timeout
+        let limit = timeout ?? deadlines.deadline(for: operation)
+        let deadline = t0 + limit
         var decodeSeconds = 0.0
         let waitStart = t0
         defer {
             counters.waitSeconds += monotonicSeconds() - waitStart - decodeSeconds
             counters.decodeSeconds += decodeSeconds
         }
+        var nextBeat = t0 + heartbeatInterval
         while !pending.isEmpty {
-            let left = deadline - monotonicSeconds()
-            guard left > 0 else {
-                let missing = pending.values.sorted().map { requests[$0].worker }
-                throw ClusterError.timeout(operation: operation, workers: missing, seconds: timeout)
+            let now = monotonicSeconds()
+            if now >= deadline {
+                for (_, i) in pending {
+                    let reason = "\(Self.deadlineReason) (\(decimal(limit, 2)) s for \(operation))"
+                    declareLost(requests[i].worker, reason: reason)
+                    outcomes[i] = .lost(reason)
+                }
+                pending.removeAll()
+                break
             }
-            guard let (id, worker, message, seconds) = try receiveOne(timeout: left, pending: pending) else { continue }
-            decodeSeconds += seconds
-            let i = pending[id]!
-            guard worker == requests[i].worker else {
-                throw ClusterError.unexpectedReply(worker: worker, operation: operation,
-                                                   detail: "reply to request \(id), which was sent to \(requests[i].worker)")
+            if let (id, worker, message, seconds) = try receiveOne(timeout: min(deadline - now, heartbeatInterval / 2), pending: pending) {
+                decodeSeconds += seconds
+                let i = pending[id]!
+                guard worker == requests[i].worker else {
+                    throw ClusterError.unexpectedReply(worker: worker, operation: operation,
+                                                       detail: "reply to request \(id), which was sent to \(requests[i].worker)")
+                }
+                pending[id] = nil
+                outcomes[i] = .reply(message)
             }
-            pending[id] = nil
-            replies[i] = message
+            // Liveness both ways: beat to the workers we wait on; a silent or exited one is dead.
+            checkChildren()
+            let t = monotonicSeconds()
+            let waitingOn = Set(pending.values.map { requests[$0].worker })
+            if t >= nextBeat {
+                nextBeat = t + heartbeatInterval
+                for w in waitingOn { sendBeat(to: w) }
+            }
+            for w in waitingOn where lost[w] == nil {
+                if let h = lastHeard[w], t - h > livenessWindow {
+                    declareLost(w, reason: "missed \(heartbeatLiveness) heartbeats (silent for \(decimal(t - h, 2)) s)")
+                }
+            }
+            for (id, i) in pending where lost[requests[i].worker] != nil {
+                outcomes[i] = .lost(lost[requests[i].worker]!.reason)
+                pending[id] = nil
+            }
         }
-        for (i, r) in replies.enumerated() {
-            if case .error(let code, let message)? = r {
-                throw ClusterError.remote(worker: requests[i].worker, operation: operation, code: code, message: message)
-            }
-        }
-        return replies.map { $0! }
+        if outcomes.allSatisfy({ $0?.message != nil }) { deadlines.record(operation, seconds: monotonicSeconds() - t0) }
+        return outcomes.map { $0! }
     }
 
-    /// Receives one frame: registrations are recorded; replies to `pending` ids
-    /// are returned with their decode time; anything else is dropped.
+    private func sendBeat(to worker: String) {
+        guard let route = routes[worker] else { return }
+        let f = WireCodec.encode(Envelope(requestID: 0, sender: "coordinator", session: session,
+                                          message: .heartbeat(sequence: 0, sentUnixNanos: unixNanoseconds())))
+        do {
+            try socket.send([Frame(route), Frame(adoptingMalloced: f.take(), count: f.count)], dontWait: true)
+        } catch let e as ZMQError where e.code == EHOSTUNREACH {
+            lostUnreachable(worker)
+        } catch {}
+    }
+
+    /// A worker whose connection is gone: when it is a child that exited, its exit status
+    /// (seen within a few milliseconds) is the better reason.
+    private func lostUnreachable(_ worker: String) {
+        if childWatch != nil {
+            for _ in 0..<10 {
+                checkChildren()
+                if lost[worker] != nil { return }
+                usleep(5_000)
+            }
+        }
+        declareLost(worker, reason: "unreachable (connection gone)")
+    }
+
+    private func checkChildren() {
+        guard let watch = childWatch else { return }
+        for (w, reason) in watch() { declareLost(w, reason: reason) }
+    }
+
+    /// Decides contested ids: the old incarnation still beating → the newcomer is refused
+    /// by name; the old one silent for a liveness window → the newcomer replaces it.
+    private func settleContested() {
+        let now = monotonicSeconds()
+        for (id, c) in contested {
+            guard let old = registrations[id] else { contested[id] = nil; continue }
+            let oldAlive = lost[id] == nil && (lastHeard[id].map { now - $0 <= livenessWindow } ?? false)
+            if !oldAlive {
+                contested[id] = nil
+                declareLost(id, reason: "replaced by a new incarnation (pid \(c.registration.pid))")
+                admit(c.registration)
+            } else if now - c.since > livenessWindow {
+                contested[id] = nil
+                let m = "worker id \(id) is already used by a live worker (pid \(old.pid) on \(old.hostname)); "
+                    + "this one (pid \(c.registration.pid) on \(c.registration.hostname)) was refused: give each worker its own --id"
+                refusals.append(m)
+                onRefusal?(m)
+                let f = WireCodec.encode(Envelope(requestID: 0, sender: "coordinator", session: session,
+                                                  message: .error(code: .duplicateWorkerID, message: m)))
+                try? socket.send([Frame(c.registration.routingID), Frame(adoptingMalloced: f.take(), count: f.count)], dontWait: true)
+            }
+        }
+    }
+
+    private func admit(_ r: Registration) {
+        let id = r.workerID
+        let isNew = registrations[id] == nil
+        if let old = routes[id] { workerByRoute[old] = nil }
+        routes[id] = r.routingID
+        workerByRoute[r.routingID] = id
+        let changed = registrations[id]?.incarnation != r.incarnation
+        registrations[id] = r
+        lastHeard[id] = monotonicSeconds()
+        if isNew { workerIDs.append(id) }
+        let wasLost = lost[id] != nil
+        lost[id] = nil
+        if isNew || changed || wasLost {
+            if !joined.contains(id) { joined.append(id) }
+            onRegistration?(r)
+        }
+    }
+
+    /// Receives one frame: registrations and beats are recorded; replies to `pending`
+    /// ids are returned with their decode time; anything else is dropped.
     private func receiveOne(timeout: Double, pending: [UInt64: Int]) throws -> (UInt64, String, WireMessage, Double)? {
         let frames: [Frame]
         do {
@@ -141,38 +382,42 @@ public final class ClusterCoordinator {
             throw ClusterError.transport("receive: \(e)")
         }
         guard frames.count == 2 else { return nil }  // not a thor worker
-        let worker = frames[0].string
+        let route = frames[0].string
         counters.bytesReceived += frames[1].count
         let t0 = monotonicSeconds()
         guard let envelope = try? frames[1].withUnsafeBytes({ try WireCodec.decode($0, maxFrameBytes: maxFrameBytes) }) else { return nil }
         let seconds = monotonicSeconds() - t0
         if case .register(let r) = envelope.message {
-            guard r.workerID == worker else { return nil }
-            if registrations[worker] == nil {
-                workerIDs.append(worker)
-                registrations[worker] = r
-                onRegistration?(r)
+            guard r.routingID == route, !r.workerID.isEmpty else { return nil }
+            if let old = registrations[r.workerID], old.incarnation != r.incarnation, lost[r.workerID] == nil {
+                if contested[r.workerID] == nil { contested[r.workerID] = (r, monotonicSeconds()) }
+                settleContested()
+            } else if registrations[r.workerID]?.incarnation == r.incarnation, lost[r.workerID] == nil {
+                registrations[r.workerID] = r  // a reconnect of a worker in service
+                lastHeard[r.workerID] = monotonicSeconds()
             } else {
-                registrations[worker] = r
+                admit(r)
             }
             return nil
         }
-        guard pending[envelope.requestID] != nil else { return nil }  // stale or duplicate
+        guard let worker = workerByRoute[route] else { return nil }
+        lastHeard[worker] = monotonicSeconds()
+        guard envelope.requestID != 0, pending[envelope.requestID] != nil else { return nil }  // a beat, stale or duplicate
         return (envelope.requestID, worker, envelope.message, seconds)
     }
 
-    /// Sends a Heartbeat to every registered worker at once and waits for all echoes;
+    /// Sends a Heartbeat to every live registered worker at once and waits for all echoes;
     /// returns, per worker, the seconds until all had answered (an upper bound on its
-    /// round trip). Throws `ClusterError.timeout` naming the workers that did not answer.
+    /// round trip). Throws naming the workers that did not answer.
     public func heartbeat(timeout: Double) throws -> [String: Double] {
         var result: [String: Double] = [:]
         let start = monotonicSeconds()
-        let ids = workerIDs
-        let replies = try exchange(ids.enumerated().map { (worker: $1, message: .heartbeat(sequence: UInt64($0), sentUnixNanos: unixNanoseconds())) },
+        let ids = liveWorkerIDs
+        let replies = try exchange(ids.enumerated().map { (worker: $1, message: .heartbeat(sequence: UInt64($0 + 1), sentUnixNanos: unixNanoseconds())) },
                                    operation: "Heartbeat", timeout: timeout)
         let elapsed = monotonicSeconds() - start
         for (i, (id, r)) in zip(ids, replies).enumerated() {
-            guard case .heartbeat(let seq, _) = r, seq == UInt64(i) else {
+            guard case .heartbeat(let seq, _) = r, seq == UInt64(i + 1) else {
                 throw ClusterError.unexpectedReply(worker: id, operation: "Heartbeat", detail: "got \(r.name)")
             }
             result[id] = elapsed
@@ -180,9 +425,42 @@ public final class ClusterCoordinator {
         return result
     }
 
-    /// Asks every registered worker to exit; waits up to `timeout` seconds for their Acks.
+    /// Asks every live registered worker to exit; waits up to `timeout` seconds for their Acks.
     public func shutdownWorkers(reason: String, timeout: Double = 2) {
-        let requests = workerIDs.map { (worker: $0, message: WireMessage.shutdown(reason: reason)) }
-        _ = try? exchange(requests, operation: "Shutdown", timeout: timeout)
+        let requests = liveWorkerIDs.map { (worker: $0, message: WireMessage.shutdown(reason: reason)) }
+        _ = try? exchangeTolerant(requests, operation: "Shutdown", timeout: timeout)
+    }
+}
+
+/// Request deadlines from measured exchange times: `max(floor, factor × p99)` of the
+/// last `window` successful exchanges of the same operation kind, `initial` until
+/// `minimumSamples` were seen. Liveness (heartbeats) catches dead and hung workers
+/// much sooner; the deadline catches a worker that beats but never answers.
+public struct DeadlineEstimator: Sendable {
+    public var initial: Double = 120
+    public var floor: Double = 5
+    public var factor: Double = 10
+    public var window = 128
+    public var minimumSamples = 8
+    private var samples: [String: [Double]] = [:]
+
+    public init() {}
+
+    /// The operation's kind: its name without layer or step numbers ("Forward layer 3" → "Forward").
+    static func kind(_ operation: String) -> String { String(operation.split(separator: " ").first ?? "") }
+
+    public mutating func record(_ operation: String, seconds: Double) {
+        let k = Self.kind(operation)
+        var s = samples[k, default: []]
+        s.append(seconds)
+        if s.count > window { s.removeFirst(s.count - window) }
+        samples[k] = s
+    }
+
+    public func deadline(for operation: String) -> Double {
+        guard let s = samples[Self.kind(operation)], s.count >= minimumSamples else { return initial }
+        let sorted = s.sorted()
+        let p99 = sorted[min(sorted.count - 1, Int((Double(sorted.count) * 0.99).rounded(.up)) - 1)]
+        return max(floor, factor * p99)
     }
 }

@@ -12,13 +12,15 @@ import Darwin
 public struct WorkerOptions: Sendable {
     /// The coordinator's ROUTER endpoint (`tcp://host:port` or `ipc://path`).
     public var endpoint: String
-    /// Routing id and name in logs; unique among the coordinator's workers.
+    /// Name in logs and registrations; unique among the coordinator's live workers.
     public var workerID: String
     /// Experts of one request computed concurrently (results do not depend on it).
     public var threads: Int = 1
     /// Exit when this process is no longer our parent (the coordinator that spawned us died).
     public var parentPID: Int32? = nil
     /// Exit after being disconnected from the coordinator this long (seconds; 0 = never).
+    /// Until then the worker keeps its experts and re-registers with whichever coordinator
+    /// session answers at the endpoint.
     public var orphanTimeout: Double = 30
     /// Frames above this many bytes get a `tooLarge` Error reply (10× above it, libzmq drops the connection).
     public var maxFrameBytes: Int = WireCodec.defaultMaxFrameBytes
@@ -26,6 +28,11 @@ public struct WorkerOptions: Sendable {
     public var limits = WorkerLimits()
     /// How often the loop checks signals, the parent and the connection (seconds).
     public var pollInterval: Double = 0.05
+    /// Seconds between the worker's liveness beats (sent also while it computes).
+    public var heartbeatInterval: Double = 0.25
+    /// Missed intervals after which the connection to the coordinator counts as dead
+    /// (ZMTP heartbeats at the transport: a hung coordinator looks like a disconnect).
+    public var heartbeatLiveness: Int = 3
     /// Log lines to stderr.
     public var verbose: Bool = false
 
@@ -43,6 +50,8 @@ public enum WorkerExit: Sendable, Equatable, CustomStringConvertible {
     case orphaned(seconds: Double)
     /// No connection was ever made within the orphan timeout.
     case neverConnected(endpoint: String, seconds: Double)
+    /// The coordinator refused this worker (e.g. its id is used by another live worker).
+    case refused(String)
 
     public var description: String {
         switch self {
@@ -52,28 +61,52 @@ public enum WorkerExit: Sendable, Equatable, CustomStringConvertible {
         case .orphaned(let s): return "disconnected from the coordinator for \(s) s"
         case .neverConnected(let e, let s):
             return "never connected to a coordinator at \(e) within \(s) s (is it running, and is the address right?)"
+        case .refused(let m): return "refused by the coordinator: \(m)"
         }
     }
+}
+
+/// What the I/O thread needs to know about the compute side (for Register), behind a lock.
+final class WorkerStatus: @unchecked Sendable {
+    private var mutex = pthread_mutex_t()
+    private var _session: UInt64 = 0
+    private var _committedStep = 0
+    private var _hosted: [ExpertKey] = []
+    private var _stop = false
+    init() { pthread_mutex_init(&mutex, nil) }
+    deinit { pthread_mutex_destroy(&mutex) }
+    func with<T>(_ body: (WorkerStatus) -> T) -> T {
+        pthread_mutex_lock(&mutex); defer { pthread_mutex_unlock(&mutex) }
+        return body(self)
+    }
+    var session: UInt64 { get { with { $0._session } } set { with { $0._session = newValue } } }
+    var committedStep: Int { get { with { $0._committedStep } } set { with { $0._committedStep = newValue } } }
+    var hosted: [ExpertKey] { get { with { $0._hosted } } set { with { $0._hosted = newValue } } }
+    var stop: Bool { get { with { $0._stop } } set { with { $0._stop = newValue } } }
 }
 
 /// An expert-worker process's engine: a DEALER connected to the coordinator's
 /// ROUTER, serving requests against an `ExpertHost` (same compute code as the
 /// in-process backend, hence the same bits).
 ///
-/// Every request gets exactly one reply (`Error` for anything bad, which changes
-/// no state). Use from one thread.
-public final class ExpertWorker {
+/// Two threads: the I/O thread owns the DEALER, answers heartbeats, sends a
+/// liveness beat every `heartbeatInterval` (so a busy worker stays alive and a
+/// stopped one falls silent) and watches the connection; the compute thread
+/// serves requests in arrival order (they reach it over an inproc PAIR).
+/// Every request gets exactly one reply (`Error` for anything bad, which changes no state).
+public final class ExpertWorker: @unchecked Sendable {
     public let options: WorkerOptions
-    /// The hosted experts; nil until the first Assign.
+    /// The hosted experts; nil until the first Assign. Touched only by the compute thread while running.
     public private(set) var host: ExpertHost?
     /// Random per process start.
     public let incarnation: UInt64
     private var placementEpoch: UInt64 = 0
+    let status = WorkerStatus()
 
     public init(options: WorkerOptions) {
         self.options = options
         var rng = SystemRandomNumberGenerator()
-        incarnation = rng.next()
+        incarnation = rng.next() | 1
     }
 
     private func log(_ s: String) {
@@ -83,32 +116,49 @@ public final class ExpertWorker {
     var registration: Registration {
         Registration(workerID: options.workerID, threads: options.threads,
                      capacityBytes: UInt64(max(0, options.limits.memoryBudgetBytes)), pid: Int(getpid()),
-                     hostname: currentHostname(), incarnation: incarnation, hosted: host?.keys ?? [])
+                     hostname: currentHostname(), incarnation: incarnation, hosted: status.hosted,
+                     session: status.session, committedStep: status.committedStep)
     }
 
     /// Connects, registers and serves until Shutdown, a termination signal, the
-    /// parent's death or a long disconnection.
+    /// parent's death, a long disconnection or a refusal.
     /// With `signals`, SIGTERM/SIGINT end the loop cleanly (`.signal`).
     public func run(signals: TerminationSignals? = nil) throws -> WorkerExit {
         try Endpoint.validate(options.endpoint)
         let context = try ZMQContext()
         let socket = try Socket(context: context, type: .dealer)
         defer { socket.close() }
-        try socket.setRoutingID(options.workerID)
+        try socket.setRoutingID(Registration.routingID(workerID: options.workerID, incarnation: incarnation))
         try socket.setHighWaterMarks(send: 0, receive: 0)
         try socket.setReconnectInterval(milliseconds: 100)
+        try socket.setHeartbeat(interval: options.heartbeatInterval,
+                                timeout: options.heartbeatInterval * Double(max(1, options.heartbeatLiveness)))
         let hardLimit = options.maxFrameBytes > Int.max / 10 ? -1 : Int64(options.maxFrameBytes) * 10
         try socket.setMaxMessageSize(hardLimit)
         let monitor = try socket.monitor(events: [.handshakeSucceeded, .disconnected])
         defer { monitor.close() }
+        // The compute thread's end of the request pipe.
+        let pipeEndpoint = "inproc://thor-worker-compute-\(incarnation)"
+        let pipe = try Socket(context: context, type: .pair)
+        defer { pipe.close() }
+        try pipe.setHighWaterMarks(send: 0, receive: 0)
+        try pipe.bind(pipeEndpoint)
+        let compute = startThread { [self] in self.serveRequests(context: context, endpoint: pipeEndpoint) }
+        defer {
+            status.stop = true
+            try? pipe.send([Frame()])  // wakes the compute thread
+            pthread_join(compute, nil)
+        }
         try socket.connect(options.endpoint)
         log("connecting to \(options.endpoint)")
         try send(Envelope(requestID: 0, sender: options.workerID, message: .register(registration)), on: socket)
 
-        var connected = false, everConnected = false, handshakes = 0
+        var connected = false, everConnected = false, handshakes = 0, beat: UInt64 = 0
         var disconnectedSince = monotonicSeconds()
+        var nextBeat = monotonicSeconds() + options.heartbeatInterval
         while true {
-            let ready = try Socket.poll([socket, monitor], timeout: options.pollInterval)
+            let wait = max(0, min(options.pollInterval, nextBeat - monotonicSeconds()))
+            let ready = try Socket.poll([socket, monitor, pipe], timeout: wait)
             if ready[1] {
                 while let event = try monitor.receiveEvent(timeout: 0) {
                     if event.kind.contains(.handshakeSucceeded) {
@@ -129,12 +179,23 @@ public final class ExpertWorker {
             }
             if ready[0] {
                 while let frames = try socket.receive(timeout: 0) {
-                    let (reply, exit) = handle(frames)
-                    if let reply { try socket.send([Frame(adoptingMalloced: reply.take(), count: reply.count)]) }
-                    if let exit {
+                    if let exit = try handleOnIOThread(frames, socket: socket, pipe: pipe) {
                         try? socket.setLinger(milliseconds: 1000)  // let the Ack go out
                         return exit
                     }
+                }
+            }
+            if ready[2] {
+                while let reply = try pipe.receive(timeout: 0) {
+                    if reply.count == 1, reply[0].count > 0 { try socket.send(reply) }
+                }
+            }
+            if monotonicSeconds() >= nextBeat {
+                nextBeat = monotonicSeconds() + options.heartbeatInterval
+                if connected {
+                    beat += 1
+                    try send(Envelope(requestID: 0, sender: options.workerID, session: status.session,
+                                      message: .heartbeat(sequence: beat, sentUnixNanos: unixNanoseconds())), on: socket)
                 }
             }
             if let s = signals?.received { return .signal(s) }
@@ -143,6 +204,39 @@ public final class ExpertWorker {
                 return everConnected ? .orphaned(seconds: options.orphanTimeout)
                                      : .neverConnected(endpoint: options.endpoint, seconds: options.orphanTimeout)
             }
+        }
+    }
+
+    /// Answers heartbeats, Shutdown and refusals at once (never queued behind compute);
+    /// hands every other message to the compute thread. Returns an exit reason to stop.
+    private func handleOnIOThread(_ frames: [Frame], socket: Socket, pipe: Socket) throws -> WorkerExit? {
+        if frames.count == 1, frames[0].count <= 512,
+           let e = try? frames[0].withUnsafeBytes({ try WireCodec.decode($0, maxFrameBytes: options.maxFrameBytes) }) {
+            switch e.message {
+            case .heartbeat, .shutdown, .error:
+                let (reply, exit) = handle(frames)
+                if let reply { try socket.send([Frame(adoptingMalloced: reply.take(), count: reply.count)]) }
+                return exit
+            default: break
+            }
+        }
+        // Not for us to answer here: queue it for the compute thread (zero-copy over inproc).
+        try pipe.send(frames)
+        return nil
+    }
+
+    /// The compute thread: receives requests over the inproc pipe and sends the replies back.
+    private func serveRequests(context: ZMQContext, endpoint: String) {
+        guard let pipe = try? Socket(context: context, type: .pair) else { return }
+        defer { pipe.close() }
+        try? pipe.setHighWaterMarks(send: 0, receive: 0)
+        guard (try? pipe.connect(endpoint)) != nil else { return }
+        while !status.stop {
+            guard let frames = try? pipe.receive(timeout: 0.2) else { continue }
+            if status.stop { return }
+            let (reply, _) = handle(frames)
+            let out = reply.map { Frame(adoptingMalloced: $0.take(), count: $0.count) } ?? Frame()
+            try? pipe.send([out])
         }
     }
 
@@ -171,11 +265,13 @@ public final class ExpertWorker {
             return (reply(0, .error(code: .internal, message: "\(error)")), nil)
         }
         let id = envelope.requestID
+        if envelope.session != 0, envelope.sender == "coordinator" { status.session = envelope.session }
         do {
             switch envelope.message {
             case .assign(let a):
                 try options.limits.check(a)
                 try assign(a)
+                status.hosted = host?.keys ?? []
                 return (reply(id, .ack), nil)
             case .forward(let layer, let training, let batches, let dtype):
                 try checkSize(batches, "Forward")
@@ -191,6 +287,7 @@ public final class ExpertWorker {
                 return (reply(id, .gradNormReport(try assigned().squaredGradientNorms())), nil)
             case .step(let lr, let clip, let step):
                 try assigned().step(learningRate: lr, clipScale: clip, step: step)
+                status.committedStep = step
                 return (reply(id, .ack), nil)
             case .zeroGradients:
                 try assigned().zeroGradients()
@@ -206,9 +303,14 @@ public final class ExpertWorker {
             case .importRequest(let state):
                 try options.limits.check(state)
                 try assigned().importState(state)
+                status.hosted = host?.keys ?? []
                 return (reply(id, .ack), nil)
             case .heartbeat(let seq, _):
+                // request id 0: a liveness beat, not a request.
+                if id == 0 { return (nil, nil) }
                 return (reply(id, .heartbeat(sequence: seq, sentUnixNanos: unixNanoseconds())), nil)
+            case .error(.duplicateWorkerID, let message):
+                return (nil, .refused(message))
             case .shutdown(let reason):
                 return (reply(id, .ack), .shutdown(reason: reason))
             case .register, .forwardReply, .backwardReply, .gradNormReport, .expertStates, .ack, .error:

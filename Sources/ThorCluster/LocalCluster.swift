@@ -23,21 +23,34 @@ public final class LocalCluster {
     public let coordinator: ClusterCoordinator
     /// Worker ids (`w0`, `w1`, …) in spawn order.
     public let workerIDs: [String]
-    /// Process ids of the workers, in `workerIDs` order (0 once reaped).
+    /// Process ids of the workers, in `workerIDs` order (0 once reaped and not restarted).
     public private(set) var processIDs: [pid_t]
     /// The `thor` executable the workers run.
     public let binary: String
+    /// Restart a worker whose process exits (a new incarnation that rejoins and receives
+    /// state), at most `restartBudget` times per worker within `restartWindow` seconds;
+    /// beyond that the worker is given up on with a clear message.
+    public var supervise = true
+    public var restartBudget = 3
+    public var restartWindow = 60.0
+    /// Restart and give-up events.
+    public var onEvent: ((ClusterEvent) -> Void)?
+    /// Workers given up on (too many exits), with the message.
+    public private(set) var givenUp: [String: String] = [:]
+    private var restarts: [String: [Double]] = [:]
+    private var stderrTails: [StderrTail?]
     private var temporaryDirectory: String?
     private var isShutDown = false
     private var processGroup: pid_t = 0
+    private let arguments: (String) -> [String]
 
-    /// Starts `workers` worker processes and waits until all registered.
+    /// Starts `workers` worker processes and waits until all registered and answer.
     /// - Parameters:
     ///   - binary: the `thor` executable; default `LocalCluster.locateThorBinary()`.
     ///   - extraArguments: appended to every `thor worker` command line.
     public init(workers: Int, transport: Transport = .ipc, threadsPerWorker: Int = 1,
                 binary: String? = nil, registrationTimeout: Double = 60,
-                extraArguments: [String] = []) throws {
+                extraArguments: [String] = [], heartbeatInterval: Double = 0.25, heartbeatLiveness: Int = 3) throws {
         guard workers >= 1 else { throw ClusterError.launch("need at least one worker, got \(workers)") }
         self.binary = try binary ?? LocalCluster.locateThorBinary()
         guard access(self.binary, X_OK) == 0 else { throw ClusterError.launch("\(self.binary) is not an executable") }
@@ -54,7 +67,7 @@ public final class LocalCluster {
             endpoint = "tcp://127.0.0.1:*"
         }
         do {
-            coordinator = try ClusterCoordinator(bind: endpoint)
+            coordinator = try ClusterCoordinator(bind: endpoint, heartbeatInterval: heartbeatInterval, heartbeatLiveness: heartbeatLiveness)
         } catch {
             if let tmp { rmdir(tmp) }
             throw error
@@ -62,16 +75,23 @@ public final class LocalCluster {
         temporaryDirectory = tmp
         workerIDs = (0..<workers).map { "w\($0)" }
         processIDs = []
+        stderrTails = []
+        let connect = coordinator.endpoint
+        arguments = { id in
+            ["worker", "--connect", connect, "--id", id, "--threads", String(threadsPerWorker), "--parent-pid", String(getpid()),
+             "--heartbeat-interval", String(heartbeatInterval), "--heartbeat-liveness", String(heartbeatLiveness)] + extraArguments
+        }
         do {
-            var group: pid_t = 0
             for id in workerIDs {
-                let args = ["worker", "--connect", coordinator.endpoint, "--id", id,
-                            "--threads", String(threadsPerWorker), "--parent-pid", String(getpid())] + extraArguments
-                let pid = try LocalCluster.spawn(self.binary, args, processGroup: group)
-                if group == 0 { group = pid; processGroup = pid }
+                let (pid, tail) = try LocalCluster.spawnCapturing(self.binary, arguments(id), processGroup: processGroup)
+                if processGroup == 0 { processGroup = pid }
                 processIDs.append(pid)
+                stderrTails.append(tail)
             }
-            try coordinator.waitForWorkers(count: workers, timeout: registrationTimeout) { try checkChildren() }
+            coordinator.childWatch = { [unowned self] in self.reapExited() }
+            try coordinator.waitForWorkers(count: workers, timeout: registrationTimeout) {
+                if let (w, m) = givenUp.first { throw ClusterError.launch("worker \(w) \(m)") }
+            }
         } catch {
             shutdown()
             throw error
@@ -80,15 +100,57 @@ public final class LocalCluster {
 
     deinit { shutdown() }
 
-    /// Throws when a worker process has exited (named, with its status).
+    /// Throws when a worker process has exited (named, with its status and last stderr lines).
     public func checkChildren() throws {
+        if let (w, reason) = reapExited().first { throw ClusterError.launch("worker \(w) \(reason)") }
+    }
+
+    /// Reaps every worker process that exited, returning (worker, why: exit status or
+    /// signal, and its last stderr lines), and restarts it when supervising within budget.
+    public func reapExited() -> [(worker: String, reason: String)] {
+        var result: [(worker: String, reason: String)] = []
         for (i, pid) in processIDs.enumerated() where pid > 0 {
             var status: Int32 = 0
-            if waitpid(pid, &status, WNOHANG) == pid {
-                processIDs[i] = 0
-                throw ClusterError.launch("worker \(workerIDs[i]) (pid \(pid)) exited: \(LocalCluster.describe(status: status))")
+            guard waitpid(pid, &status, WNOHANG) == pid else { continue }
+            processIDs[i] = 0
+            let id = workerIDs[i]
+            var reason = "(pid \(pid)) exited: \(LocalCluster.describe(status: status))"
+            if let lines = stderrTails[i]?.lines(waitingForEOF: 0.2), !lines.isEmpty {
+                reason += "; last stderr: " + lines.suffix(5).joined(separator: " | ")
             }
+            result.append((id, reason))
+            if supervise && !isShutDown { restart(i, after: reason) }
         }
+        return result
+    }
+
+    /// Starts a new incarnation of worker `i` unless its restart budget is spent.
+    private func restart(_ i: Int, after reason: String) {
+        let id = workerIDs[i]
+        let now = monotonicSeconds()
+        var recent = restarts[id, default: []].filter { now - $0 < restartWindow }
+        guard recent.count < restartBudget else {
+            let m = "exited \(recent.count + 1) times within \(decimal(restartWindow, 0)) s (restart budget \(restartBudget)); giving up on it. Last: \(reason)"
+            givenUp[id] = m
+            onEvent?(ClusterEvent(kind: .gaveUp, step: coordinator.currentStep, worker: id, reason: m))
+            return
+        }
+        recent.append(now)
+        restarts[id] = recent
+        do {
+            let (pid, tail) = try LocalCluster.spawnCapturing(binary, arguments(id), processGroup: processGroup)
+            processIDs[i] = pid
+            stderrTails[i] = tail
+            onEvent?(ClusterEvent(kind: .restarted, step: coordinator.currentStep, worker: id,
+                                  reason: "restarted as pid \(pid) (\(recent.count) of \(restartBudget) restarts) after it \(reason)"))
+        } catch {
+            givenUp[id] = "could not be restarted: \(error)"
+        }
+    }
+
+    /// The live worker process of `worker` (0 if none).
+    public func processID(of worker: String) -> pid_t {
+        workerIDs.firstIndex(of: worker).map { processIDs[$0] } ?? 0
     }
 
     /// Stops every worker and removes the ipc directory (idempotent).
@@ -96,6 +158,7 @@ public final class LocalCluster {
     public func shutdown() {
         if isShutDown { return }
         isShutDown = true
+        coordinator.childWatch = nil
         coordinator.shutdownWorkers(reason: "cluster shutting down", timeout: 1)
         reap(within: 1)
         signalAll(SIGTERM)
@@ -139,6 +202,34 @@ public final class LocalCluster {
     /// Starts `path args…` in process group `processGroup` (0: a new group led by the child),
     /// with default SIGTERM/SIGINT handling and an empty signal mask.
     public static func spawn(_ path: String, _ args: [String], processGroup: pid_t = 0) throws -> pid_t {
+        try spawn(path, args, processGroup: processGroup, stderrPipe: nil)
+    }
+
+    /// Like `spawn`, with the child's stderr going through a pipe: a thread copies it to
+    /// this process's stderr and keeps the last lines for the exit message.
+    static func spawnCapturing(_ path: String, _ args: [String], processGroup: pid_t) throws -> (pid_t, StderrTail?) {
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { return (try spawn(path, args, processGroup: processGroup, stderrPipe: nil), nil) }
+        let pid: pid_t
+        do {
+            pid = try spawn(path, args, processGroup: processGroup, stderrPipe: (fds[0], fds[1]))
+        } catch {
+            close(fds[0]); close(fds[1])
+            throw error
+        }
+        close(fds[1])
+        return (pid, StderrTail(fd: fds[0]))
+    }
+
+    static func spawn(_ path: String, _ args: [String], processGroup: pid_t, stderrPipe: (read: Int32, write: Int32)?) throws -> pid_t {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        if let p = stderrPipe {
+            posix_spawn_file_actions_adddup2(&actions, p.write, 2)
+            posix_spawn_file_actions_addclose(&actions, p.read)
+            posix_spawn_file_actions_addclose(&actions, p.write)
+        }
         var attr = posix_spawnattr_t()
         posix_spawnattr_init(&attr)
         defer { posix_spawnattr_destroy(&attr) }
@@ -157,7 +248,7 @@ public final class LocalCluster {
         let envp = environmentStrings()
         defer { for e in envp { free(e) } }
         var pid: pid_t = 0
-        let rc = posix_spawn(&pid, path, nil, &attr, argv, envp)
+        let rc = posix_spawn(&pid, path, &actions, &attr, argv, envp)
         guard rc == 0 else {
             throw ClusterError.launch("posix_spawn \(path): \(String(cString: strerror(rc)))")
         }
@@ -208,4 +299,58 @@ private func environmentStrings() -> [UnsafeMutablePointer<CChar>?] {
     }
     result.append(strdup("\(BLASCore.environmentVariable)=\(BLASCore.loaded)"))
     return result + [nil]
+}
+
+/// The read end of a child's stderr pipe: a thread copies every byte to our stderr and
+/// keeps the last lines (for "worker w1 exited: killed by signal 9; last stderr: …").
+final class StderrTail: @unchecked Sendable {
+    private var mutex = pthread_mutex_t()
+    private var tail: [String] = []
+    private var partial: [UInt8] = []
+    private var done = false
+    private let keep = 20
+
+    init(fd: Int32) {
+        pthread_mutex_init(&mutex, nil)
+        let reader = startThread { [self] in self.pump(fd) }
+        pthread_detach(reader)
+    }
+
+    private func pump(_ fd: Int32) {
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = read(fd, &buffer, buffer.count)
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            _ = buffer.withUnsafeBytes { write(2, $0.baseAddress, n) }
+            pthread_mutex_lock(&mutex)
+            for b in buffer[0..<n] {
+                if b == 10 { appendLine() } else { partial.append(b) }
+            }
+            pthread_mutex_unlock(&mutex)
+        }
+        close(fd)
+        pthread_mutex_lock(&mutex)
+        if !partial.isEmpty { appendLine() }
+        done = true
+        pthread_mutex_unlock(&mutex)
+    }
+
+    private func appendLine() {
+        tail.append(String(decoding: partial, as: UTF8.self))
+        partial.removeAll()
+        if tail.count > keep { tail.removeFirst(tail.count - keep) }
+    }
+
+    /// The last lines, after waiting up to `seconds` for the pipe to reach end of file.
+    func lines(waitingForEOF seconds: Double) -> [String] {
+        let end = monotonicSeconds() + seconds
+        while true {
+            pthread_mutex_lock(&mutex)
+            let (t, d) = (tail, done)
+            pthread_mutex_unlock(&mutex)
+            if d || monotonicSeconds() >= end { return t.filter { !$0.isEmpty } }
+            usleep(5_000)
+        }
+    }
 }

@@ -1,9 +1,14 @@
 import ThorExperts
 
 /// Where each routed expert lives: (layer, expert) → the workers hosting a copy,
-/// primary first. Deterministic: the same keys, workers and strategy always give
-/// the same placement. Replicas (several workers per key) are representable;
-/// today's backend sends each batch to the primary.
+/// primary first. Deterministic: the same keys, workers, hosts and strategy always give
+/// the same placement.
+///
+/// Replicas: the workers are put in a ring that alternates between nodes (hostnames)
+/// as long as it can; replica j of a key sits j positions after its primary. So no two
+/// replicas of a key share a worker, and — when at least R nodes remain in the ring's
+/// rotation — not a node either: every expert survives any R − 1 worker failures (and
+/// any R − 1 node failures when nodes are balanced). See docs/reliability.md.
 public struct Placement: Sendable, Equatable, CustomStringConvertible {
     /// How keys are spread over workers.
     public enum Strategy: String, Sendable, CaseIterable {
@@ -19,8 +24,10 @@ public struct Placement: Sendable, Equatable, CustomStringConvertible {
     public let hosts: [ExpertKey: [String]]
 
     /// Places `keys` over `workers` with `strategy`; replica j of a key sits on the
-    /// worker j positions after its primary.
-    public init(keys: [ExpertKey], workers: [String], strategy: Strategy, replicas: Int = 1) throws {
+    /// worker j positions after its primary in the node-alternating ring (`hostnames`:
+    /// worker → node; workers without one count as a node each).
+    public init(keys: [ExpertKey], workers: [String], strategy: Strategy, replicas: Int = 1,
+                hostnames: [String: String] = [:]) throws {
         guard !workers.isEmpty else { throw ClusterError.placement("no workers to place \(keys.count) experts on") }
         guard Set(workers).count == workers.count else { throw ClusterError.placement("duplicate worker ids in \(workers)") }
         guard replicas >= 1, replicas <= workers.count else {
@@ -28,13 +35,36 @@ public struct Placement: Sendable, Equatable, CustomStringConvertible {
         }
         let sorted = Array(Set(keys)).sorted()
         let n = sorted.count, w = workers.count
+        let ring = Placement.nodeAlternating(workers, hostnames: hostnames)
         var hosts: [ExpertKey: [String]] = [:]
         for (i, k) in sorted.enumerated() {
             let primary = strategy == .roundRobin ? i % w : i * w / max(n, 1)
-            hosts[k] = (0..<replicas).map { workers[(primary + $0) % w] }
+            hosts[k] = (0..<replicas).map { ring[(primary + $0) % w] }
         }
         self.workers = workers
         self.hosts = hosts
+    }
+
+    /// `workers` reordered so that consecutive ones (cyclically) are on different nodes where
+    /// possible: nodes in order of first appearance, taking one worker from each in turn.
+    /// With one node (or no hostnames) the order is unchanged.
+    public static func nodeAlternating(_ workers: [String], hostnames: [String: String]) -> [String] {
+        var nodes: [String] = [], members: [String: [String]] = [:]
+        for w in workers {
+            let node = hostnames[w] ?? "worker:" + w
+            if members[node] == nil { nodes.append(node) }
+            members[node, default: []].append(w)
+        }
+        if nodes.count <= 1 || nodes.count == workers.count { return workers }
+        // Largest node first so its workers are spread as thinly as possible.
+        let order = nodes.sorted { (members[$0]!.count, nodes.firstIndex(of: $1)!) > (members[$1]!.count, nodes.firstIndex(of: $0)!) }
+        var result: [String] = []
+        var round = 0
+        while result.count < workers.count {
+            for node in order where round < members[node]!.count { result.append(members[node]![round]) }
+            round += 1
+        }
+        return result
     }
 
     /// An explicit placement. Every host must be one of `workers`.

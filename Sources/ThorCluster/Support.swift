@@ -8,7 +8,7 @@ import Darwin
 #endif
 
 /// Seconds on the monotonic clock (`MonotonicClock`, the one clock of every timing).
-@inline(__always) func monotonicSeconds() -> Double { MonotonicClock.seconds() }
+@inline(__always) public func monotonicSeconds() -> Double { MonotonicClock.seconds() }
 
 /// Nanoseconds since the Unix epoch: a timestamp carried in Heartbeat messages, never used to time anything.
 func unixNanoseconds() -> UInt64 {
@@ -40,6 +40,10 @@ public enum ClusterError: Error, CustomStringConvertible, Equatable {
     case launch(String)
     /// A transport failure (socket, bind, send).
     case transport(String)
+    /// A worker was declared dead while `operation` waited for it.
+    case workerLost(worker: String, operation: String, reason: String)
+    /// Experts with no live replica left (every worker hosting them was lost).
+    case expertsLost(keys: [ExpertKey], workers: [String], step: Int)
 
     public var description: String {
         switch self {
@@ -51,6 +55,10 @@ public enum ClusterError: Error, CustomStringConvertible, Equatable {
         case .placement(let s): return "placement: \(s)"
         case .launch(let s): return "launch: \(s)"
         case .transport(let s): return "transport: \(s)"
+        case .workerLost(let w, let op, let r): return "worker \(w) was lost during \(op): \(r)"
+        case .expertsLost(let ks, let ws, let step):
+            return "no replica left of \(ks.count) expert\(ks.count == 1 ? "" : "s") (\(ks.map(\.description).joined(separator: " "))) "
+                + "at step \(step): every worker hosting them was lost (\(ws.joined(separator: ", ")))"
         }
     }
 }
@@ -71,4 +79,33 @@ extension ExpertBackendError {
 func writeStandardError(_ line: String) {
     var s = line + "\n"
     s.withUTF8 { buf in _ = write(2, buf.baseAddress, buf.count) }
+}
+
+/// Holds a thread's body across `pthread_create`.
+private final class ThreadBody {
+    let run: () -> Void
+    init(_ run: @escaping () -> Void) { self.run = run }
+}
+
+/// Starts a joinable thread running `body`.
+func startThread(_ body: @escaping () -> Void) -> pthread_t {
+    let box = Unmanaged.passRetained(ThreadBody(body)).toOpaque()
+    var thread = pthread_t()
+    let rc = pthread_create(&thread, nil, { raw in
+        Unmanaged<ThreadBody>.fromOpaque(raw!).takeRetainedValue().run()
+        return nil
+    }, box)
+    precondition(rc == 0, "pthread_create failed: \(rc)")
+    return thread
+}
+
+/// `x` with `digits` decimals (no Foundation in this module).
+func decimal(_ x: Double, _ digits: Int = 3) -> String {
+    guard x.isFinite else { return "\(x)" }
+    var scale = 1
+    for _ in 0..<digits { scale *= 10 }
+    let n = Int((abs(x) * Double(scale)).rounded())
+    let frac = String(n % scale)
+    let sign = x < 0 && n > 0 ? "-" : ""
+    return digits == 0 ? "\(sign)\(n)" : "\(sign)\(n / scale)." + String(repeating: "0", count: digits - frac.count) + frac
 }

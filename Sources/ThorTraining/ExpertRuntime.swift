@@ -3,19 +3,42 @@ import ThorCluster
 import ThorExperts
 
 /// Where a run's routed experts live: this process, or a local cluster of
-/// expert-worker processes that this object starts and stops.
+/// expert-worker processes that this object starts, supervises and stops, or
+/// workers started elsewhere.
 public final class ExpertRuntime {
     public let backend: ExpertBackend
     /// The worker processes, when this object started them.
     public let cluster: LocalCluster?
     /// The coordinator socket serving externally started workers (`thor worker --connect`).
     public let coordinator: ClusterCoordinator?
+    /// Cluster events (fail-over, rejoin, restarts); set before training starts.
+    public var onEvent: ((ClusterEvent) -> Void)? {
+        didSet {
+            remote?.onEvent = onEvent
+            cluster?.onEvent = onEvent
+        }
+    }
+
+    /// The distributed backend (nil for in-process experts).
+    public var remote: RemoteExpertBackend? { backend as? RemoteExpertBackend }
+
+    /// How the cluster watches its workers.
+    public struct Liveness: Sendable {
+        /// Seconds between heartbeats (both ways).
+        public var heartbeatInterval = 0.25
+        /// Missed heartbeats after which a worker is dead.
+        public var heartbeatLiveness = 3
+        /// Restarts of a crashing local worker within a minute before it is given up on.
+        public var restartBudget = 3
+        public init() {}
+    }
 
     /// `workers` = 0: experts in this process (`threads` of them computed at once);
-    /// otherwise starts `workers` `thor worker` processes and places the experts on them.
+    /// otherwise starts `workers` `thor worker` processes and places every expert on
+    /// `replicas` of them (default: `cluster.replicas`, automatic 2 when there are ≥ 2 workers).
     public init(configuration: ThorConfiguration, workers: Int, threads: Int,
                 transport: LocalCluster.Transport = .ipc, placement strategy: Placement.Strategy = .roundRobin,
-                binary: String? = nil) throws {
+                binary: String? = nil, replicas: Int? = nil, liveness: Liveness = Liveness()) throws {
         let spec = TranslationModel.expertSpec(for: configuration)
         let keys = TranslationModel.expertKeys(for: configuration)
         coordinator = nil
@@ -23,9 +46,12 @@ public final class ExpertRuntime {
             backend = InProcessExpertBackend(spec: spec, keys: keys, threads: threads)
             cluster = nil
         } else {
-            let c = try LocalCluster(workers: workers, transport: transport, threadsPerWorker: threads, binary: binary)
+            let c = try LocalCluster(workers: workers, transport: transport, threadsPerWorker: threads, binary: binary,
+                                     heartbeatInterval: liveness.heartbeatInterval, heartbeatLiveness: liveness.heartbeatLiveness)
+            c.restartBudget = liveness.restartBudget
             do {
-                let placement = try Placement(keys: keys, workers: c.workerIDs, strategy: strategy)
+                let r = Self.replicas(replicas, configuration: configuration, workers: workers)
+                let placement = try Placement(keys: keys, workers: c.workerIDs, strategy: strategy, replicas: r)
                 backend = try RemoteExpertBackend(coordinator: c.coordinator, spec: spec, placement: placement)
             } catch {
                 c.shutdown()
@@ -37,20 +63,33 @@ public final class ExpertRuntime {
 
     /// Binds `endpoint` (e.g. `tcp://0.0.0.0:5555`) and waits up to `timeout` seconds for
     /// `workers` workers started elsewhere with `thor worker --connect …` (several machines).
+    /// Workers beyond that number are spares: they take the place of lost ones.
     public init(configuration: ThorConfiguration, externalWorkers workers: Int, bind endpoint: String,
                 timeout: Double, placement strategy: Placement.Strategy = .roundRobin,
+                replicas: Int? = nil, liveness: Liveness = Liveness(),
                 onRegistration: ((String) -> Void)? = nil) throws {
         let spec = TranslationModel.expertSpec(for: configuration)
         let keys = TranslationModel.expertKeys(for: configuration)
-        let c = try ClusterCoordinator(bind: endpoint)
+        let c = try ClusterCoordinator(bind: endpoint, heartbeatInterval: liveness.heartbeatInterval,
+                                       heartbeatLiveness: liveness.heartbeatLiveness)
+        c.onRefusal = { onRegistration?("refused a worker: \($0)") }
         onRegistration?("waiting for \(workers) workers at \(c.endpoint) (run `thor worker --connect \(c.endpoint)` on each node)")
         try c.waitForWorkers(count: workers, timeout: timeout)
-        let ids = Array(c.workerIDs.prefix(workers)).sorted()
+        let ids = Array(c.liveWorkerIDs.filter { c.isAlive($0) }.prefix(workers)).sorted()
         onRegistration?("registered: \(ids.joined(separator: ", "))")
-        let placement = try Placement(keys: keys, workers: ids, strategy: strategy)
+        let hostnames = Dictionary(uniqueKeysWithValues: ids.map { ($0, c.registrations[$0]!.hostname) })
+        let r = Self.replicas(replicas, configuration: configuration, workers: workers)
+        let placement = try Placement(keys: keys, workers: ids, strategy: strategy, replicas: r, hostnames: hostnames)
         backend = try RemoteExpertBackend(coordinator: c, spec: spec, placement: placement)
         coordinator = c
         cluster = nil
+    }
+
+    static func replicas(_ explicit: Int?, configuration: ThorConfiguration, workers: Int) -> Int {
+        var t = configuration.cluster
+        t.workers = workers
+        if let explicit { t.replicas = explicit }
+        return min(max(1, t.effectiveReplicas), workers)
     }
 
     /// Stops the worker processes (if any; external workers are sent Shutdown). Also done on deinit.

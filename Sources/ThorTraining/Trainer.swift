@@ -1,7 +1,9 @@
 import Foundation
 import ThorTensor
+import ThorExperts
 import ThorModel
 import ThorData
+import ThorCluster
 
 /// Figures of one optimizer step.
 public struct StepResult: Sendable {
@@ -67,10 +69,67 @@ public final class Trainer {
         return "every weight is finite: the forward pass overflowed"
     }
 
-    /// One optimizer step on the next training batch.
+    /// Decides what happens when a step fails because experts were lost (every replica
+    /// gone): it runs after the step was rolled back and either makes the experts available
+    /// again (the step is then redone, or the run continues from a restored state) or throws.
+    /// nil: the error ends the step (no redo).
+    public var expertLossHandler: ((_ error: ClusterError, _ duringCommit: Bool, _ trainer: Trainer) throws -> Void)?
+
+    /// One optimizer step on the next training batch. A step is a transaction: when experts
+    /// are lost before it commits, nothing of it is kept — the coordinator's gradients and the
+    /// experts' gradients and kept activations are dropped, the data position and the dropout
+    /// generator are put back — and, with an `expertLossHandler`, it is redone.
     @discardableResult
     public func trainStep() throws -> StepResult {
-        try trainStep(on: batches.next())
+        while true {
+            let position = batches.position
+            let dropout = model.transformer.dropoutState
+            let batch = batches.next()
+            committing = false
+            do {
+                return try trainStep(on: batch)
+            } catch let e as ClusterError {
+                guard case .expertsLost = e, let handler = expertLossHandler else { throw e }
+                let duringCommit = committing
+                model.transformer.zeroGradients()
+                try? model.backend.zeroGradients()
+                try batches.restore(position)
+                model.transformer.dropoutState = dropout
+                try handler(e, duringCommit, self)
+            }
+        }
+    }
+
+    private var committing = false
+
+    /// Puts the whole run back to `checkpoint` (weights, moments, data position, RNG, step).
+    public func restore(from checkpoint: RunCheckpoint) throws {
+        try checkpoint.restore(into: model)
+        do { try batches.restore(checkpoint.state.dataPosition) } catch {
+            throw TrainingError.checkpoint("\(checkpoint.directory): \(error)")
+        }
+        step = checkpoint.state.step
+    }
+
+    /// The run's state in memory (coordinator and expert tensors, data position, RNG, step):
+    /// what `--on-expert-loss restore` returns to before the first checkpoint exists.
+    public func snapshot() throws -> TrainerSnapshot {
+        var coordinator: [Tensor] = []
+        for p in model.parameters { coordinator += [Tensor(copying: p.value), Tensor(copying: p.m), Tensor(copying: p.v)] }
+        return TrainerSnapshot(state: state, coordinator: coordinator, experts: try model.backend.exportState())
+    }
+
+    /// Puts the run back to `snapshot`.
+    public func restore(from snapshot: TrainerSnapshot) throws {
+        try model.backend.importState(snapshot.experts)
+        var i = 0
+        for p in model.parameters {
+            p.value.copy(from: snapshot.coordinator[i]); p.m.copy(from: snapshot.coordinator[i + 1]); p.v.copy(from: snapshot.coordinator[i + 2])
+            i += 3
+        }
+        model.transformer.dropoutState = snapshot.state.dropoutState
+        try batches.restore(snapshot.state.dataPosition)
+        step = snapshot.state.step
     }
 
     /// One optimizer step on `batch`.
@@ -104,13 +163,25 @@ public final class Trainer {
         let clip = Adam.clipScale(squaredNorm: squared, maxNorm: t.clipNorm)
         let next = step + 1
         let lr = Adam.inverseSquareRootRate(peak: t.learningRate, warmup: t.warmupSteps, step: next)
+        // The experts' optimizer step is the commit point; the coordinator's own Adam runs
+        // after it, so a step that fails before committing leaves the coordinator untouched.
+        committing = true
+        try model.backend.step(learningRate: lr, clipScale: clip, step: next)
+        committing = false
         for p in model.parameters {
             Adam.update(p, learningRate: lr, clipScale: clip, step: next, settings: t.adam)
         }
-        try model.backend.step(learningRate: lr, clipScale: clip, step: next)
         step = next
         let tokens = Int(batch.sourceMask.reduce(0, +) + batch.targetMask.reduce(0, +))
         return StepResult(step: next, loss: total, translationLoss: Double(ce.loss), auxiliary: aux,
                           gradientNorm: squared.squareRoot(), learningRate: lr, clipScale: clip, tokens: tokens)
     }
+}
+
+/// A run's state held in memory (see `Trainer.snapshot()`).
+public struct TrainerSnapshot {
+    public var state: TrainingState
+    /// Every coordinator parameter's value, Adam m and v, in `model.parameters` order.
+    var coordinator: [Tensor]
+    public var experts: [ExpertKey: [String: Tensor]]
 }

@@ -30,6 +30,8 @@ public final class TrainingRun {
         public var registrationTimeout: Double = 300
         /// Run the final test evaluation.
         public var evaluateAtEnd = true
+        /// Heartbeats and the local supervisor's restart budget.
+        public var liveness = ExpertRuntime.Liveness()
         public init(configuration: ThorConfiguration) { self.configuration = configuration }
     }
 
@@ -79,6 +81,7 @@ public final class TrainingRun {
     public func run() throws -> Summary {
         let session = try prepare()
         defer { session.runtime.shutdown() }
+        try installFaultHandling(session)
         let signals = TerminationSignals()
         session.model.moe.startCollectingStatistics()
         while session.trainer.step < session.training.maxSteps {
@@ -113,6 +116,8 @@ public final class TrainingRun {
         var tokensPerSecond: Double?
         var expertsPerToken: Double?
         var interrupted = false
+        /// The policy for experts with no replica left (kept alive for the run).
+        var recovery: ExpertLossRecovery?
 
         struct Window {
             var tokens = 0, loss = 0.0, steps = 0
@@ -172,14 +177,16 @@ public final class TrainingRun {
         if let bind = options.bind {
             let runtime = try ExpertRuntime(configuration: configuration, externalWorkers: max(1, cluster.workers), bind: bind,
                                             timeout: options.registrationTimeout, placement: options.placement,
-                                            onRegistration: info)
-            info("cluster: coordinator + \(cluster.workers) external expert workers")
+                                            liveness: options.liveness, onRegistration: info)
+            info("cluster: coordinator + \(cluster.workers) external expert workers, "
+                 + "\(runtime.remote?.replicas ?? 1) replicas per expert, on expert loss: \(cluster.onExpertLoss.rawValue)")
             return runtime
         }
         let runtime = try ExpertRuntime(configuration: configuration, workers: cluster.workers, threads: cluster.expertThreads,
-                                        transport: options.transport, placement: options.placement)
+                                        transport: options.transport, placement: options.placement, liveness: options.liveness)
         if let c = runtime.cluster {
-            info("cluster: coordinator + \(c.workerIDs.count) expert workers at \(c.coordinator.endpoint)")
+            info("cluster: coordinator + \(c.workerIDs.count) expert workers at \(c.coordinator.endpoint), "
+                 + "\(runtime.remote?.replicas ?? 1) replicas per expert, on expert loss: \(cluster.onExpertLoss.rawValue)")
         } else {
             info("experts run in this process (cluster.workers = 0)")
         }
@@ -235,6 +242,29 @@ public final class TrainingRun {
         s.window = Session.Window()
     }
 
+    /// Fail-over, rejoin and restore events: one line on stderr and one record in metrics.jsonl;
+    /// and the policy for experts with no replica left (`cluster.on_expert_loss`).
+    func installFaultHandling(_ s: Session) throws {
+        let recovery = try ExpertLossRecovery(policy: s.configuration.cluster.onExpertLoss, runtime: s.runtime,
+                                              trainer: s.trainer,
+                                              lastCheckpoint: { [weak s, options] in s?.lastCheckpoint ?? options.resume },
+                                              say: info)
+        recovery.install(on: s.trainer)
+        let logEvent: (ClusterEvent) -> Void = { [weak s, info] e in
+            info("\nthor: \(e)")
+            var rec: [String: Any] = ["split": "event", "event": e.kind.rawValue, "step": e.step, "worker": e.worker,
+                                      "reason": e.reason]
+            if !e.moved.isEmpty { rec["moved"] = Dictionary(uniqueKeysWithValues: e.moved.map { ($0.key.description, $0.value) }) }
+            if !e.lostExperts.isEmpty { rec["lost_experts"] = e.lostExperts.map(\.description) }
+            if let d = e.detectionSeconds { rec["detection_s"] = d }
+            if let r = e.recoverySeconds { rec[e.kind == .rejoined ? "rejoin_s" : "recovery_s"] = r }
+            try? s?.metrics?.write(rec)
+        }
+        s.runtime.onEvent = logEvent
+        recovery.onEvent = logEvent
+        s.recovery = recovery
+    }
+
     /// BLEU, loss, experts per token and task accuracy on (a spread of) the dev set.
     func evaluateOnDev(_ s: Session) throws {
         let dev = try Evaluator.evaluate(s.model, tokenizer: s.data.tokenizer, corpus: s.data.dev, pairs: s.data.devPairs,
@@ -256,9 +286,12 @@ public final class TrainingRun {
         let fm = FileManager.default
         let path = dir + "/checkpoint-\(s.trainer.step)"
         try s.trainer.saveCheckpoint(to: path)
-        let link = dir + "/checkpoint-last"
-        try? fm.removeItem(atPath: link)
-        try fm.createSymbolicLink(atPath: link, withDestinationPath: "checkpoint-\(s.trainer.step)")
+        // Replace the link atomically (a new link renamed over it): a kill at any moment
+        // leaves checkpoint-last pointing at a complete checkpoint.
+        let link = dir + "/checkpoint-last", tmpLink = link + ".new"
+        try? fm.removeItem(atPath: tmpLink)
+        try fm.createSymbolicLink(atPath: tmpLink, withDestinationPath: "checkpoint-\(s.trainer.step)")
+        guard rename(tmpLink, link) == 0 else { throw TrainingError.checkpoint("cannot update \(link): errno \(errno)") }
         s.lastCheckpoint = path
     }
 

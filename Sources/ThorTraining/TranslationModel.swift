@@ -64,6 +64,8 @@ public enum TrainingError: Error, CustomStringConvertible, Equatable {
     case nonFinite(step: Int, quantity: String, tensor: String)
     /// A save directory that cannot take this run.
     case runDirectory(String)
+    /// Experts with no replica left, and the policy said stop (or waiting/restoring failed).
+    case expertsLost(String)
 
     public var description: String {
         switch self {
@@ -74,6 +76,7 @@ public enum TrainingError: Error, CustomStringConvertible, Equatable {
         case .nonFinite(let s, let q, let t):
             return "the \(q) is not finite at step \(s) (\(t)); training stopped without a checkpoint of this step; "
                 + "lower training.learning_rate or raise training.warmup_steps"
+        case .expertsLost(let m): return m
         }
     }
 }

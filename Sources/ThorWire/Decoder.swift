@@ -127,7 +127,8 @@ extension WireCodec {
             let r = e.register_!.pointee
             return .register(Registration(workerID: string(r.worker_id), threads: Int(r.threads),
                                           capacityBytes: r.capacity_bytes, pid: Int(r.pid), hostname: string(r.hostname),
-                                          incarnation: r.incarnation, hosted: try keys(r.n_hosted, r.hosted)))
+                                          incarnation: r.incarnation, hosted: try keys(r.n_hosted, r.hosted),
+                                          session: r.session, committedStep: Int(clamping: r.committed_step)))
         case THOR__ENVELOPE__BODY_ASSIGN:
             let a = e.assign!.pointee
             guard let s = a.spec?.pointee else { throw WireError.malformed("Assign without an ExpertSpec") }

@@ -203,6 +203,8 @@ public enum WireCodec {
                 p.pointee.hostname = arena.string(r.hostname)
                 p.pointee.incarnation = r.incarnation
                 (p.pointee.n_hosted, p.pointee.hosted) = keys(r.hosted, arena)
+                p.pointee.session = r.session
+                p.pointee.committed_step = UInt64(max(0, r.committedStep))
             }
         case .assign(let a):
             e.pointee.body_case = THOR__ENVELOPE__BODY_ASSIGN

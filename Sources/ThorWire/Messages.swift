@@ -2,7 +2,7 @@ import ThorTensor
 import ThorExperts
 
 /// The protocol version this build speaks (`Envelope.protocol_version`, Protos/thor.proto).
-public let thorProtocolVersion: UInt32 = 1
+public let thorProtocolVersion: UInt32 = 2
 
 /// Element type of tensors on the wire. Decoded tensors are always Float32.
 public enum WireDType: Sendable, Equatable, CaseIterable {
@@ -29,6 +29,8 @@ public enum WireErrorCode: UInt32, Sendable, Equatable, CaseIterable {
     case notAssigned = 9
     case unexpectedMessage = 10
     case `internal` = 11
+    /// Coordinator → worker: another live worker is registered under this id; the worker exits.
+    case duplicateWorkerID = 12
 }
 
 /// A worker announcing itself (sent on connect and after every reconnect).
@@ -42,11 +44,24 @@ public struct Registration: Sendable, Equatable {
     public var incarnation: UInt64
     /// Experts it already hosts (a rejoining worker).
     public var hosted: [ExpertKey]
+    /// The session of the coordinator it last served (0: none yet).
+    public var session: UInt64
+    /// The last optimizer step it applied (0: none).
+    public var committedStep: Int
 
     public init(workerID: String, threads: Int, capacityBytes: UInt64 = 0, pid: Int, hostname: String,
-                incarnation: UInt64, hosted: [ExpertKey] = []) {
+                incarnation: UInt64, hosted: [ExpertKey] = [], session: UInt64 = 0, committedStep: Int = 0) {
         self.workerID = workerID; self.threads = threads; self.capacityBytes = capacityBytes
         self.pid = pid; self.hostname = hostname; self.incarnation = incarnation; self.hosted = hosted
+        self.session = session; self.committedStep = committedStep
+    }
+
+    /// The ZeroMQ routing id a worker uses: its id and incarnation, so a restarted
+    /// worker (or a second process given the same id) never collides with a stale connection.
+    public var routingID: String { Self.routingID(workerID: workerID, incarnation: incarnation) }
+
+    public static func routingID(workerID: String, incarnation: UInt64) -> String {
+        workerID + "#" + String(incarnation, radix: 16)
     }
 }
 

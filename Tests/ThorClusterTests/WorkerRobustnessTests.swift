@@ -15,6 +15,8 @@ final class RawCoordinator {
     let endpoint: String
     let pid: pid_t
     let workerID = "victim"
+    /// The worker's ZeroMQ routing id (`victim#incarnation`), learned from its Register.
+    var route = ""
     var nextID: UInt64 = 100
 
     init(maxFrameBytes: Int) throws {
@@ -36,17 +38,24 @@ final class RawCoordinator {
         router.close()
     }
 
+    /// The next message that is not a liveness beat (request id 0).
     func receive() throws -> Envelope {
-        let frames = try XCTUnwrap(router.receive(timeout: 20), "no reply from the worker")
-        XCTAssertEqual(frames.count, 2)
-        XCTAssertEqual(frames[0].string, workerID)
-        do { return try frames[1].withUnsafeBytes { try WireCodec.decode($0) } } catch {
-            XCTFail("undecodable reply \(frames[1].array): \(error)"); throw error
+        while true {
+            let frames = try XCTUnwrap(router.receive(timeout: 20), "no reply from the worker")
+            XCTAssertEqual(frames.count, 2)
+            XCTAssertTrue(frames[0].string.hasPrefix(workerID + "#"), frames[0].string)
+            route = frames[0].string
+            let e: Envelope
+            do { e = try frames[1].withUnsafeBytes { try WireCodec.decode($0) } } catch {
+                XCTFail("undecodable reply \(frames[1].array): \(error)"); throw error
+            }
+            if case .heartbeat = e.message, e.requestID == 0 { continue }
+            return e
         }
     }
 
     func sendRaw(_ frames: [Frame]) throws -> Envelope {
-        try router.send([Frame(workerID)] + frames)
+        try router.send([Frame(route)] + frames)
         return try receive()
     }
 
@@ -89,6 +98,7 @@ final class WorkerRobustnessTests: XCTestCase {
         guard case .register(let r) = try raw.receive().message else { return XCTFail("expected Register first") }
         XCTAssertEqual(r.workerID, "victim")
         XCTAssertEqual(r.pid, Int(raw.pid))
+        XCTAssertEqual(raw.route, r.routingID)
 
         // Compute before any Assign is refused.
         expectError(try raw.call(.gradNormRequest).1, .notAssigned, "no experts assigned")
@@ -156,21 +166,29 @@ final class WorkerRobustnessTests: XCTestCase {
             for p in pids { XCTAssertTrue(processIsGone(p)) }
         }
         let allKeys = Placement.allKeys(layers: 1, experts: 4)
-        let remote = try RemoteExpertBackend(coordinator: cluster.coordinator, spec: spec,
-                                             placement: try Placement(keys: allKeys, workers: cluster.workerIDs, strategy: .roundRobin),
-                                             requestTimeout: 0.5)
+        let placement = try Placement(keys: allKeys, workers: cluster.workerIDs, strategy: .roundRobin)
+        let remote = try RemoteExpertBackend(coordinator: cluster.coordinator, spec: spec, placement: placement)
         let reference = InProcessExpertBackend(spec: spec, keys: allKeys)
         let x = batches(seed: 9, rows: [2, 3, 1, 4])
+        // A deadline shorter than the liveness window: the exchange names the silent worker.
         kill(pids[1], SIGSTOP)
-        XCTAssertThrowsError(try remote.forward(layer: 0, batches: x, training: false)) { e in
+        let request = [(worker: "w1", message: WireMessage.forward(layer: 0, training: false,
+                                                                   batches: [x[1], x[3]], replyDType: nil))]
+        XCTAssertThrowsError(try cluster.coordinator.exchange(request, operation: "Forward layer 0", timeout: 0.5)) { e in
             XCTAssertEqual(e as? ClusterError, .timeout(operation: "Forward layer 0", workers: ["w1"], seconds: 0.5))
             XCTAssertTrue("\(e)".contains("w1"), "\(e)")
         }
+        // Without replicas the backend then reports w1's experts as lost, by name; nothing continues without them.
+        XCTAssertThrowsError(try remote.forward(layer: 0, batches: x, training: false)) { e in
+            guard case .expertsLost(let keys, let workers, _)? = e as? ClusterError else { return XCTFail("\(e)") }
+            XCTAssertEqual(keys, placement.keys(on: "w1"))
+            XCTAssertEqual(workers, ["w1"])
+        }
         kill(pids[1], SIGCONT)
-        remote.requestTimeout = 20
-        // The late reply to the timed-out request is recognized as stale and dropped.
-        assertBitwiseEqual(try remote.forward(layer: 0, batches: x, training: false),
-                           try reference.forward(layer: 0, batches: x, training: false), "after a timeout")
+        // w0 keeps serving its experts; the late reply of w1 to the timed-out request is dropped as stale.
+        let mine = [x[0], x[2]]
+        assertBitwiseEqual(try remote.forward(layer: 0, batches: mine, training: false),
+                           try reference.forward(layer: 0, batches: mine, training: false), "after a timeout")
     }
 
     func testNoWorkerOutlivesAFailingTestOrAFailedLaunch() throws {

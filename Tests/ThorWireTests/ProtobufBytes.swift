@@ -1,5 +1,7 @@
 /// A tiny protobuf writer, independent of protobuf-c, to build frames the
 /// Swift encoder would never produce (negative dims, wrong byte counts…).
+import ThorWire
+
 struct ProtobufBytes {
     var bytes: [UInt8] = []
 
@@ -24,7 +26,7 @@ struct ProtobufBytes {
     }
 
     /// thor.Envelope { version, request id, forward { layer, training, batches [(expert, tensor)] } }.
-    static func forwardEnvelope(version: UInt64 = 1, requestID: UInt64, layer: UInt64, training: Bool,
+    static func forwardEnvelope(version: UInt64 = UInt64(thorProtocolVersion), requestID: UInt64, layer: UInt64, training: Bool,
                                 batches: [(UInt64, ProtobufBytes)]) -> [UInt8] {
         var f = ProtobufBytes()
         f.uint(1, layer)

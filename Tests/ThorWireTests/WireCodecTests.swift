@@ -42,7 +42,7 @@ final class WireCodecTests: XCTestCase {
             XCTAssertEqual(a, Assignment(spec: spec, keys: keys, placementEpoch: 3, keepExisting: true))
         } else { XCTFail("assign") }
         let reg = Registration(workerID: "w1", threads: 2, capacityBytes: 1 << 33, pid: 1234, hostname: "box",
-                               incarnation: .max, hosted: keys)
+                               incarnation: .max, hosted: keys, session: 0xABCD_EF01_2345, committedStep: 417)
         if case .register(let r) = try roundTrip(Envelope(requestID: 0, message: .register(reg))).message {
             XCTAssertEqual(r, reg)
         } else { XCTFail("register") }
@@ -103,10 +103,10 @@ final class WireCodecTests: XCTestCase {
     }
 
     func testVersionMismatchIsNamedWithRequestID() {
-        let frame = WireCodec.encode(Envelope(requestID: 77, message: .ack, version: 2))
+        let frame = WireCodec.encode(Envelope(requestID: 77, message: .ack, version: 3))
         XCTAssertThrowsError(try frame.withUnsafeBytes { try WireCodec.decode($0) }) { e in
-            XCTAssertEqual(e as? WireError, .versionMismatch(received: 2, expected: thorProtocolVersion, requestID: 77))
-            XCTAssertTrue("\(e)".contains("version 2"), "\(e)")
+            XCTAssertEqual(e as? WireError, .versionMismatch(received: 3, expected: thorProtocolVersion, requestID: 77))
+            XCTAssertTrue("\(e)".contains("version 3"), "\(e)")
             XCTAssertEqual((e as? WireError)?.code, .versionMismatch)
         }
     }
@@ -129,7 +129,7 @@ final class WireCodecTests: XCTestCase {
             XCTAssertThrowsError(try WireCodec.decode(b)) { XCTAssertTrue("\($0)".contains("empty"), "\($0)") }
         }
         // A valid Envelope with no body.
-        var env = ProtobufBytes(); env.uint(1, 1); env.uint(2, 5)
+        var env = ProtobufBytes(); env.uint(1, UInt64(thorProtocolVersion)); env.uint(2, 5)
         try env.bytes.withUnsafeBytes { b in
             XCTAssertThrowsError(try WireCodec.decode(b)) { XCTAssertTrue("\($0)".contains("no message body"), "\($0)") }
         }

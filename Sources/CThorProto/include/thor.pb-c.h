@@ -52,7 +52,12 @@ typedef struct Thor__Envelope Thor__Envelope;
  */
 typedef enum _Thor__ProtocolVersion {
   THOR__PROTOCOL_VERSION__PROTOCOL_VERSION_UNSPECIFIED = 0,
-  THOR__PROTOCOL_VERSION__PROTOCOL_VERSION_CURRENT = 1
+  /*
+   * 2: workers heartbeat unsolicited (request_id 0) while busy; routing id is
+   *    "worker_id#incarnation"; Register carries session and committed_step;
+   *    DUPLICATE_WORKER_ID refusals.
+   */
+  THOR__PROTOCOL_VERSION__PROTOCOL_VERSION_CURRENT = 2
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(THOR__PROTOCOL_VERSION)
 } Thor__ProtocolVersion;
 /*
@@ -104,7 +109,11 @@ typedef enum _Thor__ErrorCode {
    */
   THOR__ERROR_CODE__ERROR_CODE_NOT_ASSIGNED = 9,
   THOR__ERROR_CODE__ERROR_CODE_UNEXPECTED_MESSAGE = 10,
-  THOR__ERROR_CODE__ERROR_CODE_INTERNAL = 11
+  THOR__ERROR_CODE__ERROR_CODE_INTERNAL = 11,
+  /*
+   * coordinator -> worker: another live worker uses this id; the worker exits
+   */
+  THOR__ERROR_CODE__ERROR_CODE_DUPLICATE_WORKER_ID = 12
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(THOR__ERROR_CODE)
 } Thor__ErrorCode;
 
@@ -223,10 +232,18 @@ struct  Thor__Register
    */
   size_t n_hosted;
   Thor__ExpertKey **hosted;
+  /*
+   * session of the coordinator it last served (0: none)
+   */
+  uint64_t session;
+  /*
+   * last optimizer step it applied (0: none)
+   */
+  uint64_t committed_step;
 };
 #define THOR__REGISTER__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&thor__register__descriptor) \
-    , (char *)protobuf_c_empty_string, 0, 0, 0, (char *)protobuf_c_empty_string, 0, 0,NULL }
+    , (char *)protobuf_c_empty_string, 0, 0, 0, (char *)protobuf_c_empty_string, 0, 0,NULL, 0, 0 }
 
 
 /*
@@ -427,10 +444,9 @@ struct  Thor__ImportRequest
 
 
 /*
- * Liveness probe, coordinator -> worker: the worker answers with a Heartbeat
- * echoing `sequence`. The coordinator does not answer Heartbeats: one it did not
- * ask for (like any message that is neither a Register nor a reply to a pending
- * request) is dropped.
+ * Either side may send. A Heartbeat with request_id != 0 is answered by a
+ * Heartbeat echoing `sequence`; with request_id 0 it is a liveness beat and
+ * gets no answer (workers send one every interval, also while computing).
  */
 struct  Thor__Heartbeat
 {

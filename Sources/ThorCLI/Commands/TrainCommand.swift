@@ -63,6 +63,21 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Seconds to wait for workers to register with --bind.")
     var registrationTimeout: Double = 300
 
+    @Option(help: "Workers hosting each routed expert (training.replicas; default 2 with at least 2 workers, else 1). Replicas compute the same batches and stay bit-identical; a lost worker's experts fail over to a replica without losing a step.")
+    var replicas: Int?
+
+    @Option(help: ArgumentHelp("When every replica of an expert is lost (training.on_expert_loss): fail (stop, naming the experts and the --resume command), wait (until a worker holding them returns), restore (reload the last checkpoint and replay; default).", valueName: "policy"))
+    var onExpertLoss: String?
+
+    @Option(help: "Seconds between heartbeats between the coordinator and its workers.")
+    var heartbeatInterval: Double = 0.25
+
+    @Option(help: "Missed heartbeats after which a worker is declared dead.")
+    var heartbeatLiveness: Int = 3
+
+    @Option(help: "Restarts of a crashing local worker within a minute before it is given up on.")
+    var restartBudget: Int = 3
+
     @Option(help: "Expert placement over workers: round-robin or blocked.")
     var placement: String = "round-robin"
 
@@ -99,6 +114,8 @@ struct TrainCommand: ParsableCommand {
         if let maxSteps { o["training.max_steps"] = String(maxSteps) }
         if let seed { o["training.seed"] = String(seed) }
         if let variant { o["routing.variant"] = variant }
+        if let replicas { o["cluster.replicas"] = String(replicas) }
+        if let onExpertLoss { o["cluster.on_expert_loss"] = onExpertLoss }
         return o
     }
 
@@ -118,8 +135,16 @@ struct TrainCommand: ParsableCommand {
             throw ValidationError("--placement must be \(Placement.Strategy.allCases.map(\.rawValue).joined(separator: " or ")), got '\(placement)'")
         }
         if let bind { do { try Endpoint.validate(bind, binding: true) } catch { throw ValidationError("--bind: \(error)") } }
+        guard heartbeatInterval > 0, heartbeatInterval.isFinite else {
+            throw ValidationError("--heartbeat-interval must be a positive number of seconds, got \(heartbeatInterval)")
+        }
+        guard heartbeatLiveness >= 1 else { throw ValidationError("--heartbeat-liveness must be at least 1, got \(heartbeatLiveness)") }
+        guard restartBudget >= 0 else { throw ValidationError("--restart-budget must be ≥ 0, got \(restartBudget)") }
         var options = TrainingRun.Options(configuration: c)
         options.explicitKeys = try fileKeys().merging(flagKeys()) { $1 }
+        options.liveness.heartbeatInterval = heartbeatInterval
+        options.liveness.heartbeatLiveness = heartbeatLiveness
+        options.liveness.restartBudget = restartBudget
         options.saveDirectory = saveDir
         options.resume = resume
         options.overwrite = overwrite

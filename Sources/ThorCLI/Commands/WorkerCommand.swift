@@ -17,9 +17,13 @@ struct WorkerCommand: ParsableCommand {
         it is told to shut down. A malformed, oversized or wrong-version frame gets \
         an Error reply naming the problem and changes nothing.
 
-        It exits on Shutdown, on SIGTERM/SIGINT, when --parent-pid is given and \
-        that process is gone, or after being disconnected from the coordinator \
-        for --orphan-timeout seconds.
+        It sends a liveness beat every --heartbeat-interval, also while computing \
+        (a busy worker is alive, a silent one is dead). When its coordinator goes \
+        away it keeps its experts and re-registers with whichever coordinator session \
+        answers at the endpoint. It exits on Shutdown, on SIGTERM/SIGINT, when \
+        --parent-pid is given and that process is gone, after being disconnected \
+        from the coordinator for --orphan-timeout seconds (exit status 3), or when \
+        the coordinator refuses it, e.g. for a duplicate --id (exit status 4).
 
         Examples:
           thor worker --connect tcp://10.0.0.1:5555 --id gpu-box-1 --threads 2
@@ -42,6 +46,12 @@ struct WorkerCommand: ParsableCommand {
     @Option(name: .long, help: "Exit after this many seconds disconnected from the coordinator (0: never).")
     var orphanTimeout: Double = 30
 
+    @Option(name: .long, help: "Seconds between liveness beats to the coordinator (sent also while computing).")
+    var heartbeatInterval: Double = 0.25
+
+    @Option(name: .long, help: "Missed beats after which the coordinator connection counts as dead.")
+    var heartbeatLiveness: Int = 3
+
     @Option(name: .long, help: "Largest frame accepted; larger ones get a TOO_LARGE Error reply.")
     var maxFrameBytes: Int = WireCodec.defaultMaxFrameBytes
 
@@ -60,6 +70,10 @@ struct WorkerCommand: ParsableCommand {
         guard orphanTimeout >= 0 else { throw ValidationError("--orphan-timeout must be >= 0, got \(orphanTimeout)") }
         if let m = memoryBudget { guard m > 0 else { throw ValidationError("--memory-budget must be positive, got \(m)") } }
         guard maxTensorElements > 0 else { throw ValidationError("--max-tensor-elements must be positive, got \(maxTensorElements)") }
+        guard heartbeatInterval > 0, heartbeatInterval.isFinite else {
+            throw ValidationError("--heartbeat-interval must be a positive number of seconds, got \(heartbeatInterval)")
+        }
+        guard heartbeatLiveness >= 1 else { throw ValidationError("--heartbeat-liveness must be at least 1, got \(heartbeatLiveness)") }
         guard maxFrameBytes > 0 else { throw ValidationError("--max-frame-bytes must be positive, got \(maxFrameBytes)") }
         if let id { guard !id.isEmpty, id.utf8.count <= 255 else { throw ValidationError("--id must be 1…255 bytes") } }
     }
@@ -74,6 +88,8 @@ struct WorkerCommand: ParsableCommand {
         options.verbose = verbose
         options.limits = WorkerLimits(memoryBudgetBytes: memoryBudget ?? WorkerLimits.physicalMemoryBytes(),
                                       maxTensorElements: maxTensorElements)
+        options.heartbeatInterval = heartbeatInterval
+        options.heartbeatLiveness = heartbeatLiveness
         let worker = ExpertWorker(options: options)
         let exit = try worker.run(signals: signals)
         // Our coordinator was killed before it could clean up: remove its ipc socket directory.
@@ -82,6 +98,9 @@ struct WorkerCommand: ParsableCommand {
         case .orphaned, .neverConnected:
             FileHandle.standardError.write(Data("thor worker \(options.workerID): \(exit)\n".utf8))
             throw ExitCode(3)
+        case .refused:
+            FileHandle.standardError.write(Data("thor worker \(options.workerID): \(exit)\n".utf8))
+            throw ExitCode(4)
         default:
             if verbose { FileHandle.standardError.write(Data("thor worker \(options.workerID): \(exit)\n".utf8)) }
         }
