@@ -5,7 +5,7 @@ import ThorTensor
 public struct ClusterConfiguration: ConfigurationSection {
     /// Expert-worker processes (0: experts run in the coordinator process).
     public var workers: Int = 2
-    /// Threads computing experts concurrently in one process.
+    /// Threads computing expert tasks (row chunks, gradient tiles) concurrently in one process.
     public var expertThreads: Int = 2
 
     public init() {}
