@@ -9,8 +9,14 @@ scripts/gen-protos.sh --check
 # Release build: the numerical tests (finite differences, training to convergence,
 # distributed runs) are compute-bound; tests use only public API (no @testable).
 # Same OpenBLAS kernels as the `thor` executable picks (see BLASCore in ThorTensor).
-if [ -z "${OPENBLAS_CORETYPE+x}" ] && grep -qw avx2 /proc/cpuinfo && grep -qw fma /proc/cpuinfo; then
-  export OPENBLAS_CORETYPE=Haswell
+# The rule of BLASCore.preferredCoreType: SkylakeX (AVX-512) with avx512f, else Haswell with avx2 + fma.
+if [ -z "${OPENBLAS_CORETYPE+x}" ]; then
+  flags=$(grep -m1 '^flags' /proc/cpuinfo || true)
+  if grep -qw avx512f <<<"$flags" && grep -qw avx2 <<<"$flags" && grep -qw fma <<<"$flags"; then
+    export OPENBLAS_CORETYPE=SkylakeX
+  elif grep -qw avx2 <<<"$flags" && grep -qw fma <<<"$flags"; then
+    export OPENBLAS_CORETYPE=Haswell
+  fi
 fi
 swift build -c release --product thor
 results=$(mktemp -d "${TMPDIR:-/tmp}/thor-test-results.XXXXXX")

@@ -1703,7 +1703,7 @@ const ProtobufCMessageDescriptor thor__register__descriptor =
   (ProtobufCMessageInit) thor__register__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor thor__assign__field_descriptors[4] =
+static const ProtobufCFieldDescriptor thor__assign__field_descriptors[5] =
 {
   {
     "spec",
@@ -1753,8 +1753,21 @@ static const ProtobufCFieldDescriptor thor__assign__field_descriptors[4] =
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "blas_core",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Thor__Assign, blas_core),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned thor__assign__field_indices_by_name[] = {
+  4,   /* field[4] = blas_core */
   3,   /* field[3] = keep_existing */
   1,   /* field[1] = keys */
   2,   /* field[2] = placement_epoch */
@@ -1763,7 +1776,7 @@ static const unsigned thor__assign__field_indices_by_name[] = {
 static const ProtobufCIntRange thor__assign__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 4 }
+  { 0, 5 }
 };
 const ProtobufCMessageDescriptor thor__assign__descriptor =
 {
@@ -1773,7 +1786,7 @@ const ProtobufCMessageDescriptor thor__assign__descriptor =
   "Thor__Assign",
   "thor",
   sizeof(Thor__Assign),
-  4,
+  5,
   thor__assign__field_descriptors,
   thor__assign__field_indices_by_name,
   1,  thor__assign__number_ranges,

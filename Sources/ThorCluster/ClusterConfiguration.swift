@@ -5,7 +5,7 @@ import ThorTensor
 public struct ClusterConfiguration: ConfigurationSection {
     /// Expert-worker processes (0: experts run in the coordinator process).
     public var workers: Int = 2
-    /// Threads computing experts concurrently in one process.
+    /// Threads computing expert tasks (row chunks, gradient tiles) concurrently in one process.
     public var expertThreads: Int = 2
     /// Workers hosting each routed expert (0: 2 when there are at least 2 workers, else 1).
     public var replicas: Int = 0

@@ -339,6 +339,7 @@ public final class ExpertWorker: @unchecked Sendable {
     }
 
     private func assign(_ a: Assignment) throws {
+        try requireBLASCore(a.blasCore)
         let s = a.spec
         guard s.modelDim > 0, s.hiddenDim > 0 else {
             throw WorkerRequestError(code: .malformed, message: "Assign: expert spec needs positive widths, got d=\(s.modelDim) d_ff=\(s.hiddenDim)")

@@ -70,13 +70,18 @@ public final class ExpertHost: @unchecked Sendable {
     public private(set) var experts: [ExpertKey: Expert]
     private var pending: [Int: [(ExpertKey, FeedForwardActivations)]] = [:]
 
-    /// Batches of one call run concurrently on up to this many threads, each
-    /// expert with one BLAS thread, so results never depend on it.
+    /// Tasks of one call (row chunks and gradient tiles of every expert, see `ExpertPartition`)
+    /// run concurrently on up to this many threads, each with one BLAS thread, so results
+    /// never depend on it.
     public let threads: Int
+    /// How expert work is cut into tasks: the same on every host of a cluster.
+    public let partition: ExpertPartition
+    private let scratch = ScratchPool()
 
-    public init(spec: ExpertSpec, keys: [ExpertKey], threads: Int = 1) {
+    public init(spec: ExpertSpec, keys: [ExpertKey], threads: Int = 1, partition: ExpertPartition = .standard) {
         self.spec = spec
         self.threads = max(1, threads)
+        self.partition = partition
         var e: [ExpertKey: Expert] = [:]
         for k in keys { e[k] = Expert(key: k, spec: spec) }
         experts = e
@@ -103,11 +108,10 @@ public final class ExpertHost: @unchecked Sendable {
 
     public func forward(layer: Int, batches: [ExpertBatch], training: Bool) throws -> [Tensor] {
         try validate(layer: layer, batches: batches)
-        let work = batches.map { experts[ExpertKey(layer: layer, expert: $0.expert)]! }
-        let results = runConcurrently(batches.count, largestFirst: batches.map { $0.tokens.rows }) { i in
-            work[i].forward(batches[i].tokens, keep: training)
-        }
-        if training { pending[layer] = results.enumerated().map { (work[$0.offset].key, $0.element.1!) } }
+        let hosted = batches.map { experts[ExpertKey(layer: layer, expert: $0.expert)]! }
+        let work = zip(hosted, batches).map { ExpertWork(weights: $0.weights, rows: $1.tokens.rows) }
+        let results = ChunkedFeedForward.forward(work, inputs: batches.map(\.tokens), partition: partition, threads: threads)
+        if training { pending[layer] = results.enumerated().map { (hosted[$0.offset].key, $0.element.1) } }
         return results.map { $0.0 }
     }
 
@@ -124,25 +128,9 @@ public final class ExpertHost: @unchecked Sendable {
             }
         }
         pending[layer] = nil
-        let work = kept.map { experts[$0.0]! }
-        return runConcurrently(gradients.count, largestFirst: gradients.map { $0.tokens.rows }) { i in
-            work[i].backward(gradients[i].tokens, kept[i].1)
-        }
-    }
-
-    /// Runs `body(i)` for `i < count` on up to `threads` threads with one BLAS
-    /// thread each, restoring the caller's BLAS thread count afterwards.
-    /// Work starts with the largest `largestFirst` size (LPT scheduling, so a big
-    /// expert batch does not run alone at the end); results stay in index order.
-    private func runConcurrently<T>(_ count: Int, largestFirst sizes: [Int], _ body: (Int) -> T) -> [T] {
-        let saved = BLASThreads.current
-        BLASThreads.set(1)
-        defer { BLASThreads.set(saved) }
-        let order = (0..<count).sorted { sizes[$0] > sizes[$1] || (sizes[$0] == sizes[$1] && $0 < $1) }
-        let done = Parallel.map(count, threads: threads) { j in body(order[j]) }
-        var results = [T?](repeating: nil, count: count)
-        for (j, i) in order.enumerated() { results[i] = done[j] }
-        return results.map { $0! }
+        let work = kept.map { ExpertWork(weights: experts[$0.0]!.weights, rows: $0.1.input.rows) }
+        return ChunkedFeedForward.backward(work, gradients: gradients.map(\.tokens), saved: kept.map { $0.1 },
+                                           partition: partition, threads: threads, scratch: scratch)
     }
 
     public func squaredGradientNorms() -> [ExpertKey: Double] {
@@ -214,9 +202,9 @@ public final class InProcessExpertBackend: ExpertBackend, @unchecked Sendable {
     public let host: ExpertHost
     public var spec: ExpertSpec { host.spec }
 
-    /// `threads`: experts of one request computed concurrently (results do not depend on it).
-    public init(spec: ExpertSpec, keys: [ExpertKey], threads: Int = 1) {
-        host = ExpertHost(spec: spec, keys: keys, threads: threads)
+    /// `threads`: tasks of one request computed concurrently (results do not depend on it).
+    public init(spec: ExpertSpec, keys: [ExpertKey], threads: Int = 1, partition: ExpertPartition = .standard) {
+        host = ExpertHost(spec: spec, keys: keys, threads: threads, partition: partition)
     }
 
     public func forward(layer: Int, batches: [ExpertBatch], training: Bool) throws -> [Tensor] {

@@ -66,22 +66,8 @@ public enum FeedForward {
         gemm(transB: true, m: n, n: dFF, k: d, a: dy, b: w2, c: da)
         let threads = BLASThreads.current
         Parallel.forEachRange(n, threads: threads, minimumChunk: 64) { rows in
-            for r in rows {
-                let hr = h + r * f1, g = da + r * dFF, dr = dh + r * f1
-                switch activation {
-                case .relu:
-                    for j in 0..<dFF { dr[j] = hr[j] > 0 ? g[j] : 0 }
-                case .gelu:
-                    for j in 0..<dFF { dr[j] = g[j] * geluDerivative(hr[j]) }
-                case .swiglu:
-                    let up = hr + dFF, dup = dr + dFF
-                    for j in 0..<dFF {
-                        let s = sigmoid(hr[j])
-                        dup[j] = g[j] * hr[j] * s
-                        dr[j] = g[j] * up[j] * s * (1 + hr[j] * (1 - s))
-                    }
-                }
-            }
+            activationBackward(dh: dh + rows.lowerBound * f1, da: da + rows.lowerBound * dFF, h: h + rows.lowerBound * f1,
+                               rows: rows.count, dFF: dFF, activation: activation)
         }
         gemm(transA: true, m: d, n: f1, k: n, a: x, b: dh, beta: 1, c: dw1)
         // db1 += column sums of dh, columns split over threads (each sums its rows in order).
@@ -92,6 +78,31 @@ public enum FeedForward {
             }
         }
         gemm(transB: true, m: n, n: d, k: f1, a: dh, b: w1, c: dx)
+    }
+
+    /// `dh` [rows, f1] = ∂L/∂h from `da` [rows, dFF] = ∂L/∂a and the kept pre-activation `h` [rows, f1]
+    /// (each element on its own, so any split of the rows gives the same bits).
+    public static func activationBackward(
+        dh: UnsafeMutablePointer<Float>, da: UnsafePointer<Float>, h: UnsafePointer<Float>,
+        rows: Int, dFF: Int, activation: Activation
+    ) {
+        let f1 = activation.firstProjectionWidth(dFF: dFF)
+        for r in 0..<rows {
+            let hr = h + r * f1, g = da + r * dFF, dr = dh + r * f1
+            switch activation {
+            case .relu:
+                for j in 0..<dFF { dr[j] = hr[j] > 0 ? g[j] : 0 }
+            case .gelu:
+                for j in 0..<dFF { dr[j] = g[j] * geluDerivative(hr[j]) }
+            case .swiglu:
+                let up = hr + dFF, dup = dr + dFF
+                for j in 0..<dFF {
+                    let s = sigmoid(hr[j])
+                    dup[j] = g[j] * hr[j] * s
+                    dr[j] = g[j] * up[j] * s * (1 + hr[j] * (1 - s))
+                }
+            }
+        }
     }
 
     @inline(__always) public static func sigmoid(_ x: Float) -> Float { 1 / (1 + expf(-x)) }

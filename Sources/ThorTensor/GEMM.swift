@@ -43,38 +43,6 @@ public enum BLASThreads {
     public static var current: Int { Int(openblas_get_num_threads()) }
 }
 
-/// OpenBLAS kernel selection. On some virtual CPUs OpenBLAS detects only a
-/// generic core and runs its SSE3 ("Prescott") kernels, 2–4× slower than the
-/// CPU allows. `OPENBLAS_CORETYPE` is read once when the library loads, so the
-/// `thor` executable sets it and re-executes itself before any BLAS call.
-/// Every process of a run must use the same core type: different kernels give
-/// different bits.
-public enum BLASCore {
-    /// `Haswell` when the CPU has AVX2 and FMA (read from /proc/cpuinfo), else nil
-    /// (leave OpenBLAS's own detection alone).
-    public static func preferredCoreType(cpuinfo path: String = "/proc/cpuinfo") -> String? {
-        guard let f = fopen(path, "r") else { return nil }
-        defer { fclose(f) }
-        var line: UnsafeMutablePointer<CChar>? = nil
-        var cap = 0
-        defer { free(line) }
-        while getline(&line, &cap, f) > 0 {
-            let text = String(cString: line!)
-            guard text.hasPrefix("flags") else { continue }
-            let flags = Set(text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).map(String.init))
-            return flags.contains("avx2") && flags.contains("fma") ? "Haswell" : nil
-        }
-        return nil
-    }
-
-    /// The kernel set OpenBLAS loaded in this process (e.g. `Haswell`, `Prescott`).
-    /// Child processes that must compute the same bits get it as `OPENBLAS_CORETYPE`.
-    public static var loaded: String { String(cString: openblas_get_corename()) }
-
-    /// Environment variable OpenBLAS reads for its kernel choice.
-    public static let environmentVariable = "OPENBLAS_CORETYPE"
-}
-
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -139,7 +139,8 @@ extension WireCodec {
             let spec = ExpertSpec(modelDim: Int(s.model_dim), hiddenDim: Int(s.hidden_dim),
                                   activation: try activation(s.activation), seed: s.seed, adam: adam)
             return .assign(Assignment(spec: spec, keys: try keys(a.n_keys, a.keys),
-                                      placementEpoch: a.placement_epoch, keepExisting: a.keep_existing != 0))
+                                      placementEpoch: a.placement_epoch, keepExisting: a.keep_existing != 0,
+                                      blasCore: string(a.blas_core)))
         case THOR__ENVELOPE__BODY_FORWARD:
             let f = e.forward!.pointee
             return .forward(layer: Int(f.layer), training: f.training != 0,

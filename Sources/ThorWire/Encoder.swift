@@ -225,6 +225,7 @@ public enum WireCodec {
                 (p.pointee.n_keys, p.pointee.keys) = keys(a.keys, arena)
                 p.pointee.placement_epoch = a.placementEpoch
                 p.pointee.keep_existing = a.keepExisting ? 1 : 0
+                p.pointee.blas_core = arena.string(a.blasCore)
             }
         case .forward(let layer, let training, let bs, let reply):
             e.pointee.body_case = THOR__ENVELOPE__BODY_FORWARD

@@ -72,9 +72,15 @@ public struct Assignment: Sendable, Equatable {
     public var placementEpoch: UInt64
     /// Keep experts already hosted (and their state) instead of re-initializing them.
     public var keepExisting: Bool
+    /// The OpenBLAS kernel set the experts must be computed with (`BLASCore`); a worker that
+    /// did not load it refuses the assignment. Default: the set this process loaded (the
+    /// coordinator's). Empty: no requirement.
+    public var blasCore: String
 
-    public init(spec: ExpertSpec, keys: [ExpertKey], placementEpoch: UInt64 = 0, keepExisting: Bool = false) {
+    public init(spec: ExpertSpec, keys: [ExpertKey], placementEpoch: UInt64 = 0, keepExisting: Bool = false,
+                blasCore: String = BLASCore.loaded) {
         self.spec = spec; self.keys = keys; self.placementEpoch = placementEpoch; self.keepExisting = keepExisting
+        self.blasCore = blasCore
     }
 }
 

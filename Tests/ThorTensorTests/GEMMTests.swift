@@ -34,8 +34,9 @@ final class GEMMTests: XCTestCase {
     }
 
     /// Same input and thread count, same bits. (OpenBLAS 0.3.21 does give different
-    /// bits for 1 and 2 threads at some shapes, which is why expert compute always
-    /// runs with one BLAS thread per expert: see docs/architecture.md.)
+    /// bits for 1 and 2 threads at some shapes — with the Haswell kernels at every shape
+    /// tried, with the SkylakeX kernels at e.g. [512×1100]·[1100×256] — which is why expert
+    /// compute always runs with one BLAS thread per task: see docs/architecture.md.)
     func testGEMMIsDeterministicAcrossRunsAndThreadCounts() {
         var rng = RandomGenerator(seed: 2)
         let m = 300, n = 257, k = 190

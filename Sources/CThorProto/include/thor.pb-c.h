@@ -249,6 +249,9 @@ struct  Thor__Register
 /*
  * Host these experts (fresh weights from spec.seed unless `keep_existing`
  * and already hosted). Experts hosted but not listed are dropped. -> Ack
+ * `blas_core`: the OpenBLAS kernel set the coordinator computes with (e.g. "SkylakeX",
+ * "Haswell"); different sets give different bits, so a worker that did not load it
+ * refuses the Assign (Error INTERNAL saying why). Empty: no requirement.
  */
 struct  Thor__Assign
 {
@@ -258,10 +261,11 @@ struct  Thor__Assign
   Thor__ExpertKey **keys;
   uint64_t placement_epoch;
   protobuf_c_boolean keep_existing;
+  char *blas_core;
 };
 #define THOR__ASSIGN__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&thor__assign__descriptor) \
-    , NULL, 0,NULL, 0, 0 }
+    , NULL, 0,NULL, 0, 0, (char *)protobuf_c_empty_string }
 
 
 /*

@@ -127,7 +127,7 @@ struct BenchKernelsCommand: ParsableCommand {
                       ["threads": "\(saved)", "seconds": fmt(trainSeconds, 4), "gflops": ""])
         report.set("dense_train_target_tokens_per_second", Int(Double(targetTokens) / trainSeconds))
         report.set("dense_train_tokens_per_second", Int(Double(targetTokens + sourceTokens) / trainSeconds))
-        report.set("blas_core", ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] ?? "auto")
+        report.set("blas_core", BLASCore.loaded)
         try report.emit(json: output.json, csvPath: output.csv)
     }
 }

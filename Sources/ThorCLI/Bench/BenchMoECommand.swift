@@ -11,6 +11,13 @@ struct BenchMoECommand: ParsableCommand {
         discussion: """
         Forward + backward of one encoder MoE layer (the first, so THOR variants include the \
         task predictor) with experts in process. Goal: thor_top2_tokens_per_s ≥ 0.9 × top2_tokens_per_s.
+
+        GEMM bound: the six expert GEMMs at [tokens × d]·[d × d_ff] (forward, and the two \
+        backward products of each) with 2 BLAS threads, timed in the same rounds, give the \
+        sgemm rate (gemm_gflops_2t); a case's bound is the expert FLOPs it actually ran \
+        (kept token-expert assignments × 6 GEMMs) at that rate. gemm_bound_tokens_per_s is \
+        top-2's bound (2 experts per token); top2_over_gemm_bound and thor_topp_over_gemm_bound \
+        are each case's tokens/s over its own bound (goals ≥ 0.85 and ≥ 0.8).
         """
     )
 
@@ -22,7 +29,7 @@ struct BenchMoECommand: ParsableCommand {
         let tokens = shape.tokens, experts = shape.experts, tasks = shape.tasks
         var report = BenchReport(
             title: "MoE layer forward+backward: d=\(shape.modelDim) d_ff=\(shape.hiddenDim) N=\(experts) K=\(experts / 2), \(shape.sentences)×\(shape.length) = \(tokens) tokens, expert threads=\(threads)",
-            columns: ["ms", "tokens/s", "experts/token", "busiest expert", "routing ms", "vs top2"])
+            columns: ["ms", "tokens/s", "experts/token", "busiest expert", "routing ms", "vs top2", "over GEMM bound"])
         let (x, dy, layout) = shape.inputs(), model = shape.model
         let cases: [(label: String, key: String?, routing: RoutingConfiguration)] = [
             ("top2 (GShard)", "top2", RoutingConfiguration(variant: .top2, experts: experts, moeEvery: 1, tasks: tasks)),
@@ -49,7 +56,11 @@ struct BenchMoECommand: ParsableCommand {
             }
         }
         var best = [Double](repeating: .infinity, count: cases.count)
+        let sgemm = ExpertGEMMRate(rows: tokens, modelDim: shape.modelDim, hiddenDim: shape.hiddenDim)
+        var sgemmBest = Double.infinity
         for round in 0...max(1, output.repeats) {
+            let t = sgemm.time(threads: 2)
+            if round > 0 { sgemmBest = min(sgemmBest, t) }
             for (i, layer) in layers.enumerated() {
                 let t = try timeOnce {
                     let y = try layer.forward(x, layout: layout, training: true)
@@ -61,6 +72,8 @@ struct BenchMoECommand: ParsableCommand {
             }
         }
         var top2Rate = 0.0
+        let gflops = sgemm.flops / sgemmBest / 1e9
+        report.set("gemm_gflops_2t", (gflops * 10).rounded() / 10)
         for (i, c) in cases.enumerated() {
             let seconds = best[i]
             let dec = layers[i].layer.lastDecision!
@@ -70,15 +83,23 @@ struct BenchMoECommand: ParsableCommand {
             let busiest = Double(load.max() ?? 0) / Double(max(1, dec.keptAssignments))
             let rate = Double(tokens) / seconds
             if c.key == "top2" { top2Rate = rate }
+            // The expert FLOPs this case ran (every kept assignment through forward and backward).
+            let f1 = model.activation.firstProjectionWidth(dFF: shape.hiddenDim)
+            let rowFlops = 3.0 * 2 * Double(shape.modelDim) * Double(f1 + shape.hiddenDim)
+            let boundRate = Double(tokens) / (Double(dec.keptAssignments) * rowFlops / (gflops * 1e9))
             report.addRow(c.label, ["ms": String(format: "%.1f", seconds * 1000), "tokens/s": String(format: "%.0f", rate),
                                     "experts/token": String(format: "%.3f", perToken),
                                     "busiest expert": String(format: "%.1f%%", busiest * 100),
                                     "routing ms": String(format: "%.1f", routingBest[i] * 1000),
-                                    "vs top2": String(format: "%.3f", rate / top2Rate)])
+                                    "vs top2": String(format: "%.3f", rate / top2Rate),
+                                    "over GEMM bound": String(format: "%.3f", rate / boundRate)])
             if let key = c.key {
                 report.set("\(key)_tokens_per_s", (rate * 10).rounded() / 10)
                 report.set("\(key)_experts_per_token", (perToken * 1000).rounded() / 1000)
                 report.set("\(key)_routing_ms", (routingBest[i] * 10000).rounded() / 10)
+                report.set("\(key)_gemm_bound_tokens_per_s", (boundRate * 10).rounded() / 10)
+                report.set("\(key)_over_gemm_bound", (rate / boundRate * 1000).rounded() / 1000)
+                if key == "top2" { report.set("gemm_bound_tokens_per_s", (boundRate * 10).rounded() / 10) }
             }
         }
         if let thor = report.fields.first(where: { $0.0 == "thor_top2_tokens_per_s" })?.1 as? Double {
@@ -110,4 +131,41 @@ private final class NullExpertBackend: ExpertBackend {
     func zeroGradients() throws {}
     func exportState() throws -> [ExpertKey: [String: Tensor]] { [:] }
     func importState(_ state: [ExpertKey: [String: Tensor]]) throws {}
+}
+
+/// The six GEMMs of an FFN (expert) forward + backward at one shape, for the sgemm rate a
+/// MoE layer's experts could reach.
+private struct ExpertGEMMRate {
+    let n: Int, d: Int, f: Int
+    let x: Tensor, w1: Tensor, w2: Tensor, h: Tensor, y: Tensor, dy: Tensor
+    let dw1: Tensor, dw2: Tensor, dx: Tensor
+
+    init(rows: Int, modelDim: Int, hiddenDim: Int) {
+        n = rows; d = modelDim; f = hiddenDim
+        var g = RandomGenerator(seed: 11)
+        func filled(_ shape: [Int]) -> Tensor {
+            let t = Tensor(shape: shape); g.fillNormal(t.pointer, count: t.count, std: 0.05); return t
+        }
+        x = filled([n, d]); w1 = filled([d, f]); w2 = filled([f, d]); h = filled([n, f]); y = filled([n, d])
+        dy = filled([n, d]); dw1 = Tensor(shape: [d, f]); dw2 = Tensor(shape: [f, d]); dx = Tensor(shape: [n, d])
+    }
+
+    var flops: Double { 6 * 2 * Double(n) * Double(d) * Double(f) }
+
+    /// Seconds for the six GEMMs with `threads` BLAS threads (restores the caller's count).
+    func time(threads: Int) -> Double {
+        let saved = BLASThreads.current
+        BLASThreads.set(threads)
+        defer { BLASThreads.set(saved) }
+        let t0 = now()
+        gemm(m: n, n: f, k: d, a: x.pointer, b: w1.pointer, c: h.pointer)
+        gemm(m: n, n: d, k: f, a: h.pointer, b: w2.pointer, c: y.pointer)
+        gemm(transA: true, m: f, n: d, k: n, a: h.pointer, b: dy.pointer, beta: 1, c: dw2.pointer)
+        gemm(transB: true, m: n, n: f, k: d, a: dy.pointer, b: w2.pointer, c: h.pointer)
+        gemm(transA: true, m: d, n: f, k: n, a: x.pointer, b: h.pointer, beta: 1, c: dw1.pointer)
+        gemm(transB: true, m: n, n: d, k: f, a: h.pointer, b: w1.pointer, c: dx.pointer)
+        let t = now() - t0
+        blackHole(dx[0] + dw1[0] + dw2[0] + y[0])
+        return t
+    }
 }

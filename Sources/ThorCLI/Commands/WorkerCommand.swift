@@ -37,7 +37,7 @@ struct WorkerCommand: ParsableCommand {
     @Option(name: .long, help: "Worker id, unique in the cluster (default: HOSTNAME-PID).")
     var id: String?
 
-    @Option(name: .long, help: "Experts of one request computed concurrently (one BLAS thread each).")
+    @Option(name: .long, help: "Expert tasks (row chunks, gradient tiles) of one request computed concurrently (one BLAS thread each; results do not depend on it).")
     var threads: Int = 1
 
     @Option(name: .long, help: "Exit when this process is no longer the parent (set by launchers).")

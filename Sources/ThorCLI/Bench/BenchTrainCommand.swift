@@ -1,0 +1,135 @@
+import ArgumentParser
+import Foundation
+import ThorTensor
+import ThorExperts
+import ThorModel
+import ThorTraining
+
+/// `thor bench train`: one whole THOR top-p training step (forward, backward, global-norm
+/// clip, Adam on the coordinator and on the experts), in process and over local workers.
+struct BenchTrainCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train",
+        abstract: "A whole THOR top-p training step, in process and over expert workers.",
+        discussion: """
+        The shape eager PyTorch is measured on (issue 11): d = 256, 4 heads, d_ff = 1024, \
+        3 + 3 layers, an MoE layer in every layer with 8 experts (THOR top-p, p = 0.5), \
+        vocabulary 8000, 32 sentences × 32 tokens on each side, dropout 0.1, 4 tasks. \
+        Cases: experts in this process (--threads expert threads), and on --workers local \
+        `thor worker` processes over ipc (1 expert thread each). Timed steps of the cases are \
+        interleaved (load from other processes hits them alike); best of --repeats. \
+        Reported: ms per step, target tokens/s (non-pad target tokens: what PyTorch's figure counts) \
+        and all tokens/s (source + target).
+        """
+    )
+
+    @OptionGroup var output: BenchOutputOptions
+    @Option(help: "Expert threads in process.") var threads = 2
+    @Option(help: "Worker processes of the distributed case (0: skip it).") var workers = 2
+    @Option(help: "Sentences per batch.") var sentences = 32
+    @Option(help: "Tokens per sentence, each side.") var length = 32
+
+    func validate() throws {
+        guard threads >= 1, workers >= 0, sentences >= 1, length >= 3, output.repeats >= 1 else {
+            throw ValidationError("--threads, --sentences and --repeats must be ≥ 1, --workers ≥ 0, --length ≥ 3")
+        }
+    }
+
+    /// The benchmark's model: THOR top-p, MoE in every layer.
+    static func configuration(tasks: Int) -> ThorConfiguration {
+        var c = ThorConfiguration()
+        c.model = TransformerConfiguration(vocabularySize: 8000, modelDim: 256, hiddenDim: 1024, heads: 4,
+                                           encoderLayers: 3, decoderLayers: 3, activation: .relu,
+                                           dropout: 0.1, attentionDropout: 0.1, maxPositions: 64, padID: 0)
+        c.routing.variant = .thorTopP
+        c.routing.experts = 8
+        c.routing.threshold = 0.5
+        c.routing.moeEvery = 1
+        c.routing.tasks = tasks
+        c.training.learningRate = 1e-4
+        c.training.warmupSteps = 100
+        return c
+    }
+
+    func run() throws {
+        let tasks = 4
+        let config = Self.configuration(tasks: tasks)
+        var g = RandomGenerator(seed: 3)
+        var sources: [[Int32]] = [], targets: [[Int32]] = []
+        for _ in 0..<sentences {
+            sources.append([3] + (0..<(length - 2)).map { _ in Int32(4 + g.nextInt(below: 7996)) } + [2])
+            targets.append([1] + (0..<(length - 2)).map { _ in Int32(4 + g.nextInt(below: 7996)) } + [2])
+        }
+        let batch = Seq2SeqBatch(sources: sources, targets: targets, pad: 0, taskLabels: (0..<sentences).map { $0 % tasks })
+        let targetTokens = Int(batch.targetMask.reduce(0, +)), allTokens = targetTokens + Int(batch.sourceMask.reduce(0, +))
+
+        var cases: [(label: String, key: String, runtime: ExpertRuntime)] = [
+            ("in process (\(threads) expert threads)", "in_process",
+             try ExpertRuntime(configuration: config, workers: 0, threads: threads)),
+        ]
+        if workers > 0 {
+            writeStandardError("thor bench train: starting \(workers) workers")
+            cases.append(("\(workers) workers (ipc, 1 thread each)", "distributed",
+                          try ExpertRuntime(configuration: config, workers: workers, threads: 1)))
+        }
+        defer { for c in cases { c.runtime.shutdown() } }
+        let models = try cases.map { try TranslationModel(configuration: config, backend: $0.runtime.backend) }
+        var steps = [Int](repeating: 0, count: cases.count)
+        var losses = [[Double]](repeating: [], count: cases.count)
+        var best = [Double](repeating: .infinity, count: cases.count)
+        for round in 0...output.repeats {
+            for (i, model) in models.enumerated() {
+                let t0 = MonotonicClock.seconds()
+                steps[i] += 1
+                losses[i].append(try Self.trainStep(model, batch: batch, step: steps[i]))
+                let t = MonotonicClock.seconds() - t0
+                if round > 0 { best[i] = min(best[i], t) }  // round 0 warms up
+                writeStandardError("thor bench train: \(cases[i].key) step \(steps[i]): \(String(format: "%.3f", t)) s")
+            }
+        }
+        var report = BenchReport(
+            title: "THOR top-p training step: d=256 h=4 d_ff=1024 3+3 layers MoE every layer N=8 V=8000, \(sentences)×\(length) tokens each side, dropout 0.1, BLAS \(BLASCore.loaded)",
+            columns: ["ms", "target tokens/s", "tokens/s", "vs in process"])
+        for (i, c) in cases.enumerated() {
+            let rate = Double(targetTokens) / best[i]
+            report.addRow(c.label, ["ms": String(format: "%.1f", best[i] * 1000),
+                                    "target tokens/s": String(format: "%.0f", rate),
+                                    "tokens/s": String(format: "%.0f", Double(allTokens) / best[i]),
+                                    "vs in process": String(format: "%.3f", best[0] / best[i])])
+            report.set("\(c.key)_ms_per_step", (best[i] * 10000).rounded() / 10)
+            report.set("\(c.key)_target_tokens_per_s", (rate * 10).rounded() / 10)
+            report.set("\(c.key)_tokens_per_s", (Double(allTokens) / best[i] * 10).rounded() / 10)
+        }
+        if cases.count > 1 {
+            report.set("distributed_over_in_process", ((best[0] / best[1]) * 1000).rounded() / 1000)
+            // Same seeds, same batch, same kernels: the two runs must agree bit for bit.
+            report.set("distributed_losses_bit_identical", losses[0].map(\.bitPattern) == losses[1].map(\.bitPattern))
+        }
+        report.set("target_tokens_per_step", targetTokens)
+        report.set("blas_core", BLASCore.loaded)
+        report.set("expert_threads", threads)
+        try report.emit(json: output.json, csvPath: output.csv)
+    }
+
+    /// One optimizer step as `Trainer.trainStep(on:)` does it; returns the loss.
+    static func trainStep(_ model: TranslationModel, batch: Seq2SeqBatch, step: Int) throws -> Double {
+        let t = model.configuration.training
+        let ce = try model.transformer.forward(batch, training: true)
+        let loss = Double(ce.loss) + model.moe.auxiliaryLosses.weighted(by: model.configuration.losses)
+        try model.transformer.backward()
+        var squared = 0.0
+        for p in model.parameters { squared += Kernels.sumOfSquares(p.grad.pointer, count: p.count) }
+        let norms = try model.backend.squaredGradientNorms()
+        for key in norms.keys.sorted() { squared += norms[key]! }
+        let clip = Adam.clipScale(squaredNorm: squared, maxNorm: t.clipNorm)
+        let lr = Adam.inverseSquareRootRate(peak: t.learningRate, warmup: t.warmupSteps, step: step)
+        for p in model.parameters { Adam.update(p, learningRate: lr, clipScale: clip, step: step, settings: t.adam) }
+        try model.backend.step(learningRate: lr, clipScale: clip, step: step)
+        return loss
+    }
+}
+
+/// One progress line on stderr.
+private func writeStandardError(_ line: String) {
+    FileHandle.standardError.write(Data((line + "\n").utf8))
+}
