@@ -22,11 +22,23 @@ final class ExperimentCommandTests: XCTestCase {
                         "--set", "data.synthetic_eval_pairs_per_task=4", "--set", "data.vocabulary_size=300",
                         "--set", "evaluation.max_output_length=16", "--no-progress"]
 
-    /// The names of the `<g class="series">` elements of an SVG file (which must parse as XML).
-    func seriesNames(_ path: String) throws -> [String] {
+    /// An attribute's value (`attribute(forName:)` misses attributes under a default namespace on Linux).
+    func attribute(_ e: XMLElement, _ name: String) -> String? { e.attributes?.first { $0.name == name }?.stringValue }
+
+    /// The `<g class="series">` elements of an SVG file (which must parse as XML), in document order.
+    func seriesGroups(_ path: String) throws -> [XMLElement] {
         let doc = try XMLDocument(contentsOf: URL(fileURLWithPath: path), options: [])
-        let groups = try doc.nodes(forXPath: "//*[local-name()='g'][@class='series']")
-        return groups.compactMap { ($0 as? XMLElement)?.attribute(forName: "data-series")?.stringValue }
+        var found: [XMLElement] = []
+        func walk(_ e: XMLElement) {
+            if e.localName == "g", attribute(e, "class") == "series" { found.append(e) }
+            for case let child as XMLElement in e.children ?? [] { walk(child) }
+        }
+        if let root = doc.rootElement() { XCTAssertEqual(root.localName, "svg"); walk(root) }
+        return found
+    }
+
+    func seriesNames(_ path: String) throws -> [String] {
+        try seriesGroups(path).compactMap { attribute($0, "data-series") }
     }
 
     func testQuickSweepWritesReportAndResumes() throws {
@@ -47,8 +59,10 @@ final class ExperimentCommandTests: XCTestCase {
         XCTAssertEqual(try seriesNames(out + "/experts-per-layer.svg").map { $0.replacingOccurrences(of: " (no values)", with: "") },
                        Self.labels)
         // The BLEU plot draws one bar per task and the average for every variant.
-        let doc = try XMLDocument(contentsOf: URL(fileURLWithPath: out + "/bleu.svg"), options: [])
-        XCTAssertEqual(try doc.nodes(forXPath: "//*[local-name()='g'][@class='series']/*[local-name()='rect'][*]").count, 6 * 5)
+        for g in try seriesGroups(out + "/bleu.svg") {
+            let bars = (g.children ?? []).compactMap { $0 as? XMLElement }.filter { $0.localName == "rect" && $0.childCount > 0 }
+            XCTAssertEqual(bars.count, 5, "one bar per task and the average")
+        }
         // Progress goes to stderr.
         XCTAssertTrue(first.stderr.contains("[6/6] dense"), first.stderr)
 
