@@ -91,6 +91,12 @@ final class CommandLineTests: XCTestCase {
             let meanRowSum = usage.values.map { $0[t].reduce(0, +) }.reduce(0, +) / Double(usage.count)
             XCTAssertEqual(meanRowSum, try XCTUnwrap(obj["experts_per_token_\(task)"] as? Double), accuracy: 1e-9)
         }
+        // --gold-task routes the same weights with r = E_task[gold]: same test set, other routing.
+        let gold = try Thor.run(["eval", "checkpoint", "--checkpoint", ck, "--json", "--gold-task"])
+        XCTAssertEqual(gold.status, 0, gold.stderr)
+        let g = try JSONSerialization.jsonObject(with: Data(gold.stdout.utf8)) as! [String: Any]
+        XCTAssertEqual(g["sentences"] as? Int, obj["sentences"] as? Int)
+        XCTAssertNotEqual(g["loss"] as? Double, obj["loss"] as? Double, "r = E_task[gold] should change the routing")
         let table = try Thor.run(["eval", "checkpoint", "--checkpoint", ck])
         XCTAssertEqual(table.status, 0, table.stderr)
         XCTAssertTrue(table.stdout.contains("encoder.layers.1.moe: task × expert usage"), table.stdout)

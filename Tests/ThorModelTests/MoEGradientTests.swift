@@ -172,7 +172,10 @@ final class MoEGradientTests: XCTestCase {
     }
 
     func testNoContextGradients() throws {
-        try checkAll(routing(.noContext), label: "no-context", expectParameters: taskLevel + layerParams(["task_router.w", "router.w"]))
+        // Hard-mask ablation: with the default product, p sits near the top-p threshold for this seed
+        // (half the nudges of router.w flip a routing choice); the product is checked in thor-topp-prior,
+        // thor-topk and gold.
+        try checkAll(routing(.noContext) { $0.taskPrior = false }, label: "no-context (hard mask)", expectParameters: taskLevel + layerParams(["task_router.w", "router.w"]))
     }
 
     func testGoldGradients() throws {
