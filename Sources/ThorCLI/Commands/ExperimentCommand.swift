@@ -25,7 +25,8 @@ struct ExperimentPaperCommand: ParsableCommand {
         quick-start model (d = 64, d_ff = 128, 2+2 layers, 8 experts per MoE layer, MoE in layer 1 \
         of each stack, 1200 steps of ≤ 2048 tokens, 2 expert workers), about 3–4 minutes per \
         variant on 2 free cores. --quick: a tiny model (d = 32, 4 experts, 60 steps, 1200 training \
-        pairs, in-process experts) to check the pipeline in under a minute. --set keys apply to \
+        pairs, in-process experts) to check the pipeline in under a minute; its models are too \
+        small and short-trained for meaningful BLEU. --set keys apply to \
         every variant (e.g. --set training.max_steps=2400).
 
         --out gets one directory per variant (run/ with config, metrics and checkpoints, \
