@@ -26,7 +26,8 @@ struct ExperimentPaperCommand: ParsableCommand {
         of each stack, 1200 steps of ≤ 2048 tokens, 2 expert workers), about 3–4 minutes per \
         variant on 2 free cores. --quick: a tiny model (d = 32, 4 experts, 60 steps, 1200 training \
         pairs, in-process experts) to check the pipeline in under a minute; its models are too \
-        small and short-trained for meaningful BLEU. --set keys apply to \
+        small and short-trained for meaningful BLEU. With --corpus DIR, --quick still reads the \
+        whole files (the slice applies to the built-in corpus). --set keys apply to \
         every variant (e.g. --set training.max_steps=2400).
 
         --out gets one directory per variant (run/ with config, metrics and checkpoints, \
