@@ -18,9 +18,16 @@ public struct EvaluationReport: Sendable {
     /// Experts per token (mean over MoE layers of the per-layer mean over tokens), overall and per task.
     public var expertsPerToken: Double?
     public var expertsPerTokenByTask: [Double?]
+    /// Experts per token of each MoE layer (ordinal order, all tasks).
+    public var expertsPerTokenByLayer: [Double?]
     public var taskAccuracy: Double?
     /// Row-normalized task × predicted-task matrix.
     public var taskMatrix: [[Double]]
+    /// Names of the MoE layers (`encoder.layers.1.moe`, …), in ordinal order.
+    public var moeLayers: [String]
+    /// Per MoE layer the task × expert usage matrix: `[layer][task][expert]` = share of the task's
+    /// tokens that the expert served (rows sum to the task's experts per token in that layer).
+    public var expertUsage: [[[Double]]]
     public var sentences: Int
     /// Sentences of each task.
     public var sentencesByTask: [Int]
@@ -50,6 +57,15 @@ public struct EvaluationReport: Sendable {
                 out += pad(tasks[i]) + "  " + row.map { String(format: "%8.3f", $0) }.joined(separator: " ") + "\n"
             }
         }
+        for (l, name) in moeLayers.enumerated() where l < expertUsage.count {
+            let m = expertUsage[l]
+            guard !m.isEmpty else { continue }
+            out += "\(name): task × expert usage (share of the task's tokens each expert serves):\n"
+            out += pad("") + "  " + (0..<m[0].count).map { e -> String in let h = "e\(e)"; return String(repeating: " ", count: max(0, 6 - h.count)) + h }.joined(separator: " ") + "\n"
+            for (i, row) in m.enumerated() where i < tasks.count {
+                out += pad(tasks[i]) + "  " + row.map { String(format: "%6.3f", $0) }.joined(separator: " ") + "\n"
+            }
+        }
         out += SacreBLEU.signature + "\n"
         return out
     }
@@ -64,6 +80,15 @@ public struct EvaluationReport: Sendable {
         }
         if let e = expertsPerToken { r["experts_per_token"] = e }
         if let a = taskAccuracy { r["task_accuracy"] = a; r["task_matrix"] = taskMatrix }
+        if !moeLayers.isEmpty {
+            var usage: [String: Any] = [:], perLayer: [String: Any] = [:]
+            for (l, name) in moeLayers.enumerated() where l < expertUsage.count { usage[name] = expertUsage[l] }
+            for (l, name) in moeLayers.enumerated() where l < expertsPerTokenByLayer.count {
+                if let e = expertsPerTokenByLayer[l] { perLayer[name] = e }
+            }
+            r["expert_usage"] = usage
+            r["experts_per_token_by_layer"] = perLayer
+        }
         return r
     }
 }
@@ -145,7 +170,10 @@ public enum Evaluator {
             loss: lossTokens > 0 ? lossSum / Double(lossTokens) : 0,
             expertsPerToken: stats?.expertsPerToken(),
             expertsPerTokenByTask: tasks.indices.map { stats?.expertsPerToken(task: $0) },
+            expertsPerTokenByLayer: stats.map { st in (0..<st.layers).map { st.expertsPerToken(layer: $0) } } ?? [],
             taskAccuracy: stats?.taskAccuracy, taskMatrix: stats?.normalizedTaskMatrix ?? [],
+            moeLayers: model.moe.layers.map(\.name),
+            expertUsage: stats.map { st in (0..<st.layers).map { st.taskExpertUsage(layer: $0) } } ?? [],
             sentences: chosen.count,
             sentencesByTask: chosenByTask.map(\.count),
             decodeTokensPerSecond: Double(produced) / max(decodeSeconds, 1e-9),

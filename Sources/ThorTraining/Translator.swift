@@ -12,10 +12,20 @@ public final class Translator {
     public var tasks: [String] { checkpoint.state.tasks }
 
     /// Loads `directory`; the experts run in this process (`workers` = 0) or on a local cluster.
-    public init(checkpoint directory: String, workers: Int = 0, threads: Int = 2) throws {
+    /// `goldTask`: a `thor-topp` checkpoint routes with `r = E_task[gold]` instead of the predicted
+    /// mixture (the `gold` variant has the same parameters), to measure what wrong task predictions cost.
+    public init(checkpoint directory: String, workers: Int = 0, threads: Int = 2, goldTask: Bool = false) throws {
         checkpoint = try RunCheckpoint(directory: directory)
-        runtime = try ExpertRuntime(configuration: checkpoint.configuration, workers: workers, threads: threads)
-        model = try TranslationModel(configuration: checkpoint.configuration, backend: runtime.backend)
+        var c = checkpoint.configuration
+        if goldTask {
+            guard c.routing.variant == .thorTopP || c.routing.variant == .gold else {
+                throw TrainingError.invalidConfiguration(
+                    "routing with the gold task needs a thor-topp checkpoint (same parameters as gold); this one is \(c.routing.variant.rawValue)")
+            }
+            c.routing.variant = .gold
+        }
+        runtime = try ExpertRuntime(configuration: c, workers: workers, threads: threads)
+        model = try TranslationModel(configuration: c, backend: runtime.backend)
         try checkpoint.restore(into: model)
     }
 

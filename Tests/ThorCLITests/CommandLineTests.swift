@@ -82,6 +82,25 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(ev.status, 0, ev.stderr)
         let obj = try JSONSerialization.jsonObject(with: Data(ev.stdout.utf8)) as! [String: Any]
         XCTAssertNotNil(obj["bleu"]); XCTAssertNotNil(obj["task_accuracy"]); XCTAssertNotNil(obj["experts_per_token"])
+        // Per MoE layer the task × expert usage: 4 tasks × 4 experts; for each task the mean over layers of its
+        // row sums is the task's experts per token.
+        let usage = try XCTUnwrap(obj["expert_usage"] as? [String: [[Double]]])
+        XCTAssertEqual(Set(usage.keys), ["encoder.layers.1.moe", "decoder.layers.1.moe"])
+        for m in usage.values { XCTAssertEqual(m.count, 4); XCTAssertTrue(m.allSatisfy { $0.count == 4 && $0.allSatisfy { $0 >= 0 && $0 <= 1 } }) }
+        for (t, task) in ["it", "law", "medical", "religion"].enumerated() {
+            let meanRowSum = usage.values.map { $0[t].reduce(0, +) }.reduce(0, +) / Double(usage.count)
+            XCTAssertEqual(meanRowSum, try XCTUnwrap(obj["experts_per_token_\(task)"] as? Double), accuracy: 1e-9)
+        }
+        // --gold-task routes the same weights with r = E_task[gold]: same test set, other routing.
+        let gold = try Thor.run(["eval", "checkpoint", "--checkpoint", ck, "--json", "--gold-task"])
+        XCTAssertEqual(gold.status, 0, gold.stderr)
+        let g = try JSONSerialization.jsonObject(with: Data(gold.stdout.utf8)) as! [String: Any]
+        XCTAssertEqual(g["sentences"] as? Int, obj["sentences"] as? Int)
+        XCTAssertNotEqual(g["loss"] as? Double, obj["loss"] as? Double, "r = E_task[gold] should change the routing")
+        let table = try Thor.run(["eval", "checkpoint", "--checkpoint", ck])
+        XCTAssertEqual(table.status, 0, table.stderr)
+        XCTAssertTrue(table.stdout.contains("encoder.layers.1.moe: task × expert usage"), table.stdout)
+        XCTAssertTrue(table.stdout.contains("decoder.layers.1.moe: task × expert usage"), table.stdout)
         // The same figures (all but the decoding speed) with the experts on 2 workers.
         let ev2 = try Thor.run(["eval", "checkpoint", "--checkpoint", ck, "--json", "--workers", "2"])
         XCTAssertEqual(ev2.status, 0, ev2.stderr)
@@ -130,7 +149,7 @@ final class CommandLineTests: XCTestCase {
 
     func testHelpExplainsEverySubcommand() throws {
         let help = try Thor.run(["--help"])
-        for sub in ["train", "translate", "eval", "bench", "worker", "cluster"] {
+        for sub in ["train", "translate", "eval", "bench", "worker", "cluster", "experiment"] {
             XCTAssertTrue(help.stdout.contains(sub), help.stdout)
         }
         let trainHelp = try Thor.run(["train", "--help"])

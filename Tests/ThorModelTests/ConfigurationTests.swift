@@ -66,7 +66,7 @@ final class ConfigurationTests: XCTestCase {
         """)
         XCTAssertEqual(c.model.modelDim, 512); XCTAssertEqual(c.model.activation, .swiglu)
         XCTAssertEqual(c.routing.variant, .thorTopK); XCTAssertEqual(c.routing.resolvedCandidates, 8)
-        XCTAssertEqual(c.routing.capacityFactor, 1.25); XCTAssertTrue(c.routing.taskPrior)
+        XCTAssertEqual(c.routing.capacityFactor, 1.25); XCTAssertEqual(c.routing.taskPrior, true)
         XCTAssertEqual(c.losses.alpha, 0.02); XCTAssertEqual(c.losses.beta, 0.01)
         XCTAssertEqual((0..<6).filter(c.routing.isMoELayer), Array(0..<6))
         XCTAssertEqual(try parse(c.jsonValue.serialized()), c)

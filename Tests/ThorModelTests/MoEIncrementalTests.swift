@@ -8,7 +8,7 @@ final class MoEIncrementalTests: XCTestCase {
     /// MoEDecodingState) gives the full pass's output, in every variant.
     func checkIncrementalDecoderMatchesFullPass(_ v: RoutingVariant) throws {
         var r = RoutingConfiguration(variant: v, experts: 4, candidates: 2, threshold: 0.6, moeEvery: 1, sharedExperts: 1, tasks: 3)
-        if v == .thorTopP { r.taskPrior = true }
+        if v == .thorTopK { r.taskPrior = false }   // the hard-mask ablation; the others use the default product
         let h = try MoEHarness(routing: r)
         let dec = h.layers[2]
         let b = 2, len = 5, d = h.d

@@ -29,6 +29,10 @@ final class RoutingStatisticsTests: XCTestCase {
         XCTAssertEqual(s.expertsPerToken(task: 0)!, 1.25, accuracy: 1e-12)
         XCTAssertEqual(s.load[0], [1, 2, 1])
         XCTAssertEqual(s.loadShare(layer: 1), [2.0 / 3, 0, 1.0 / 3])
+        // task × expert usage: share of each task's tokens each expert served (kept only; rows sum to experts/token)
+        XCTAssertEqual(s.taskExpertUsage(layer: 0), [[0, 1, 0], [0.5, 0.5, 0.5]])
+        XCTAssertEqual(s.taskExpertUsage(layer: 1), [[1, 0, 0.5], [0, 0, 0]])
+        XCTAssertEqual(s.taskLoad[0][2], [0, 0, 0])                     // no unlabelled tokens
         s.recordPredictions([1, 0, 0, 1], gold: [1, 1, 0, 0])
         s.recordPredictions([0], gold: nil)
         XCTAssertEqual(s.taskAccuracy!, 0.5, accuracy: 1e-12)

@@ -77,9 +77,9 @@ final class ThorModelDecodingTests: XCTestCase {
         XCTAssertEqual(covered, Set(RoutingVariant.allCases), "add a testIncrementalDecoding… method for the new variant")
     }
 
-    func testIncrementalDecodingThorTopPWithTaskPrior() throws {
-        var prior = routing(.thorTopP); prior.taskPrior = true
-        try checkIncrementalDecoding(prior, "thor-topp+task_prior")
+    func testIncrementalDecodingThorTopPHardMask() throws {
+        var mask = routing(.thorTopP); mask.taskPrior = false
+        try checkIncrementalDecoding(mask, "thor-topp, hard mask (task_prior = false)")
     }
 
     func testIncrementalDecodingThorTopKEveryOtherLayer() throws {

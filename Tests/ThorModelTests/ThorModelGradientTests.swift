@@ -202,10 +202,11 @@ final class ThorModelGradientTests: XCTestCase {
     }
     let taskLevel = ["task_level.predictor.w", "task_level.predictor.b", "task_level.embeddings"]
 
-    /// THOR top-p with an MoE sub-block in every layer (encoder and decoder) and a shared expert.
+    /// THOR top-p (hard-mask ablation, `task_prior = false`) with an MoE sub-block in every layer
+    /// (encoder and decoder) and a shared expert.
     func testThorTopPEveryLayer() throws {
         let r = RoutingConfiguration(variant: .thorTopP, experts: 4, candidates: 3, threshold: 0.5, moeEvery: 1,
-                                     sharedExperts: 1, tasks: 3)
+                                     sharedExperts: 1, taskPrior: false, tasks: 3)
         let layers = ["encoder.layers.0", "encoder.layers.1", "decoder.layers.0", "decoder.layers.1"]
         try checkWholeModel(r, label: "thor-topp/every1",
                             expect: taskLevel + moeNames(layers, ["task_router.w", "gate.w", "gate.b", "router.w", "shared.0.w1"]))

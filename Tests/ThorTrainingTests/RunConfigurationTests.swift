@@ -77,7 +77,7 @@ final class RunConfigurationTests: XCTestCase {
         let c = try base.applying(overrides: ["routing.threshold": "0.7", "routing.variant": "gold", "cluster.workers": "5",
                                               "routing.max_experts": "3", "training.seed": "9", "routing.task_prior": "true"])
         XCTAssertEqual(c.routing.threshold, 0.7); XCTAssertEqual(c.routing.variant, .gold)
-        XCTAssertEqual(c.routing.maxExperts, 3); XCTAssertEqual(c.training.seed, 9); XCTAssertTrue(c.routing.taskPrior)
+        XCTAssertEqual(c.routing.maxExperts, 3); XCTAssertEqual(c.training.seed, 9); XCTAssertEqual(c.routing.taskPrior, true)
         XCTAssertEqual(c.cluster.workers, 5)
         XCTAssertNil(try c.applying(overrides: ["routing.max_experts": "null"]).routing.maxExperts)
         XCTAssertThrowsError(try base.applying(overrides: ["routing.threshold": "1.5"])) { e in

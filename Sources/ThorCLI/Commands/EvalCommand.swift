@@ -65,8 +65,11 @@ struct EvalCheckpointCommand: ParsableCommand {
         Without --test, uses the test set of the checkpoint's configuration (the built-in \
         corpus is regenerated from its seed). Reports BLEU per task and averaged \
         (sacreBLEU 2.6, 13a), experts per token per task (the paper's Table 7), \
-        task-prediction accuracy (Appendix A) and the task × predicted-task matrix \
-        (Appendix C). Routing figures come from a teacher-forced pass over the set.
+        task-prediction accuracy (Appendix A), the task × predicted-task matrix \
+        (Appendix C) and, per MoE layer, the task × expert usage matrix (the share of each \
+        task's tokens that each expert serves; --json: `expert_usage`). Routing figures come \
+        from a teacher-forced pass over the set. --gold-task routes a thor-topp model with \
+        the gold task instead of the predicted one.
         """)
 
     @Option(help: "Checkpoint directory (e.g. runs/latest/checkpoint-last).")
@@ -87,8 +90,11 @@ struct EvalCheckpointCommand: ParsableCommand {
     @Flag(help: "Print the figures as one JSON object.")
     var json = false
 
+    @Flag(help: "Route a thor-topp model with the gold task's embedding (r = E_task[gold]) instead of the predicted mixture: what wrong task predictions cost.")
+    var goldTask = false
+
     func run() throws {
-        let translator = try Translator(checkpoint: checkpoint, workers: workers)
+        let translator = try Translator(checkpoint: checkpoint, workers: workers, goldTask: goldTask)
         defer { translator.runtime.shutdown() }
         let c = translator.model.configuration
         let testPairs: [TranslationPair], testCorpus: EncodedCorpus

@@ -116,8 +116,10 @@ public struct RoutingConfiguration: ConfigurationSection {
     public var moeEvery: Int = 2
     /// Always-on shared experts per MoE layer (weight 1, coordinator side).
     public var sharedExperts: Int = 0
-    /// Add `log q_e` to the token router's logits.
-    public var taskPrior: Bool = false
+    /// Add `log q_e` to the token router's logits: the hierarchical product `p_e ∝ q_e · exp(z_e)`
+    /// (SPEC §2.6). nil: the default, true for every variant with the task-level mask;
+    /// `false` is the hard-mask ablation (the task level only restricts the candidates).
+    public var taskPrior: Bool?
     /// `T`, number of tasks (0: taken from the training data).
     public var tasks: Int = 0
 
@@ -128,7 +130,7 @@ public struct RoutingConfiguration: ConfigurationSection {
                 candidates: Int? = nil, selection: SelectionRule? = nil, k: Int? = nil,
                 threshold: Float = RoutingConfiguration().threshold, maxExperts: Int? = nil, capacityFactor: Float? = nil,
                 moeEvery: Int = RoutingConfiguration().moeEvery, sharedExperts: Int = RoutingConfiguration().sharedExperts,
-                taskPrior: Bool = RoutingConfiguration().taskPrior, tasks: Int = RoutingConfiguration().tasks) {
+                taskPrior: Bool? = nil, tasks: Int = RoutingConfiguration().tasks) {
         self.variant = variant; self.experts = experts; self.candidates = candidates
         self.selection = selection; self.k = k; self.threshold = threshold; self.maxExperts = maxExperts
         self.capacityFactor = capacityFactor; self.moeEvery = moeEvery; self.sharedExperts = sharedExperts
@@ -139,6 +141,9 @@ public struct RoutingConfiguration: ConfigurationSection {
     public var resolvedCandidates: Int {
         variant.usesTaskMask ? (candidates ?? max(1, experts / 2)) : experts
     }
+    /// Whether `log q` is added to the token router's logits: `task_prior`, by default true
+    /// wherever the task-level mask exists (never without it).
+    public var resolvedTaskPrior: Bool { variant.usesTaskMask && (taskPrior ?? true) }
     public var resolvedSelection: SelectionRule { variant.fixedSelection ?? selection ?? .topp }
     public var resolvedK: Int { variant.fixedK ?? k ?? 2 }
 
@@ -185,7 +190,7 @@ public struct RoutingConfiguration: ConfigurationSection {
         try Check.require(moeEvery >= 1, p(.moeEvery), "must be ≥ 1 (1: every layer, 2: every other layer), got \(moeEvery)")
         try Check.require(sharedExperts >= 0, p(.sharedExperts), "must be ≥ 0, got \(sharedExperts)")
         try Check.require(tasks >= 0, p(.tasks), "must be ≥ 0 (0: from the training data), got \(tasks)")
-        if taskPrior {
+        if taskPrior == true {
             try Check.require(variant.usesTaskMask, p(.taskPrior),
                               "needs a variant with the task-level mask (thor-topk, thor-topp, no-context, gold, non-mixed), variant is \(variant.rawValue)")
         }

@@ -17,7 +17,7 @@ extension MoELayer {
         }
         let hIn = UnsafePointer((context?.ht ?? x).pointer)
         let p = router.forward(ht: hIn, rows: nRows, dim: modelDim, length: layout.length, allowed: taskRouting?.allowed,
-                               logQ: routing.taskPrior ? taskRouting?.logQ : nil, mask: mp)
+                               logQ: routing.resolvedTaskPrior ? taskRouting?.logQ : nil, mask: mp)
         switch routing.resolvedSelection {
         case .topk:
             return (p, Selection.topK(p.pointer, rows: nRows, experts: nExperts, k: routing.resolvedK, mask: mp))
@@ -65,7 +65,7 @@ extension MoELayer {
             RoutingKernels.softmaxBackward(p: p.pointer + t * nExperts, dp: dp.pointer + t * nExperts,
                                            dz: dz.pointer + t * nExperts, count: nExperts)
         }
-        guard routing.taskPrior, k.taskRouting != nil else { return (dz, nil) }
+        guard routing.resolvedTaskPrior, k.taskRouting != nil else { return (dz, nil) }
         let dLogQ = Tensor(shape: [k.batch, nExperts])
         for t in 0..<nRows { Kernels.add(dz.pointer + t * nExperts, into: dLogQ.pointer + (t / k.length) * nExperts, count: nExperts) }
         return (dz, dLogQ)

@@ -1,6 +1,6 @@
 /// Routing figures the paper reports (SPEC §4), accumulable over batches and steps:
 /// activated experts per token (per MoE layer and per task), expert load per layer,
-/// task-prediction accuracy and the task × predicted-task matrix.
+/// the task × expert usage per layer, task-prediction accuracy and the task × predicted-task matrix.
 ///
 /// Experts per token counts the experts a token actually used (after capacity dropping)
 /// over non-pad tokens: per layer the mean over tokens, then the mean over MoE layers.
@@ -14,6 +14,8 @@ public struct RoutingStatistics: Sendable, Equatable, Codable {
     public private(set) var expertsUsed: [[Double]]
     /// Token→expert assignments kept, `[layer][expert]`.
     public private(set) var load: [[Double]]
+    /// Token→expert assignments kept, `[layer][task][expert]` (task index `tasks`: tokens without a gold task).
+    public private(set) var taskLoad: [[[Double]]]
     /// Sentences by gold task (row) and predicted task (column).
     public private(set) var taskMatrix: [[Double]]
 
@@ -22,6 +24,7 @@ public struct RoutingStatistics: Sendable, Equatable, Codable {
         tokens = Array(repeating: Array(repeating: 0, count: self.tasks + 1), count: layers)
         expertsUsed = tokens
         load = Array(repeating: Array(repeating: 0, count: experts), count: layers)
+        taskLoad = Array(repeating: Array(repeating: Array(repeating: 0, count: experts), count: self.tasks + 1), count: layers)
         taskMatrix = Array(repeating: Array(repeating: 0, count: self.tasks), count: self.tasks)
     }
 
@@ -34,7 +37,9 @@ public struct RoutingStatistics: Sendable, Equatable, Codable {
             var used = 0
             for s in 0..<Int(decision.count[t]) where decision.kept[t * decision.slots + s] != 0 {
                 used += 1
-                load[layer][Int(decision.experts[t * decision.slots + s])] += 1
+                let e = Int(decision.experts[t * decision.slots + s])
+                load[layer][e] += 1
+                taskLoad[layer][task][e] += 1
             }
             tokens[layer][task] += 1
             expertsUsed[layer][task] += Double(used)
@@ -53,6 +58,7 @@ public struct RoutingStatistics: Sendable, Equatable, Codable {
         for l in 0..<layers {
             for t in 0...tasks { tokens[l][t] += o.tokens[l][t]; expertsUsed[l][t] += o.expertsUsed[l][t] }
             for e in 0..<experts { load[l][e] += o.load[l][e] }
+            for t in 0...tasks { for e in 0..<experts { taskLoad[l][t][e] += o.taskLoad[l][t][e] } }
         }
         for a in 0..<tasks { for b in 0..<tasks { taskMatrix[a][b] += o.taskMatrix[a][b] } }
     }
@@ -74,6 +80,17 @@ public struct RoutingStatistics: Sendable, Equatable, Codable {
     public func loadShare(layer: Int) -> [Double] {
         let s = load[layer].reduce(0, +)
         return load[layer].map { s > 0 ? $0 / s : 0 }
+    }
+
+    /// The task × expert usage matrix of `layer`: entry `[τ][e]` is the share of task `τ`'s non-pad
+    /// tokens that expert `e` served (kept assignments / tokens), so a row sums to the task's experts
+    /// per token in that layer. Rows `0..<tasks` (gold tasks; a task without tokens gives a row of 0).
+    /// It shows whether the experts specialise by task or every task uses the same ones.
+    public func taskExpertUsage(layer: Int) -> [[Double]] {
+        (0..<tasks).map { t in
+            let n = tokens[layer][t]
+            return taskLoad[layer][t].map { n > 0 ? $0 / n : 0 }
+        }
     }
 
     /// Fraction of labelled sentences whose predicted task is the gold one.
