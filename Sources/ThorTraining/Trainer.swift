@@ -46,7 +46,7 @@ public final class Trainer {
 
     /// Everything a checkpoint needs besides the weights.
     public var state: TrainingState {
-        TrainingState(step: step, dataPosition: batches.position, dropoutState: model.transformer.dropoutState,
+        TrainingState(step: step, dataPosition: batches.position, dropoutState: model.network.dropoutState,
                       tasks: data.tasks)
     }
 
@@ -64,14 +64,14 @@ public final class Trainer {
     /// One optimizer step on `batch`.
     public func trainStep(on batch: Seq2SeqBatch) throws -> StepResult {
         let t = model.configuration.training
-        let ce = try model.transformer.forward(batch, training: true)
+        let ce = try model.network.forward(batch, training: true)
         let aux = model.moe.auxiliaryLosses
         let total = Double(ce.loss) + aux.weighted(by: model.configuration.losses)
         guard total.isFinite else {
             try model.zeroGradients()
             throw TrainingError.nonFiniteLoss(step: step + 1)
         }
-        try model.transformer.backward()
+        try model.network.backward(lossScale: 1)
         // Global gradient norm: coordinator parameters in order, then experts in key order,
         // so the sum is the same whatever the placement.
         var squared = 0.0
