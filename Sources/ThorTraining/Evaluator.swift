@@ -119,14 +119,8 @@ public enum Evaluator {
 
     /// Translates `ids` [B] sentences of `batch` and returns the token ids of each (no BOS/EOS).
     public static func translate(_ model: TranslationModel, batch: Seq2SeqBatch, options: DecodingOptions) throws -> [[Int32]] {
-        let encoded = try model.transformer.encode(batch)
-        if options.beamSize <= 1 {
-            return try model.transformer.greedyDecode(encoded, bos: SpecialTokens.bos, eos: SpecialTokens.eos,
-                                                      maxLength: options.maxOutputLength)
-        }
-        return try model.transformer.beamSearch(encoded, beamSize: options.beamSize, lengthPenalty: options.lengthPenalty,
-                                                bos: SpecialTokens.bos, eos: SpecialTokens.eos,
-                                                maxLength: options.maxOutputLength)
+        try model.network.translate(batch, beamSize: options.beamSize, lengthPenalty: options.lengthPenalty,
+                                    bos: SpecialTokens.bos, eos: SpecialTokens.eos, maxLength: options.maxOutputLength)
     }
 
     /// Evaluates `model` on `pairs` (text) / `corpus` (the same pairs tokenized, same order),
@@ -146,7 +140,7 @@ public enum Evaluator {
         var decodeSeconds = 0.0
         model.moe.startCollectingStatistics()
         for batch in batches {
-            let ce = try model.transformer.forward(batch, training: false)
+            let ce = try model.network.forward(batch, training: false)
             lossSum += ce.lossSum; lossTokens += ce.tokenCount
         }
         let stats = model.moe.takeStatistics()

@@ -147,7 +147,7 @@ public struct RunCheckpoint {
         }
         do { try model.backend.importState(experts) } catch { throw fail("experts: \(error)") }
         for (src, dst) in staged { dst.copy(from: src) }
-        model.transformer.dropoutState = state.dropoutState
+        model.network.dropoutState = state.dropoutState
     }
 }
 

@@ -48,7 +48,7 @@ public final class Trainer {
 
     /// Everything a checkpoint needs besides the weights.
     public var state: TrainingState {
-        TrainingState(step: step, dataPosition: batches.position, dropoutState: model.transformer.dropoutState,
+        TrainingState(step: step, dataPosition: batches.position, dropoutState: model.network.dropoutState,
                       tasks: data.tasks)
     }
 
@@ -135,7 +135,7 @@ public final class Trainer {
     /// One optimizer step on `batch`.
     public func trainStep(on batch: Seq2SeqBatch) throws -> StepResult {
         let t = model.configuration.training
-        let ce = try model.transformer.forward(batch, training: true)
+        let ce = try model.network.forward(batch, training: true)
         let aux = model.moe.auxiliaryLosses
         let total = Double(ce.loss) + aux.weighted(by: model.configuration.losses)
         guard total.isFinite else {
@@ -143,7 +143,7 @@ public final class Trainer {
             try model.zeroGradients()
             throw TrainingError.nonFinite(step: step + 1, quantity: "loss (\(total))", tensor: culprit)
         }
-        try model.transformer.backward()
+        try model.network.backward(lossScale: 1)
         // Global gradient norm: coordinator parameters in order, then experts in key order,
         // so the sum is the same whatever the placement.
         var squared = 0.0

@@ -203,7 +203,9 @@ public final class TrainingRun {
         let f1 = spec.activation.firstProjectionWidth(dFF: spec.hiddenDim)
         let perExpert = spec.modelDim * f1 + f1 + spec.hiddenDim * spec.modelDim + spec.modelDim
         info("model: \(configuration.routing.variant.rawValue), d=\(configuration.model.modelDim), "
-            + "\(configuration.model.encoderLayers)+\(configuration.model.decoderLayers) layers, "
+            + (configuration.model.architecture == .decoderOnly
+               ? "decoder-only (prefix-LM), \(configuration.model.prefixLMLayers) layers, "
+               : "\(configuration.model.encoderLayers)+\(configuration.model.decoderLayers) layers, ")
             + "\(model.moe.layers.count) MoE layers × \(configuration.routing.experts) experts; "
             + "\(coordinatorCount) coordinator + \(expertCount * perExpert) expert parameters")
     }

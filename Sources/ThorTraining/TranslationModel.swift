@@ -2,20 +2,24 @@ import ThorTensor
 import ThorExperts
 import ThorModel
 
-/// A THOR-MoE encoder-decoder translation model as the coordinator sees it:
-/// the Transformer (embeddings, attention, LayerNorms, output layer), its MoE
+/// A THOR-MoE translation model as the coordinator sees it: the network (the encoder-decoder
+/// `Transformer` or the decoder-only `PrefixLMTransformer`, by `model.architecture`: embeddings,
+/// attention, LayerNorms, output layer), its MoE
 /// layers with both routing levels, and the expert backend that runs the routed
 /// experts (in this process or on expert workers).
 public final class TranslationModel {
     /// The resolved configuration (vocabulary size and task count filled in).
     public let configuration: ThorConfiguration
-    public let transformer: Transformer
+    /// The network `model.architecture` names.
+    public let network: TranslationNetwork
+    /// The encoder-decoder network (nil for a decoder-only model).
+    public var transformer: Transformer? { network as? Transformer }
     public let moe: MoEStack
     public var backend: ExpertBackend { moe.backend }
 
     /// Every coordinator-side parameter in a fixed order (MoE routing parameters included;
     /// routed experts live in the backend).
-    public var parameters: [Parameter] { transformer.parameters }
+    public var parameters: [Parameter] { network.parameters }
 
     /// The experts every backend for `configuration` must host, in canonical order.
     public static func expertKeys(for configuration: ThorConfiguration) -> [ExpertKey] {
@@ -43,14 +47,14 @@ public final class TranslationModel {
         let stack = try MoEStack(model: configuration.model, routing: configuration.routing,
                                  losses: configuration.losses, backend: backend, seed: seed ^ 0x30E)
         moe = stack
-        transformer = try Transformer(configuration: configuration.model, seed: seed, taskLevel: stack.taskLevel,
-                                      makeFeedForward: { side, i in stack.sublayer(side: side, layerIndex: i) })
-        transformer.labelSmoothing = configuration.losses.labelSmoothing
+        network = try TranslationNetworks.make(configuration: configuration.model, seed: seed, taskLevel: stack.taskLevel,
+                                               makeFeedForward: { side, i in stack.sublayer(side: side, layerIndex: i) })
+        network.labelSmoothing = configuration.losses.labelSmoothing
     }
 
     /// Zeroes the coordinator's gradients and drops the experts' gradients and kept activations.
     public func zeroGradients() throws {
-        transformer.zeroGradients()
+        network.zeroGradients()
         try backend.zeroGradients()
     }
 }

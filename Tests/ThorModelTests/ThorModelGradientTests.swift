@@ -3,15 +3,20 @@ import ThorTensor
 import ThorExperts
 import ThorModel
 
-/// The whole THOR model in one process: a `Transformer` whose FFN sub-blocks are the MoE layers
-/// of an `MoEStack` backed by an `InProcessExpertBackend` (the plug-in of docs/routing.md).
+/// The whole THOR model in one process: a `Transformer` (or, with `model.architecture = decoder-only`,
+/// a `PrefixLMTransformer`) whose FFN sub-blocks are the MoE layers of an `MoEStack` backed by an
+/// `InProcessExpertBackend` (the plug-in of docs/routing.md).
 final class ThorModelUnderTest {
     let model: TransformerConfiguration
     let routing: RoutingConfiguration
     let losses: LossConfiguration
     let backend: InProcessExpertBackend
     let moe: MoEStack
-    let transformer: Transformer
+    let network: TranslationNetwork
+    /// The encoder-decoder network (encoder-decoder models only).
+    var transformer: Transformer { network as! Transformer }
+    /// The decoder-only network (decoder-only models only).
+    var prefixLM: PrefixLMTransformer { network as! PrefixLMTransformer }
     /// With `probeReLU`: the recorder of every ReLU pre-activation (see `ReLUProbe`).
     let probe: ReLUProbe?
 
@@ -24,7 +29,7 @@ final class ThorModelUnderTest {
         self.probe = probe
         let stack = try MoEStack(model: model, routing: routing, losses: losses, backend: probe?.backend ?? backend, seed: seed)
         moe = stack
-        transformer = try Transformer(configuration: model, seed: seed, taskLevel: stack.taskLevel) { side, i in
+        network = try TranslationNetworks.make(configuration: model, seed: seed, taskLevel: stack.taskLevel) { side, i in
             guard let probe else { return stack.sublayer(side: side, layerIndex: i) }
             let name = Transformer.feedForwardName(side: side, layer: i)
             if let moe = stack.sublayer(side: side, layerIndex: i) { return probe.wrap(moe, name: name) }
@@ -32,17 +37,17 @@ final class ThorModelUnderTest {
             return probe.wrap(DenseFeedForward(name: name, modelDim: model.modelDim, hiddenDim: model.hiddenDim,
                                                activation: model.activation, rng: &g), name: name)
         }
-        transformer.labelSmoothing = losses.labelSmoothing
+        network.labelSmoothing = losses.labelSmoothing
     }
 
     /// Routed experts in canonical key order.
     var experts: [Expert] { backend.host.keys.map { backend.host.experts[$0]! } }
 
     /// Every trainable tensor: the Transformer's (MoE coordinator parameters included) and the experts'.
-    var allParameters: [Parameter] { transformer.parameters + experts.flatMap(\.parameters) }
+    var allParameters: [Parameter] { network.parameters + experts.flatMap(\.parameters) }
 
     func zeroGradients() throws {
-        transformer.zeroGradients()
+        network.zeroGradients()
         try backend.zeroGradients()
     }
 
@@ -51,15 +56,15 @@ final class ThorModelUnderTest {
     @discardableResult
     func trainingLoss(_ batch: Seq2SeqBatch) throws -> (total: Double, translation: Double) {
         probe?.reset()
-        let r = try transformer.forward(batch, training: true)
+        let r = try network.forward(batch, training: true)
         let mt = r.lossSum / Double(r.tokenCount)
         return (mt + moe.auxiliaryLosses.weighted(by: losses), mt)
     }
 
-    /// Every discrete routing choice of the last forward: task predictions, candidate sets,
-    /// selections and kept flags of every MoE layer.
+    /// Every discrete routing choice of the last forward: task predictions, the task predictor's
+    /// max-pool argmax rows, candidate sets, selections and kept flags of every MoE layer.
     func routingSignature() -> [Int] {
-        var s: [Int] = moe.taskLevel?.predictions ?? []
+        var s: [Int] = (moe.taskLevel?.predictions ?? []) + [-3] + (moe.taskLevel?.poolingRows ?? [])
         for l in moe.layers {
             if let tr = l.lastTaskRouting { for b in 0..<tr.batch { s += tr.candidateSet(b) } }
             if let dec = l.lastDecision {
@@ -78,10 +83,13 @@ enum ThorTokens {
 /// central finite differences of the total loss `L_mt + weighted auxiliary losses`.
 final class ThorModelGradientTests: XCTestCase {
     /// No dropout, so the loss is smooth between routing flips (and, with ReLU, between kinks).
-    func smallModel(encoderLayers: Int = 2, decoderLayers: Int = 2, activation: Activation = .gelu) -> TransformerConfiguration {
-        TransformerConfiguration(vocabularySize: 11, modelDim: 8, hiddenDim: 6, heads: 2, encoderLayers: encoderLayers,
-                                 decoderLayers: decoderLayers, activation: activation, dropout: 0, attentionDropout: 0,
-                                 maxPositions: 16, padID: 0)
+    func smallModel(encoderLayers: Int = 2, decoderLayers: Int = 2, activation: Activation = .gelu,
+                    architecture: Architecture = .encoderDecoder) -> TransformerConfiguration {
+        var c = TransformerConfiguration(vocabularySize: 11, modelDim: 8, hiddenDim: 6, heads: 2, encoderLayers: encoderLayers,
+                                         decoderLayers: decoderLayers, activation: activation, dropout: 0, attentionDropout: 0,
+                                         maxPositions: 16, padID: 0)
+        c.architecture = architecture
+        return c
     }
 
     /// Three sentence pairs of different lengths and tasks (padding on both sides).
@@ -106,16 +114,18 @@ final class ThorModelGradientTests: XCTestCase {
     /// (same activation pattern as the analytic gradient) is checked instead, against
     /// `oneSidedTolerance` (its error is O(eps), not O(eps²)); where both sides cross, the entry is
     /// skipped. Entries whose central difference would have failed are printed with the flip.
+    @discardableResult
     func checkWholeModel(_ routing: RoutingConfiguration, label: String, expect: [String], activation: Activation = .gelu,
+                         model: TransformerConfiguration? = nil,
                          samples: Int = 6, eps: Float = 5e-3, tolerance: Float = 3e-2, oneSidedTolerance: Float = 6e-2,
-                         file: StaticString = #filePath, line: UInt = #line) throws {
-        let m = try ThorModelUnderTest(model: smallModel(activation: activation), routing: routing, losses: heavyLosses, seed: 17,
+                         file: StaticString = #filePath, line: UInt = #line) throws -> Int {
+        let m = try ThorModelUnderTest(model: model ?? smallModel(activation: activation), routing: routing, losses: heavyLosses, seed: 17,
                                        probeReLU: activation == .relu)
         var g = RandomGenerator(seed: 18)
         for p in m.allParameters where p.shape.count == 1 {
             for i in 0..<p.count { p.value[i] += g.normal() * 0.2 }
         }
-        let names = Set(m.transformer.parameters.map(\.name))
+        let names = Set(m.network.parameters.map(\.name))
         for e in expect { XCTAssertTrue(names.contains(e), "\(label): no parameter \(e)", file: file, line: line) }
         XCTAssertFalse(m.experts.isEmpty, "\(label): no routed experts", file: file, line: line)
 
@@ -125,7 +135,7 @@ final class ThorModelGradientTests: XCTestCase {
         let base = m.routingSignature()
         let baseKinks = m.probe?.preActivations() ?? []
         let baseSigns = baseKinks.map { $0.value > 0 }
-        try m.transformer.backward()
+        try m.network.backward(lossScale: 1)
         let aux = m.moe.auxiliaryLosses
         if routing.variant.usesTaskPredictor { XCTAssertNotNil(aux.task, file: file, line: line) }
         XCTAssertNotNil(aux.tokenBalance, file: file, line: line)
@@ -195,6 +205,7 @@ final class ThorModelGradientTests: XCTestCase {
             + "\(bothSides) skipped (both sides cross), \(centralWouldFail) whose central difference would have failed"
         print("[ThorModelGradientTests] \(label): \(checked) entries checked (worst relative error \(worst)), "
               + "\(skipped) skipped (routing flip)\(kinkReport)")
+        return checked
     }
 
     func moeNames(_ layers: [String], _ suffixes: [String]) -> [String] {

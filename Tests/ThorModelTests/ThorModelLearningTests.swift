@@ -54,7 +54,7 @@ extension ThorModelUnderTest {
     func train(_ train: [SyntheticDomains.Pair], steps: Int, batchSize: Int, peak: Float = 3e-3, warmup: Int = 60,
                maxNorm: Float = 1) throws -> (first: Double, last: Double) {
         var first = 0.0, last = 0.0, cursor = 0
-        let params = transformer.parameters
+        let params = network.parameters
         for step in 1...steps {
             if cursor + batchSize > train.count { cursor = 0 }
             let batch = SyntheticDomains.batch(train[cursor..<(cursor + batchSize)])
@@ -62,7 +62,7 @@ extension ThorModelUnderTest {
             let mt = try trainingLoss(batch).translation
             if step <= 20 { first += mt / 20 }
             if step > steps - 20 { last += mt / 20 }
-            try transformer.backward()
+            try network.backward(lossScale: 1)
             var squared = params.reduce(0.0) { $0 + Kernels.sumOfSquares($1.grad.pointer, count: $1.count) }
             let expertNorms = try backend.squaredGradientNorms()
             for k in expertNorms.keys.sorted() { squared += expertNorms[k]! }
@@ -83,14 +83,14 @@ extension ThorModelUnderTest {
         for start in stride(from: 0, to: pairs.count, by: batchSize) {
             let slice = pairs[start..<min(pairs.count, start + batchSize)]
             let batch = SyntheticDomains.batch(slice)
-            let r = try transformer.forward(batch, training: false)
+            let r = try network.forward(batch, training: false)
             nll += r.nllSum; tokens += r.tokenCount
         }
         statistics = moe.takeStatistics()
         for start in stride(from: 0, to: pairs.count, by: batchSize) {
             let slice = pairs[start..<min(pairs.count, start + batchSize)]
-            let enc = try transformer.encode(SyntheticDomains.batch(slice))
-            let out = try transformer.greedyDecode(enc, bos: ThorTokens.bos, eos: ThorTokens.eos, maxLength: 10)
+            let out = try network.translate(SyntheticDomains.batch(slice), beamSize: 1, lengthPenalty: 1,
+                                            bos: ThorTokens.bos, eos: ThorTokens.eos, maxLength: 10)
             for (o, p) in zip(out, slice) where o == Array(p.target.dropFirst().dropLast()) { exact += 1 }
         }
         return (nll / Double(tokens), statistics ?? RoutingStatistics(layers: 0, experts: 0, tasks: 0), Double(exact) / Double(pairs.count))

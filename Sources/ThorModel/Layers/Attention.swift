@@ -14,13 +14,18 @@ import Darwin
 ///   attention weights after dropout (`probs ⊙ dropMask`, kept when dropout is on);
 ///   out [B, Tq, d].
 /// Query `s` sits at absolute position `queryStart + s`; with `causal` it sees keys
-/// `j ≤ queryStart + s`. Masked scores are −∞; a row with no visible key gives zeros.
+/// `j ≤ queryStart + s`, and also every key `j < prefixLength` (prefix-LM: with `prefixLength = P`
+/// the first `P` positions attend to each other bidirectionally and the rest causally).
+/// Masked scores are −∞; a row with no visible key gives zeros.
 public enum AttentionKernel {
     public struct Shape {
         public var batch: Int, queryLength: Int, keyLength: Int, keyCapacity: Int
         public var dim: Int, heads: Int, queryStart: Int, causal: Bool, maskStride: Int
+        /// Keys `0 ..< prefixLength` are visible to every query even with `causal` (prefix-LM).
+        public var prefixLength: Int
         public init(batch: Int, queryLength: Int, keyLength: Int, keyCapacity: Int? = nil, dim: Int, heads: Int,
-                    queryStart: Int = 0, causal: Bool, maskStride: Int? = nil) {
+                    queryStart: Int = 0, causal: Bool, maskStride: Int? = nil, prefixLength: Int = 0) {
+            self.prefixLength = prefixLength
             self.batch = batch; self.queryLength = queryLength; self.keyLength = keyLength
             self.keyCapacity = keyCapacity ?? keyLength; self.dim = dim; self.heads = heads
             self.queryStart = queryStart; self.causal = causal; self.maskStride = maskStride ?? keyLength
@@ -49,7 +54,7 @@ public enum AttentionKernel {
                 let m = keyMask.map { $0 + b * s.maskStride }
                 for i in 0..<tq {
                     let row = pbh + i * tk
-                    let visible = s.causal ? min(tk, s.queryStart + i + 1) : tk
+                    let visible = s.causal ? min(tk, max(s.prefixLength, s.queryStart + i + 1)) : tk
                     var mx = -Float.infinity
                     for j in 0..<tk {
                         if j >= visible || (m != nil && m![j] == 0) { row[j] = -Float.infinity } else { mx = max(mx, row[j]) }

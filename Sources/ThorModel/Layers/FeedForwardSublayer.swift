@@ -24,6 +24,9 @@ public struct TokenLayout: @unchecked Sendable {
     public var mask: [Float]
     /// 0 for full passes; the position of the step in incremental decoding.
     public var startPosition: Int
+    /// Prefix-LM passes: the first `prefixLength` rows of each sentence are the prefix
+    /// (`[CLS] source`), the rest the target; 0 otherwise (encoder, decoder, incremental steps).
+    public var prefixLength: Int = 0
     /// Present during incremental decoding: the sublayer's own cache.
     public var state: IncrementalState?
     /// Gold task of each sentence, when known (training, and test sets).

@@ -27,6 +27,12 @@ public final class MoEDecodingState: IncrementalState {
         }
     }
 
+    /// Prefix-LM: starts every row from its prefix (`sums` [B, d], `counts` [B]) as the prefix pass
+    /// computed them, so the target steps continue the same running sum as the full pass.
+    func startFromPrefix(sums: Tensor, counts: Tensor) {
+        prefixSum = Tensor(copying: sums); prefixCount = Tensor(copying: counts)
+    }
+
     public func reorder(_ rows: [Int]) {
         prefixSum = gatherRows(prefixSum, rows); prefixCount = gatherRows(prefixCount, rows)
         batchSize = rows.count

@@ -24,13 +24,17 @@ extension MoELayer {
         let d = modelDim, nRows = layout.rows, b = layout.batchSize, len = layout.length
         let c: Tensor, inverse: Tensor
         var rowsPerContext = 1
-        if let state = layout.state {
-            guard let st = state as? MoEDecodingState else {
-                throw MoEError.wrongShape("\(name): incremental state \(type(of: state)) is not an MoEDecodingState (use makeIncrementalState)")
-            }
-            guard st.batchSize == b, st.modelDim == d else {
-                throw MoEError.wrongShape("\(name): decoding state for \(st.batchSize) rows of width \(st.modelDim), step has \(b) of width \(d)")
-            }
+        if layout.prefixLength > 0 {
+            // Prefix-LM pass: prefix mean for the prefix, causal mean over the sequence for the target;
+            // a prefix pass of incremental decoding leaves the prefix sums in the layer's state.
+            c = Tensor(shape: [nRows, d]); inverse = Tensor(shape: [nRows])
+            let st = try layout.state.map { try decodingState($0, batch: b) }
+            let sums = st.map { _ in Tensor(shape: [b, d]) }, counts = st.map { _ in Tensor(shape: [b]) }
+            Context.prefixLMForward(h: x.pointer, mask: mp, batch: b, length: len, prefixLength: layout.prefixLength, dim: d,
+                                    c: c.pointer, inverse: inverse.pointer, prefixSums: sums?.pointer, prefixCounts: counts?.pointer)
+            if let st, let sums, let counts { st.startFromPrefix(sums: sums, counts: counts) }
+        } else if let state = layout.state {
+            let st = try decodingState(state, batch: b)
             c = Tensor(shape: [b, d]); inverse = Tensor(shape: [b])
             st.step(h: x, mask: mp, c: c, inverse: inverse)
         } else if side == .encoder {
@@ -47,6 +51,17 @@ extension MoELayer {
         return GatedContext(c: c, inverse: inverse, rowsPerContext: rowsPerContext, g: g, ht: ht)
     }
 
+    /// The layer's typed decoding state for `b` rows, or a clear error.
+    private func decodingState(_ state: IncrementalState, batch b: Int) throws -> MoEDecodingState {
+        guard let st = state as? MoEDecodingState else {
+            throw MoEError.wrongShape("\(name): incremental state \(type(of: state)) is not an MoEDecodingState (use makeIncrementalState)")
+        }
+        guard st.batchSize == b, st.modelDim == modelDim else {
+            throw MoEError.wrongShape("\(name): decoding state for \(st.batchSize) rows of width \(st.modelDim), step has \(b) of width \(modelDim)")
+        }
+        return st
+    }
+
     /// `∂L/∂h̃` → adds `∂L/∂h` (directly and through `c`) into `dx` and, for infuse, `∂L/∂r` into `dr`;
     /// without a gate `h̃ = h` and `dht` is added into `dx`.
     func backwardGate(_ dht: Tensor, cache k: Cache, mask mp: UnsafePointer<Float>, dx: Tensor, dr: Tensor?) {
@@ -59,7 +74,10 @@ extension MoELayer {
         gate.backward(dht: dht.pointer, h: k.x.pointer, c: ctx.c.pointer, g: ctx.g.pointer, rows: nRows,
                       rowsPerContext: ctx.rowsPerContext, rowsPerSentence: k.length,
                       dh: dx.pointer, dc: dc.pointer, dr: routing.variant == .infuse ? dr?.pointer : nil)
-        if side == .encoder {
+        if k.prefixLength > 0 {
+            Context.prefixLMBackward(dc: dc.pointer, mask: mp, inverse: ctx.inverse.pointer, batch: k.batch, length: k.length,
+                                     prefixLength: k.prefixLength, dim: d, dh: dx.pointer)
+        } else if side == .encoder {
             Context.encoderBackward(dc: dc.pointer, mask: mp, inverse: ctx.inverse.pointer, batch: k.batch, length: k.length, dim: d, dh: dx.pointer)
         } else {
             Context.decoderBackward(dc: dc.pointer, mask: mp, inverse: ctx.inverse.pointer, batch: k.batch, length: k.length, dim: d, dh: dx.pointer)

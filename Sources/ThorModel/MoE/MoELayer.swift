@@ -51,6 +51,8 @@ public final class MoELayer: FeedForwardSublayer {
     /// What a training forward keeps for backward.
     struct Cache {
         let x: Tensor, mask: Tensor, batch: Int, length: Int
+        /// Prefix rows per sentence of a prefix-LM pass (0 otherwise).
+        let prefixLength: Int
         let r: Tensor?, taskRouting: TaskRouting?
         let context: GatedContext?
         let p: Tensor?, decision: RoutingDecision
@@ -101,8 +103,12 @@ public final class MoELayer: FeedForwardSublayer {
         guard x.rows == nRows, x.columns == d else {
             throw MoEError.wrongShape("\(name): input \(x.shape), layout has \(nRows) rows of width \(d)")
         }
-        if layout.isIncremental && (training || side == .encoder || layout.length != 1) {
-            throw MoEError.wrongShape("\(name): incremental steps are decoder-only, one position per sentence, not training")
+        let prefixPass = layout.prefixLength > 0 && layout.prefixLength == layout.length
+        if layout.isIncremental && (training || side == .encoder || (layout.length != 1 && !prefixPass)) {
+            throw MoEError.wrongShape("\(name): incremental steps are decoder-only, one position per sentence (or a prefix-LM prefix pass), not training")
+        }
+        guard layout.prefixLength >= 0, layout.prefixLength <= layout.length, layout.prefixLength == 0 || side == .decoder else {
+            throw MoEError.wrongShape("\(name): prefix length \(layout.prefixLength) for \(layout.length) positions on the \(side.rawValue) side")
         }
         let mask = Tensor(shape: [nRows], values: layout.mask)
         let mp = UnsafePointer(mask.pointer)
@@ -123,7 +129,8 @@ public final class MoELayer: FeedForwardSublayer {
         collector?.statistics?.record(layer: ordinal, decision: decision, mask: layout.mask, length: layout.length,
                                       labels: layout.taskLabels)
         lastDecision = decision; lastProbabilities = p; lastTaskRouting = taskRouting
-        cache = training ? Cache(x: x, mask: mask, batch: layout.batchSize, length: layout.length, r: r,
+        cache = training ? Cache(x: x, mask: mask, batch: layout.batchSize, length: layout.length,
+                                 prefixLength: layout.prefixLength, r: r,
                                  taskRouting: taskRouting, context: context, p: p, decision: decision,
                                  combine: combine) : nil
         return combine.output

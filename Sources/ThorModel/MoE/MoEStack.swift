@@ -45,9 +45,13 @@ public final class MoEStack {
     public let collector = RoutingStatisticsCollector()
 
     /// Positions of the MoE layers, in ordinal order: encoder layers `i` with
-    /// `(i + 1) % moe_every == 0`, then decoder ones.
+    /// `(i + 1) % moe_every == 0`, then decoder ones (decoder-only: the layers of its one stack).
     public static func layerPlan(model: TransformerConfiguration, routing: RoutingConfiguration) -> [(side: Side, index: Int)] {
         guard routing.variant != .dense else { return [] }
+        if model.architecture == .decoderOnly {
+            // One stack of `encoder_layers + decoder_layers` layers, named `decoder.layers.i`.
+            return (0..<model.prefixLMLayers).filter(routing.isMoELayer).map { (Side.decoder, $0) }
+        }
         return (0..<model.encoderLayers).filter(routing.isMoELayer).map { (Side.encoder, $0) }
             + (0..<model.decoderLayers).filter(routing.isMoELayer).map { (Side.decoder, $0) }
     }
@@ -76,7 +80,7 @@ public final class MoEStack {
         }
         let plan = Self.layerPlan(model: model, routing: routing)
         if v.usesTaskPredictor {
-            try Check.require(plan.first?.side == .encoder, "routing.moe_every",
+            try Check.require(plan.first?.side == .encoder || (model.architecture == .decoderOnly && !plan.isEmpty), "routing.moe_every",
                               "variant \(v.rawValue) needs an encoder MoE layer (moe_every ≤ encoder_layers)")
         }
         guard backend.spec.modelDim == model.modelDim else {

@@ -55,6 +55,10 @@ public final class TaskLevel {
     /// `L_task` of the last training forward (mean over sentences).
     public private(set) var loss: Double?
 
+    /// For each (sentence, dimension) of the last max-pool, the input row that held the maximum
+    /// (-1 for an empty sentence): the pool's discrete choice, like a routing decision.
+    public var poolingRows: [Int] { poolRows.map { r in (0..<r.count).map { Int(r[$0]) } } ?? [] }
+
     private var pooled: Tensor?          // u [B, d]
     private var poolRows: IndexBuffer?   // row of the max per (b, j); -1 for empty sentences
     private var pendingBackward = false

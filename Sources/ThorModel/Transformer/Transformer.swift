@@ -49,6 +49,9 @@ public final class Transformer {
     /// task representation `r` that its MoE sub-blocks route with.
     public init(configuration c: TransformerConfiguration, seed: UInt64, taskLevel: TaskLevel? = nil,
                 makeFeedForward: (Side, Int) throws -> FeedForwardSublayer? = { _, _ in nil }) throws {
+        guard c.architecture == .encoderDecoder else {
+            throw TransformerError.invalidArgument("Transformer is the encoder-decoder; model.architecture = \(c.architecture.rawValue) is PrefixLMTransformer")
+        }
         guard c.vocabularySize > 0, c.modelDim > 0, c.hiddenDim > 0, c.heads > 0 else {
             throw TransformerError.invalidArgument("vocabularySize, modelDim, hiddenDim and heads must be positive")
         }

@@ -1,13 +1,23 @@
 import ThorTensor
 import ThorExperts
 
-/// Shape of the encoder-decoder Transformer (the `model` section of a config file).
+/// Which Transformer the model is (SPEC §1): the encoder-decoder (the default) or the
+/// decoder-only prefix-LM (bidirectional over `[CLS] source`, causal over the target).
+public enum Architecture: String, Codable, Sendable, CaseIterable {
+    case encoderDecoder = "encoder-decoder"
+    case decoderOnly = "decoder-only"
+}
+
+/// Shape of the Transformer (the `model` section of a config file).
 ///
 /// The dense model and every MoE variant share it; which layers are MoE and how
 /// they route is the routing configuration's business. Defaults: the property initializers (the only place they are written).
 public struct TransformerConfiguration: ConfigurationSection {
     /// Joint source/target vocabulary size (embeddings are tied; 0: from the BPE vocabulary).
     public var vocabularySize: Int = 0
+    /// `encoder-decoder` (default) or `decoder-only` (prefix-LM with `encoder_layers + decoder_layers`
+    /// layers in one stack; see docs/architecture.md).
+    public var architecture: Architecture = .encoderDecoder
     /// Model width `d`.
     public var modelDim: Int = 64
     /// FFN / expert hidden width `d_ff`.
@@ -46,10 +56,13 @@ public struct TransformerConfiguration: ConfigurationSection {
     }
 
     public enum CodingKeys: String, CodingKey, CaseIterable {
-        case vocabularySize = "vocabulary_size", modelDim = "model_dim", hiddenDim = "hidden_dim", heads
+        case vocabularySize = "vocabulary_size", architecture, modelDim = "model_dim", hiddenDim = "hidden_dim", heads
         case encoderLayers = "encoder_layers", decoderLayers = "decoder_layers", activation, dropout
         case attentionDropout = "attention_dropout", maxPositions = "max_positions", padID = "pad_id"
     }
+
+    /// Layers of the decoder-only stack: `encoder_layers + decoder_layers` (the encoder-decoder's depth).
+    public var prefixLMLayers: Int { encoderLayers + decoderLayers }
 
     public func validate(path: String = "model") throws {
         func p(_ k: CodingKeys) -> String { "\(path).\(k.stringValue)" }

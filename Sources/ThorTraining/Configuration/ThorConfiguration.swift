@@ -142,7 +142,10 @@ public struct ThorConfiguration: ConfigurationSection {
         try data.validate(path: "data")
         try evaluation.validate(path: "evaluation")
         try cluster.validate(path: "cluster")
-        if routing.variant.usesTaskPredictor {
+        if routing.variant.usesTaskPredictor && model.architecture == .decoderOnly {
+            try Check.require(routing.moeEvery <= model.prefixLMLayers, "routing.moe_every",
+                "variant \(routing.variant.rawValue) needs an MoE layer (its task predictor reads the first one's input): moe_every (\(routing.moeEvery)) must be ≤ encoder_layers + decoder_layers (\(model.prefixLMLayers)) in a decoder-only model")
+        } else if routing.variant.usesTaskPredictor {
             try Check.require(routing.moeEvery <= model.encoderLayers, "routing.moe_every",
                 "variant \(routing.variant.rawValue) needs an encoder MoE layer (its task predictor reads the first one's input): moe_every (\(routing.moeEvery)) must be ≤ encoder_layers (\(model.encoderLayers))")
         }
