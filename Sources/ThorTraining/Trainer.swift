@@ -83,7 +83,7 @@ public final class Trainer {
     public func trainStep() throws -> StepResult {
         while true {
             let position = batches.position
-            let dropout = model.transformer.dropoutState
+            let dropout = model.network.dropoutState
             let batch = batches.next()
             committing = false
             do {
@@ -91,10 +91,10 @@ public final class Trainer {
             } catch let e as ClusterError {
                 guard case .expertsLost = e, let handler = expertLossHandler else { throw e }
                 let duringCommit = committing
-                model.transformer.zeroGradients()
+                model.network.zeroGradients()
                 try? model.backend.zeroGradients()
                 try batches.restore(position)
-                model.transformer.dropoutState = dropout
+                model.network.dropoutState = dropout
                 try handler(e, duringCommit, self)
             }
         }
@@ -127,7 +127,7 @@ public final class Trainer {
             p.value.copy(from: snapshot.coordinator[i]); p.m.copy(from: snapshot.coordinator[i + 1]); p.v.copy(from: snapshot.coordinator[i + 2])
             i += 3
         }
-        model.transformer.dropoutState = snapshot.state.dropoutState
+        model.network.dropoutState = snapshot.state.dropoutState
         try batches.restore(snapshot.state.dataPosition)
         step = snapshot.state.step
     }

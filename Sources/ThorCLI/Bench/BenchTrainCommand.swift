@@ -114,9 +114,9 @@ struct BenchTrainCommand: ParsableCommand {
     /// One optimizer step as `Trainer.trainStep(on:)` does it; returns the loss.
     static func trainStep(_ model: TranslationModel, batch: Seq2SeqBatch, step: Int) throws -> Double {
         let t = model.configuration.training
-        let ce = try model.transformer.forward(batch, training: true)
+        let ce = try model.network.forward(batch, training: true)
         let loss = Double(ce.loss) + model.moe.auxiliaryLosses.weighted(by: model.configuration.losses)
-        try model.transformer.backward()
+        try model.network.backward(lossScale: 1)
         var squared = 0.0
         for p in model.parameters { squared += Kernels.sumOfSquares(p.grad.pointer, count: p.count) }
         let norms = try model.backend.squaredGradientNorms()
