@@ -75,10 +75,9 @@ final class HardeningCLITests: XCTestCase {
         kill(p.processIdentifier, SIGHUP)
         p.waitUntilExit()
         let err = (try? String(contentsOfFile: scratch + "/err", encoding: .utf8)) ?? ""
-        let out = (try? String(contentsOfFile: scratch + "/out", encoding: .utf8)) ?? ""
         XCTAssertEqual(p.terminationReason, .exit, "killed by the signal instead of stopping cleanly")
         XCTAssertEqual(p.terminationStatus, 130, err)  // as for SIGINT and SIGTERM: interrupted, checkpoint saved
-        XCTAssertTrue(out.contains("signal \(SIGHUP): saving a checkpoint"), out)
+        XCTAssertTrue(err.contains("signal \(SIGHUP): saving a checkpoint"), err)  // info goes to stderr
         XCTAssertTrue(FileManager.default.fileExists(atPath: run + "/checkpoint-last/manifest.json"))
         XCTAssertEqual(socketDirectories(), [], "socket directory left behind")
     }
