@@ -417,6 +417,13 @@ public final class ClusterCoordinator {
         }
         guard let worker = workerByRoute[route] else { return .handled }
         lastHeard[worker] = monotonicSeconds()
+        if let l = lost[worker], lastHeard[worker]! - l.declaredAt > livenessWindow, var r = registrations[worker] {
+            // Declared dead, yet beating again (it was starved or hung, and its connection held):
+            // a candidate to rejoin with state transfer. What it holds is unknown until it registers again.
+            r.hosted = []
+            r.committedStep = -1
+            admit(r)
+        }
         guard envelope.requestID != 0, pending[envelope.requestID] != nil else { return .handled }  // a beat, stale or duplicate
         return Received(any: true, reply: (envelope.requestID, worker, envelope.message, seconds))
     }

@@ -213,3 +213,25 @@ final class FailoverTests: XCTestCase {
         XCTAssertEqual(childProcesses(), [])
     }
 }
+
+extension FailoverTests {
+    /// Inference (dev evaluation, `thor translate`) goes to one replica; when it is lost the
+    /// batch is served by the next replica, with the same bits.
+    func testInferenceFailsOverToTheNextReplica() throws {
+        let (cluster, remote, local) = try makeCluster(workers: 3, supervise: false)
+        defer { cluster.shutdown() }
+        var rng = RandomGenerator(seed: 5)
+        let x = (0..<experts).map { e -> ExpertBatch in
+            let t = Tensor(shape: [3, 6])
+            rng.fillUniform(t.pointer, count: t.count, limit: 1)
+            return ExpertBatch(expert: e, tokens: t)
+        }
+        cluster.coordinator.faultHook = { p in
+            if p.phase == .forward, p.worker == "w0" { kill(cluster.processID(of: "w0"), SIGKILL) }
+            return .none
+        }
+        assertBitwiseEqual(try remote.forward(layer: 1, batches: x, training: false),
+                           try local.forward(layer: 1, batches: x, training: false), "inference with w0 killed")
+        XCTAssertFalse(remote.placement.workers.contains("w0"))
+    }
+}
