@@ -328,7 +328,10 @@ public final class ClusterCoordinator {
                 usleep(5_000)
             }
         }
-        declareLost(worker, reason: "unreachable (connection gone)")
+        let silent = monotonicSeconds() - (lastHeard[worker] ?? monotonicSeconds())
+        declareLost(worker, reason: silent > heartbeatInterval * 1.5
+                    ? "missed heartbeats (silent for \(decimal(silent, 2)) s; its connection was dropped)"
+                    : "unreachable (connection gone)")
     }
 
     private func checkChildren() {
