@@ -296,7 +296,9 @@ public final class RemoteExpertBackend: ExpertBackend {
         }
         recovering.removeAll()
         coordinator.currentStep = step + 1
-        try integrateJoins()
+        // The step is committed: a failure while taking in joined workers must not look like a
+        // failed commit. Losses it met are absorbed and surface in the next step.
+        do { try integrateJoins() } catch {}
     }
 
     /// Rolls back an uncommitted step: every live replica drops its gradients and kept activations.
