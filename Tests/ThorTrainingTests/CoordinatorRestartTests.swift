@@ -125,6 +125,12 @@ final class CoordinatorRestartTests: XCTestCase {
         let gone = monotonicSeconds() + 3
         while workers.contains(where: isRunning) && monotonicSeconds() < gone { usleep(20_000) }
         for w in workers { XCTAssertFalse(isRunning(w), "worker \(w) outlived its killed coordinator") }
+        // A killed process cannot remove its ipc socket directory: the test does.
+        let text = log("c.log")
+        if let r = text.range(of: "ipc://"), let end = text[r.upperBound...].range(of: "/coordinator.sock") {
+            let dir = String(text[r.upperBound..<end.lowerBound])
+            if dir.hasPrefix("/tmp/thor-cluster-") { try? FileManager.default.removeItem(atPath: dir) }
+        }
     }
 }
 
