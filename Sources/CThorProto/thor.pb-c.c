@@ -952,6 +952,96 @@ void   thor__import_request__free_unpacked
   assert(message->base.descriptor == &thor__import_request__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   thor__gradients_request__init
+                     (Thor__GradientsRequest         *message)
+{
+  static const Thor__GradientsRequest init_value = THOR__GRADIENTS_REQUEST__INIT;
+  *message = init_value;
+}
+size_t thor__gradients_request__get_packed_size
+                     (const Thor__GradientsRequest *message)
+{
+  assert(message->base.descriptor == &thor__gradients_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t thor__gradients_request__pack
+                     (const Thor__GradientsRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &thor__gradients_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t thor__gradients_request__pack_to_buffer
+                     (const Thor__GradientsRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &thor__gradients_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Thor__GradientsRequest *
+       thor__gradients_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Thor__GradientsRequest *)
+     protobuf_c_message_unpack (&thor__gradients_request__descriptor,
+                                allocator, len, data);
+}
+void   thor__gradients_request__free_unpacked
+                     (Thor__GradientsRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &thor__gradients_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   thor__apply_gradients__init
+                     (Thor__ApplyGradients         *message)
+{
+  static const Thor__ApplyGradients init_value = THOR__APPLY_GRADIENTS__INIT;
+  *message = init_value;
+}
+size_t thor__apply_gradients__get_packed_size
+                     (const Thor__ApplyGradients *message)
+{
+  assert(message->base.descriptor == &thor__apply_gradients__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t thor__apply_gradients__pack
+                     (const Thor__ApplyGradients *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &thor__apply_gradients__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t thor__apply_gradients__pack_to_buffer
+                     (const Thor__ApplyGradients *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &thor__apply_gradients__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Thor__ApplyGradients *
+       thor__apply_gradients__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Thor__ApplyGradients *)
+     protobuf_c_message_unpack (&thor__apply_gradients__descriptor,
+                                allocator, len, data);
+}
+void   thor__apply_gradients__free_unpacked
+                     (Thor__ApplyGradients *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &thor__apply_gradients__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   thor__heartbeat__init
                      (Thor__Heartbeat         *message)
 {
@@ -2390,6 +2480,82 @@ const ProtobufCMessageDescriptor thor__import_request__descriptor =
   (ProtobufCMessageInit) thor__import_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
+static const ProtobufCFieldDescriptor thor__gradients_request__field_descriptors[1] =
+{
+  {
+    "keys",
+    1,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Thor__GradientsRequest, n_keys),
+    offsetof(Thor__GradientsRequest, keys),
+    &thor__expert_key__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned thor__gradients_request__field_indices_by_name[] = {
+  0,   /* field[0] = keys */
+};
+static const ProtobufCIntRange thor__gradients_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor thor__gradients_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "thor.GradientsRequest",
+  "GradientsRequest",
+  "Thor__GradientsRequest",
+  "thor",
+  sizeof(Thor__GradientsRequest),
+  1,
+  thor__gradients_request__field_descriptors,
+  thor__gradients_request__field_indices_by_name,
+  1,  thor__gradients_request__number_ranges,
+  (ProtobufCMessageInit) thor__gradients_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor thor__apply_gradients__field_descriptors[1] =
+{
+  {
+    "experts",
+    1,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Thor__ApplyGradients, n_experts),
+    offsetof(Thor__ApplyGradients, experts),
+    &thor__expert_state__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned thor__apply_gradients__field_indices_by_name[] = {
+  0,   /* field[0] = experts */
+};
+static const ProtobufCIntRange thor__apply_gradients__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor thor__apply_gradients__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "thor.ApplyGradients",
+  "ApplyGradients",
+  "Thor__ApplyGradients",
+  "thor",
+  sizeof(Thor__ApplyGradients),
+  1,
+  thor__apply_gradients__field_descriptors,
+  thor__apply_gradients__field_indices_by_name,
+  1,  thor__apply_gradients__number_ranges,
+  (ProtobufCMessageInit) thor__apply_gradients__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
 static const ProtobufCFieldDescriptor thor__heartbeat__field_descriptors[2] =
 {
   {
@@ -2548,7 +2714,7 @@ const ProtobufCMessageDescriptor thor__error__descriptor =
   (ProtobufCMessageInit) thor__error__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor thor__envelope__field_descriptors[21] =
+static const ProtobufCFieldDescriptor thor__envelope__field_descriptors[23] =
 {
   {
     "protocol_version",
@@ -2802,9 +2968,34 @@ static const ProtobufCFieldDescriptor thor__envelope__field_descriptors[21] =
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "gradients_request",
+    27,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Thor__Envelope, body_case),
+    offsetof(Thor__Envelope, gradients_request),
+    &thor__gradients_request__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "apply_gradients",
+    28,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Thor__Envelope, body_case),
+    offsetof(Thor__Envelope, apply_gradients),
+    &thor__apply_gradients__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned thor__envelope__field_indices_by_name[] = {
   19,   /* field[19] = ack */
+  22,   /* field[22] = apply_gradients */
   5,   /* field[5] = assign */
   8,   /* field[8] = backward */
   9,   /* field[9] = backward_reply */
@@ -2815,6 +3006,7 @@ static const unsigned thor__envelope__field_indices_by_name[] = {
   7,   /* field[7] = forward_reply */
   10,   /* field[10] = grad_norm */
   11,   /* field[11] = grad_norm_report */
+  21,   /* field[21] = gradients_request */
   17,   /* field[17] = heartbeat */
   16,   /* field[16] = import_state */
   0,   /* field[0] = protocol_version */
@@ -2830,7 +3022,7 @@ static const ProtobufCIntRange thor__envelope__number_ranges[2 + 1] =
 {
   { 1, 0 },
   { 10, 4 },
-  { 0, 21 }
+  { 0, 23 }
 };
 const ProtobufCMessageDescriptor thor__envelope__descriptor =
 {
@@ -2840,7 +3032,7 @@ const ProtobufCMessageDescriptor thor__envelope__descriptor =
   "Thor__Envelope",
   "thor",
   sizeof(Thor__Envelope),
-  21,
+  23,
   thor__envelope__field_descriptors,
   thor__envelope__field_indices_by_name,
   2,  thor__envelope__number_ranges,

@@ -178,7 +178,8 @@ public final class ClusterCoordinator {
     public func poll(timeout: Double) throws {
         let end = monotonicSeconds() + timeout
         repeat {
-            _ = try receiveOne(timeout: max(0, min(end - monotonicSeconds(), heartbeatInterval / 2)), pending: [:])
+            var wait = max(0, min(end - monotonicSeconds(), heartbeatInterval / 2))
+            while try receiveOne(timeout: wait, pending: [:]).any { wait = 0 }
             checkChildren()
             settleContested()
         } while monotonicSeconds() < end
@@ -268,7 +269,12 @@ public final class ClusterCoordinator {
                 pending.removeAll()
                 break
             }
-            if let (id, worker, message, seconds) = try receiveOne(timeout: min(deadline - now, heartbeatInterval / 2), pending: pending) {
+            // Drain everything queued before judging liveness: after a long busy stretch of the
+            // coordinator, a worker's recent beats may sit behind other frames.
+            var wait = min(deadline - now, heartbeatInterval / 2)
+            while case let received = try receiveOne(timeout: wait, pending: pending), received.any {
+                wait = 0
+                guard let (id, worker, message, seconds) = received.reply else { continue }
                 decodeSeconds += seconds
                 let i = pending[id]!
                 guard worker == requests[i].worker else {
@@ -280,6 +286,7 @@ public final class ClusterCoordinator {
             }
             // Liveness both ways: beat to the workers we wait on; a silent or exited one is dead.
             checkChildren()
+            if !contested.isEmpty { settleContested() }
             let t = monotonicSeconds()
             let waitingOn = Set(pending.values.map { requests[$0].worker })
             if t >= nextBeat {
@@ -321,7 +328,10 @@ public final class ClusterCoordinator {
                 usleep(5_000)
             }
         }
-        declareLost(worker, reason: "unreachable (connection gone)")
+        let silent = monotonicSeconds() - (lastHeard[worker] ?? monotonicSeconds())
+        declareLost(worker, reason: silent > heartbeatInterval * 1.5
+                    ? "missed heartbeats (silent for \(decimal(silent, 2)) s; its connection was dropped)"
+                    : "unreachable (connection gone)")
     }
 
     private func checkChildren() {
@@ -371,39 +381,54 @@ public final class ClusterCoordinator {
         }
     }
 
+    /// What one receive got: nothing within the timeout, a frame handled here, or a reply.
+    struct Received {
+        var any: Bool
+        var reply: (UInt64, String, WireMessage, Double)?
+        static let nothing = Received(any: false, reply: nil)
+        static let handled = Received(any: true, reply: nil)
+    }
+
     /// Receives one frame: registrations and beats are recorded; replies to `pending`
     /// ids are returned with their decode time; anything else is dropped.
-    private func receiveOne(timeout: Double, pending: [UInt64: Int]) throws -> (UInt64, String, WireMessage, Double)? {
+    private func receiveOne(timeout: Double, pending: [UInt64: Int]) throws -> Received {
         let frames: [Frame]
         do {
-            guard let f = try socket.receive(timeout: timeout) else { return nil }
+            guard let f = try socket.receive(timeout: timeout) else { return .nothing }
             frames = f
         } catch let e as ZMQError {
             throw ClusterError.transport("receive: \(e)")
         }
-        guard frames.count == 2 else { return nil }  // not a thor worker
+        guard frames.count == 2 else { return .handled }  // not a thor worker
         let route = frames[0].string
         counters.bytesReceived += frames[1].count
         let t0 = monotonicSeconds()
-        guard let envelope = try? frames[1].withUnsafeBytes({ try WireCodec.decode($0, maxFrameBytes: maxFrameBytes) }) else { return nil }
+        guard let envelope = try? frames[1].withUnsafeBytes({ try WireCodec.decode($0, maxFrameBytes: maxFrameBytes) }) else { return .handled }
         let seconds = monotonicSeconds() - t0
         if case .register(let r) = envelope.message {
-            guard r.routingID == route, !r.workerID.isEmpty else { return nil }
+            guard r.routingID == route, !r.workerID.isEmpty else { return .handled }
             if let old = registrations[r.workerID], old.incarnation != r.incarnation, lost[r.workerID] == nil {
+                // Judged in `settleContested` once queued frames are drained.
                 if contested[r.workerID] == nil { contested[r.workerID] = (r, monotonicSeconds()) }
-                settleContested()
             } else if registrations[r.workerID]?.incarnation == r.incarnation, lost[r.workerID] == nil {
                 registrations[r.workerID] = r  // a reconnect of a worker in service
                 lastHeard[r.workerID] = monotonicSeconds()
             } else {
                 admit(r)
             }
-            return nil
+            return .handled
         }
-        guard let worker = workerByRoute[route] else { return nil }
+        guard let worker = workerByRoute[route] else { return .handled }
         lastHeard[worker] = monotonicSeconds()
-        guard envelope.requestID != 0, pending[envelope.requestID] != nil else { return nil }  // a beat, stale or duplicate
-        return (envelope.requestID, worker, envelope.message, seconds)
+        if let l = lost[worker], lastHeard[worker]! - l.declaredAt > livenessWindow, var r = registrations[worker] {
+            // Declared dead, yet beating again (it was starved or hung, and its connection held):
+            // a candidate to rejoin with state transfer. What it holds is unknown until it registers again.
+            r.hosted = []
+            r.committedStep = -1
+            admit(r)
+        }
+        guard envelope.requestID != 0, pending[envelope.requestID] != nil else { return .handled }  // a beat, stale or duplicate
+        return Received(any: true, reply: (envelope.requestID, worker, envelope.message, seconds))
     }
 
     /// Sends a Heartbeat to every live registered worker at once and waits for all echoes;
@@ -412,7 +437,7 @@ public final class ClusterCoordinator {
     public func heartbeat(timeout: Double) throws -> [String: Double] {
         var result: [String: Double] = [:]
         let start = monotonicSeconds()
-        let ids = liveWorkerIDs
+        let ids = liveWorkerIDs.filter { isAlive($0) }
         let replies = try exchange(ids.enumerated().map { (worker: $1, message: .heartbeat(sequence: UInt64($0 + 1), sentUnixNanos: unixNanoseconds())) },
                                    operation: "Heartbeat", timeout: timeout)
         let elapsed = monotonicSeconds() - start

@@ -305,6 +305,17 @@ public final class ExpertWorker: @unchecked Sendable {
                 try assigned().importState(state)
                 status.hosted = host?.keys ?? []
                 return (reply(id, .ack), nil)
+            case .gradientsRequest(let keys):
+                let h = try assigned()
+                var out: [ExpertKey: [String: Tensor]] = [:]
+                for k in keys.isEmpty ? h.keys : keys {
+                    guard let e = h.experts[k] else { throw ExpertBackendError.unknownExpert(k) }
+                    out[k] = Dictionary(uniqueKeysWithValues: e.parameters.map { ($0.name, Tensor(copying: $0.grad)) })
+                }
+                return (reply(id, .expertStates(out)), nil)
+            case .applyGradients(let state):
+                try applyGradients(state, to: try assigned())
+                return (reply(id, .ack), nil)
             case .heartbeat(let seq, _):
                 // request id 0: a liveness beat, not a request.
                 if id == 0 { return (nil, nil) }
@@ -329,6 +340,22 @@ public final class ExpertWorker: @unchecked Sendable {
     private func checkSize(_ batches: [ExpertBatch], _ what: String) throws {
         let h = try assigned()
         try options.limits.check(batches, spec: h.spec, hostedExperts: h.experts.count, what: what)
+    }
+
+    /// Checks every tensor first, then replaces the experts' accumulated gradients.
+    private func applyGradients(_ state: [ExpertKey: [String: Tensor]], to h: ExpertHost) throws {
+        var staged: [(Tensor, Tensor)] = []
+        for (k, tensors) in state {
+            guard let e = h.experts[k] else { throw ExpertBackendError.unknownExpert(k) }
+            for p in e.parameters {
+                guard let t = tensors[p.name] else { throw ExpertBackendError.missingState("gradient \(p.name) for expert \(k)") }
+                guard t.count == p.grad.count else {
+                    throw ExpertBackendError.shapeMismatch("gradient \(p.name): \(t.shape), expected \(p.grad.shape)")
+                }
+                staged.append((t, p.grad))
+            }
+        }
+        for (src, dst) in staged { dst.copy(from: src) }
     }
 
     private func assigned() throws -> ExpertHost {

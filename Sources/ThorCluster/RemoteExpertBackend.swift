@@ -29,6 +29,14 @@ public final class RemoteExpertBackend: ExpertBackend {
     public var wireDType: WireDType = .f32
     /// Replicas every expert should have: workers that join get the experts short of it.
     public let replicas: Int
+    /// How replicas stay identical (see `ReplicationMode`).
+    public var replication: ReplicationMode = .shippedGradients
+    /// Gradients to apply on each replica at the next step (shipped-gradient replication).
+    private var shipped: [String: [ExpertKey: [String: Tensor]]] = [:]
+    /// A primary was lost during the step in progress (shipped-gradient replication): the step must be redone.
+    private var abortedBy: String?
+    /// Training work of the step in progress has been sent.
+    private var stepStarted = false
     /// Fail-over, rejoin and loss events (one line each; see `ClusterEvent`).
     public var onEvent: ((ClusterEvent) -> Void)?
     /// The last optimizer step every live replica acknowledged.
@@ -78,6 +86,7 @@ public final class RemoteExpertBackend: ExpertBackend {
                 if let next = hosts[k]!.first { if wasPrimary { moved[k] = next } } else { gone.append(k); hosts[k] = nil }
             }
             missing.formUnion(gone)
+            if replication == .shippedGradients, !moved.isEmpty || !gone.isEmpty, abortedBy == nil { abortedBy = w }
             let event = ClusterEvent(kind: .workerLost, step: coordinator.currentStep, worker: w, reason: loss.reason,
                                      moved: moved, lostExperts: gone, detectionSeconds: loss.silentSeconds,
                                      detectedAt: loss.declaredAt)
@@ -85,6 +94,15 @@ public final class RemoteExpertBackend: ExpertBackend {
         }
         placement = try! Placement(hosts: hosts, workers: placement.workers.filter { !dead.contains($0) })
         placementEpoch += 1
+    }
+
+    /// Throws `stepAborted` when a primary was lost in the step in progress (after `expertsLost`, which wins).
+    private func requireIntactStep() throws {
+        try requireHosts(Array(missing))
+        if let w = abortedBy {
+            for i in recovering.indices where recovering[i].worker == w { recovering[i].stepRedone = true }
+            throw ClusterError.stepAborted(worker: w, step: coordinator.currentStep)
+        }
     }
 
     /// Throws `expertsLost` for the experts among `keys` that have no live replica.
@@ -166,10 +184,10 @@ public final class RemoteExpertBackend: ExpertBackend {
             }
             todo = todo.filter { out[$0] == nil }
             if !todo.isEmpty && !retryable {
-                // Every host that had these batches was lost: with replication that means no replica is left.
+                // Every host that computed these batches was lost.
                 let keys = Set(todo.map { ExpertKey(layer: layer, expert: batches[$0].expert) })
                 missing.formUnion(keys.filter { placement.hosts[$0] == nil })
-                try requireHosts(Array(keys))
+                try requireIntactStep()
                 throw ClusterError.expertsLost(keys: keys.sorted(), workers: lostWorkerNames, step: coordinator.currentStep)
             }
         }
@@ -177,13 +195,19 @@ public final class RemoteExpertBackend: ExpertBackend {
     }
 
     public func forward(layer: Int, batches: [ExpertBatch], training: Bool) throws -> [Tensor] {
-        try run(layer: layer, batches, replicate: training, retryable: !training, operation: "Forward layer \(layer)", phase: .forward,
+        if training {
+            // A primary lost between steps took nothing of this step with it.
+            if !stepStarted { abortedBy = nil; stepStarted = true }
+            try requireIntactStep()
+        }
+        return try run(layer: layer, batches, replicate: training && replication == .active, retryable: !training, operation: "Forward layer \(layer)", phase: .forward,
                 request: { .forward(layer: layer, training: training, batches: $0, replyDType: self.wireDType) },
                 unpack: { if case .forwardReply(_, let o) = $0 { return o } else { return nil } })
     }
 
     public func backward(layer: Int, gradients: [ExpertBatch]) throws -> [Tensor] {
-        try run(layer: layer, gradients, replicate: true, retryable: false, operation: "Backward layer \(layer)", phase: .backward,
+        try requireIntactStep()
+        return try run(layer: layer, gradients, replicate: replication == .active, retryable: false, operation: "Backward layer \(layer)", phase: .backward,
                 request: { .backward(layer: layer, gradients: $0, replyDType: self.wireDType) },
                 unpack: { if case .backwardReply(_, let o) = $0 { return o } else { return nil } })
     }
@@ -209,17 +233,36 @@ public final class RemoteExpertBackend: ExpertBackend {
         }
     }
 
+    /// Per-expert squared gradient norms, from each expert's primary. With shipped-gradient
+    /// replication the primaries also send the gradients of their replicated experts, kept
+    /// for `step` to hand to the replicas.
     public func squaredGradientNorms() throws -> [ExpertKey: Double] {
-        try requireHosts(Array(missing))
-        let replies = try fanOut(.gradNormRequest, "GradNorm", .gradNorm)
-        var norms: [ExpertKey: Double] = [:]
-        for (w, o) in replies {
-            guard let r = o.message else { continue }
-            guard case .gradNormReport(let n) = r else {
-                throw ClusterError.unexpectedReply(worker: w, operation: "GradNorm", detail: "got \(r.name)")
+        try requireIntactStep()
+        shipped.removeAll()
+        var requests: [(worker: String, message: WireMessage)] = []
+        for w in placement.workers {
+            requests.append((worker: w, message: .gradNormRequest))
+            if replication == .shippedGradients {
+                let replicated = placement.keys(on: w).filter { placement.primary($0) == w && placement.hosts[$0]!.count > 1 }
+                if !replicated.isEmpty { requests.append((worker: w, message: .gradientsRequest(keys: replicated))) }
             }
-            // Replicas hold the same gradients (bit for bit); the first answer counts.
-            for (k, v) in n where norms[k] == nil && placement.hosts[k]?.contains(w) == true { norms[k] = v }
+        }
+        let outcomes = try tolerant(requests, operation: "GradNorm", phase: .gradNorm)
+        try requireIntactStep()
+        var norms: [ExpertKey: Double] = [:]
+        for (q, o) in zip(requests, outcomes) {
+            guard let r = o.message else { continue }
+            switch r {
+            case .gradNormReport(let n):
+                // Replicas hold the same gradients (active replication) or none (shipped): the primary's counts.
+                for (k, v) in n where placement.primary(k) == q.worker || (replication == .active && norms[k] == nil && placement.hosts[k]?.contains(q.worker) == true) {
+                    norms[k] = v
+                }
+            case .expertStates(let grads):
+                for (k, g) in grads { for h in placement.hosts[k]!.dropFirst() { shipped[h, default: [:]][k] = g } }
+            default:
+                throw ClusterError.unexpectedReply(worker: q.worker, operation: "GradNorm", detail: "got \(r.name)")
+            }
         }
         let absent = placement.keys.filter { norms[$0] == nil }
         missing.formUnion(absent)
@@ -230,11 +273,21 @@ public final class RemoteExpertBackend: ExpertBackend {
     /// The commit point of a step: Adam on every live replica. Completes the recovery of
     /// earlier losses (their events are emitted now) and takes in workers that joined.
     public func step(learningRate: Float, clipScale: Float, step: Int) throws {
-        try requireHosts(Array(missing))
+        try requireIntactStep()
         let m = WireMessage.step(learningRate: learningRate, clipScale: clipScale, step: step)
-        let outcomes = try fanOut(m, "Step \(step)", .step)
-        try expectAcks(outcomes, "Step \(step)")
+        // Replicas first take their primaries' gradients (same connection, so in order), then step.
+        var requests: [(worker: String, message: WireMessage)] = []
+        for w in placement.workers {
+            if let g = shipped[w], !g.isEmpty { requests.append((worker: w, message: .applyGradients(g))) }
+            requests.append((worker: w, message: m))
+        }
+        let outcomes = try tolerant(requests, operation: "Step \(step)", phase: .step)
+        try expectAcks(Array(zip(requests.map(\.worker), outcomes)), "Step \(step)")
+        // A primary lost now already shipped its gradients: its replicas committed the step.
         try requireHosts(Array(missing))
+        shipped.removeAll()
+        abortedBy = nil
+        stepStarted = false
         committedStep = step
         let now = monotonicSeconds()
         for var e in recovering {
@@ -243,11 +296,16 @@ public final class RemoteExpertBackend: ExpertBackend {
         }
         recovering.removeAll()
         coordinator.currentStep = step + 1
-        try integrateJoins()
+        // The step is committed: a failure while taking in joined workers must not look like a
+        // failed commit. Losses it met are absorbed and surface in the next step.
+        do { try integrateJoins() } catch {}
     }
 
     /// Rolls back an uncommitted step: every live replica drops its gradients and kept activations.
     public func zeroGradients() throws {
+        shipped.removeAll()
+        abortedBy = nil
+        stepStarted = false
         let outcomes = try fanOut(.zeroGradients, "ZeroGradients", .other)
         try expectAcks(outcomes, "ZeroGradients")
     }
@@ -415,9 +473,22 @@ public final class RemoteExpertBackend: ExpertBackend {
     /// Sets the step counter after a restore from a checkpoint at `step`.
     public func resetCommittedStep(_ step: Int) {
         committedStep = step
+        shipped.removeAll()
+        abortedBy = nil
         coordinator.currentStep = step + 1
         recovering.removeAll()
     }
+}
+
+/// How the replicas of an expert stay bit-identical.
+public enum ReplicationMode: String, Sendable, CaseIterable {
+    /// The primary computes every batch; at the step it ships its experts' gradients and the
+    /// replicas apply the same optimizer step from them (bit-identical: same gradient bits,
+    /// same Adam). Losing a primary mid-step rolls the step back and redoes it.
+    case shippedGradients = "shipped-gradients"
+    /// Every replica computes every batch; losing a worker mid-step costs nothing (the
+    /// survivors hold the step's work), but the experts' compute is done R times.
+    case active
 }
 
 /// A fail-over, rejoin or loss, as one line for stderr and one record for metrics.jsonl.
@@ -448,6 +519,8 @@ public struct ClusterEvent: Sendable, CustomStringConvertible {
     public var detectedAt: Double
     /// Seconds from detection to the first step committed after it (or the rejoin's duration).
     public var recoverySeconds: Double?
+    /// The step in progress was rolled back and redone (a primary lost with shipped-gradient replication).
+    public var stepRedone = false
 
     public init(kind: Kind, step: Int, worker: String, reason: String, moved: [ExpertKey: String] = [:], lostExperts: [ExpertKey] = [],
                 detectionSeconds: Double? = nil, detectedAt: Double = monotonicSeconds(), recoverySeconds: Double? = nil) {
@@ -462,6 +535,7 @@ public struct ClusterEvent: Sendable, CustomStringConvertible {
             s += "; experts moved: " + moved.keys.sorted().map { "\($0)→\(moved[$0]!)" }.joined(separator: " ")
         }
         if !lostExperts.isEmpty { s += "; no replica left of " + lostExperts.map(\.description).joined(separator: " ") }
+        if stepRedone { s += "; step \(step) rolled back and redone" }
         if let d = detectionSeconds { s += "; detected in \(decimal(d)) s" }
         if let r = recoverySeconds { s += (kind == .rejoined ? "; took " : "; recovered in ") + "\(decimal(r)) s" }
         return s

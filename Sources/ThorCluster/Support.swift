@@ -44,6 +44,9 @@ public enum ClusterError: Error, CustomStringConvertible, Equatable {
     case workerLost(worker: String, operation: String, reason: String)
     /// Experts with no live replica left (every worker hosting them was lost).
     case expertsLost(keys: [ExpertKey], workers: [String], step: Int)
+    /// A primary was lost mid-step; its replicas took over, and the step must be rolled
+    /// back and redone (shipped-gradient replication: the replicas did not compute it).
+    case stepAborted(worker: String, step: Int)
 
     public var description: String {
         switch self {
@@ -56,6 +59,8 @@ public enum ClusterError: Error, CustomStringConvertible, Equatable {
         case .launch(let s): return "launch: \(s)"
         case .transport(let s): return "transport: \(s)"
         case .workerLost(let w, let op, let r): return "worker \(w) was lost during \(op): \(r)"
+        case .stepAborted(let w, let step):
+            return "worker \(w) was lost during step \(step); its replicas took over and the step must be redone"
         case .expertsLost(let ks, let ws, let step):
             return "no replica left of \(ks.count) expert\(ks.count == 1 ? "" : "s") (\(ks.map(\.description).joined(separator: " "))) "
                 + "at step \(step): every worker hosting them was lost (\(ws.joined(separator: ", ")))"

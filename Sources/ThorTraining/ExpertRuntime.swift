@@ -30,6 +30,8 @@ public final class ExpertRuntime {
         public var heartbeatLiveness = 3
         /// Restarts of a crashing local worker within a minute before it is given up on.
         public var restartBudget = 3
+        /// How replicas stay identical.
+        public var replication = ReplicationMode.shippedGradients
         public init() {}
     }
 
@@ -52,7 +54,9 @@ public final class ExpertRuntime {
             do {
                 let r = Self.replicas(replicas, configuration: configuration, workers: workers)
                 let placement = try Placement(keys: keys, workers: c.workerIDs, strategy: strategy, replicas: r)
-                backend = try RemoteExpertBackend(coordinator: c.coordinator, spec: spec, placement: placement)
+                let remote = try RemoteExpertBackend(coordinator: c.coordinator, spec: spec, placement: placement)
+                remote.replication = liveness.replication
+                backend = remote
             } catch {
                 c.shutdown()
                 throw error
@@ -80,7 +84,9 @@ public final class ExpertRuntime {
         let hostnames = Dictionary(uniqueKeysWithValues: ids.map { ($0, c.registrations[$0]!.hostname) })
         let r = Self.replicas(replicas, configuration: configuration, workers: workers)
         let placement = try Placement(keys: keys, workers: ids, strategy: strategy, replicas: r, hostnames: hostnames)
-        backend = try RemoteExpertBackend(coordinator: c, spec: spec, placement: placement)
+        let remote = try RemoteExpertBackend(coordinator: c, spec: spec, placement: placement)
+        remote.replication = liveness.replication
+        backend = remote
         coordinator = c
         cluster = nil
     }

@@ -81,6 +81,7 @@ public final class Trainer {
     /// generator are put back — and, with an `expertLossHandler`, it is redone.
     @discardableResult
     public func trainStep() throws -> StepResult {
+        var aborts = 0
         while true {
             let position = batches.position
             let dropout = model.network.dropoutState
@@ -89,16 +90,27 @@ public final class Trainer {
             do {
                 return try trainStep(on: batch)
             } catch let e as ClusterError {
-                guard case .expertsLost = e, let handler = expertLossHandler else { throw e }
                 let duringCommit = committing
+                switch e {
+                case .stepAborted:
+                    // A primary was lost mid-step; its replicas took over: redo the step on them.
+                    redone += 1
+                    aborts += 1
+                    guard aborts <= 8 else { throw e }
+                case .expertsLost where expertLossHandler != nil: break
+                default: throw e
+                }
                 model.network.zeroGradients()
                 try? model.backend.zeroGradients()
                 try batches.restore(position)
                 model.network.dropoutState = dropout
-                try handler(e, duringCommit, self)
+                if case .expertsLost = e { try expertLossHandler!(e, duringCommit, self) }
             }
         }
     }
+
+    /// Steps rolled back and redone so far (a primary lost mid-step).
+    public private(set) var redone = 0
 
     private var committing = false
 

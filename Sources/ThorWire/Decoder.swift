@@ -182,6 +182,12 @@ extension WireCodec {
         case THOR__ENVELOPE__BODY_IMPORT_STATE:
             let x = e.import_state!.pointee
             return .importRequest(try states(x.n_experts, x.experts))
+        case THOR__ENVELOPE__BODY_GRADIENTS_REQUEST:
+            let x = e.gradients_request!.pointee
+            return .gradientsRequest(keys: try keys(x.n_keys, x.keys))
+        case THOR__ENVELOPE__BODY_APPLY_GRADIENTS:
+            let x = e.apply_gradients!.pointee
+            return .applyGradients(try states(x.n_experts, x.experts))
         case THOR__ENVELOPE__BODY_HEARTBEAT:
             let h = e.heartbeat!.pointee
             return .heartbeat(sequence: h.sequence, sentUnixNanos: h.sent_unix_nanos)

@@ -300,6 +300,18 @@ public enum WireCodec {
                 thor__import_request__init(p)
                 (p.pointee.n_experts, p.pointee.experts) = states(s, arena, dtype)
             }
+        case .gradientsRequest(let ks):
+            e.pointee.body_case = THOR__ENVELOPE__BODY_GRADIENTS_REQUEST
+            e.pointee.gradients_request = arena.make(Thor__GradientsRequest.self) { p in
+                thor__gradients_request__init(p)
+                (p.pointee.n_keys, p.pointee.keys) = keys(ks, arena)
+            }
+        case .applyGradients(let s):
+            e.pointee.body_case = THOR__ENVELOPE__BODY_APPLY_GRADIENTS
+            e.pointee.apply_gradients = arena.make(Thor__ApplyGradients.self) { p in
+                thor__apply_gradients__init(p)
+                (p.pointee.n_experts, p.pointee.experts) = states(s, arena, dtype)
+            }
         case .heartbeat(let seq, let nanos):
             e.pointee.body_case = THOR__ENVELOPE__BODY_HEARTBEAT
             e.pointee.heartbeat = arena.make(Thor__Heartbeat.self) { p in

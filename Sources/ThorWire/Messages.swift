@@ -102,6 +102,10 @@ public enum WireMessage: @unchecked Sendable {
     case exportRequest(keys: [ExpertKey])
     case expertStates([ExpertKey: [String: Tensor]])
     case importRequest([ExpertKey: [String: Tensor]])
+    /// The accumulated gradients of the listed experts (empty: all hosted), by parameter name; reply `expertStates`.
+    case gradientsRequest(keys: [ExpertKey])
+    /// Replace the listed experts' accumulated gradients (a replica taking its primary's); reply `ack`.
+    case applyGradients([ExpertKey: [String: Tensor]])
     case heartbeat(sequence: UInt64, sentUnixNanos: UInt64)
     case shutdown(reason: String)
     case ack
@@ -123,6 +127,8 @@ public enum WireMessage: @unchecked Sendable {
         case .exportRequest: return "ExportRequest"
         case .expertStates: return "ExpertStates"
         case .importRequest: return "ImportRequest"
+        case .gradientsRequest: return "GradientsRequest"
+        case .applyGradients: return "ApplyGradients"
         case .heartbeat: return "Heartbeat"
         case .shutdown: return "Shutdown"
         case .ack: return "Ack"

@@ -28,6 +28,25 @@ final class FailoverTests: XCTestCase {
             } }
             guard steps.contains(step) else { continue }
             try between(step)
+            // A step is a transaction: when a primary is lost mid-step (shipped-gradient
+            // replication) both sides drop it and redo it from the same inputs.
+            var attempt = 0
+            while true {
+                do {
+                    try oneStep(step, inputs, grads)
+                    break
+                } catch ClusterError.stepAborted(_, let s) {
+                    XCTAssertEqual(s, step, what)
+                    attempt += 1
+                    XCTAssertLessThan(attempt, 3, "\(what): step \(step) aborted again")
+                    if attempt >= 3 { throw ClusterError.stepAborted(worker: "?", step: step) }
+                    try remote.zeroGradients()
+                    try local.zeroGradients()
+                    redone += 1
+                }
+            }
+        }
+        func oneStep(_ step: Int, _ inputs: [[ExpertBatch]], _ grads: [[ExpertBatch]]) throws {
             for layer in 0..<layers {
                 assertBitwiseEqual(try remote.forward(layer: layer, batches: inputs[layer], training: true),
                                    try local.forward(layer: layer, batches: inputs[layer], training: true),
@@ -47,6 +66,9 @@ final class FailoverTests: XCTestCase {
         }
     }
 
+    /// Steps redone after a primary was lost (shipped-gradient replication).
+    var redone = 0
+
     /// Final weights and Adam moments equal the in-process run's, on every live replica.
     func assertReplicasMatch(_ remote: RemoteExpertBackend, _ local: InProcessExpertBackend, _ what: String) throws {
         let final = try local.exportState()
@@ -57,22 +79,27 @@ final class FailoverTests: XCTestCase {
         }
     }
 
-    func makeCluster(workers: Int, supervise: Bool) throws -> (LocalCluster, RemoteExpertBackend, InProcessExpertBackend) {
+    func makeCluster(workers: Int, supervise: Bool, mode: ReplicationMode = .shippedGradients) throws -> (LocalCluster, RemoteExpertBackend, InProcessExpertBackend) {
         let keys = Placement.allKeys(layers: layers, experts: experts)
         let cluster = try LocalCluster(workers: workers, transport: .ipc)
         cluster.supervise = supervise
         let placement = try Placement(keys: keys, workers: cluster.workerIDs, strategy: .roundRobin, replicas: 2)
         let remote = try RemoteExpertBackend(coordinator: cluster.coordinator, spec: spec, placement: placement)
+        remote.replication = mode
         return (cluster, remote, InProcessExpertBackend(spec: spec, keys: keys))
     }
 
-    /// kill -9 of a worker right after the coordinator sent it the request of a given step and
-    /// phase (forward, backward, norms, optimizer step): the step completes on the replicas,
-    /// nothing is redone, and the end is bit-identical to the in-process run.
+    /// kill -9 of a worker right before the coordinator sends it the request of a given step
+    /// and phase (forward, backward, norms, optimizer step), for both replication modes: the
+    /// run loses no step (active: the replicas finish it; shipped gradients: it is rolled
+    /// back and redone on the replicas, except in the commit, where the gradients are already
+    /// shipped) and ends bit-identical to the in-process run.
     func testKillDuringEachPhaseLosesNoStepAndStaysBitIdentical() throws {
-        for (phase, victim) in [(FaultPhase.forward, "w1"), (.backward, "w2"), (.gradNorm, "w0"), (.step, "w1")] {
-            let what = "kill -9 \(victim) during \(phase.rawValue) of step 3"
-            let (cluster, remote, local) = try makeCluster(workers: 3, supervise: false)
+        for mode in ReplicationMode.allCases {
+          for (phase, victim) in [(FaultPhase.forward, "w1"), (.backward, "w2"), (.gradNorm, "w0"), (.step, "w1")] {
+            let what = "\(mode.rawValue): kill -9 \(victim) during \(phase.rawValue) of step 3"
+            redone = 0
+            let (cluster, remote, local) = try makeCluster(workers: 3, supervise: false, mode: mode)
             defer { cluster.shutdown() }
             var events: [ClusterEvent] = []
             remote.onEvent = { events.append($0) }
@@ -96,7 +123,12 @@ final class FailoverTests: XCTestCase {
                 XCTAssertFalse(e.moved.isEmpty, "\(what): \(e)")
                 XCTAssertLessThan(e.detectedAt - killedAt, 1.0, "\(what): an exited child is seen at once")
                 XCTAssertNotNil(e.recoverySeconds)
+                // Redone only when the victim was a primary that had not shipped its gradients yet.
+                XCTAssertEqual(e.stepRedone, redone > 0, what)
             }
+            if mode == .active || phase == .step { XCTAssertEqual(redone, 0, what) }
+            if mode == .shippedGradients && phase != .step { XCTAssertEqual(redone, 1, what) }
+          }
         }
     }
 
@@ -179,5 +211,27 @@ final class FailoverTests: XCTestCase {
             XCTAssertTrue(m.contains("max-frame-bytes"), "the worker's own error line is quoted: \(m)")
         }
         XCTAssertEqual(childProcesses(), [])
+    }
+}
+
+extension FailoverTests {
+    /// Inference (dev evaluation, `thor translate`) goes to one replica; when it is lost the
+    /// batch is served by the next replica, with the same bits.
+    func testInferenceFailsOverToTheNextReplica() throws {
+        let (cluster, remote, local) = try makeCluster(workers: 3, supervise: false)
+        defer { cluster.shutdown() }
+        var rng = RandomGenerator(seed: 5)
+        let x = (0..<experts).map { e -> ExpertBatch in
+            let t = Tensor(shape: [3, 6])
+            rng.fillUniform(t.pointer, count: t.count, limit: 1)
+            return ExpertBatch(expert: e, tokens: t)
+        }
+        cluster.coordinator.faultHook = { p in
+            if p.phase == .forward, p.worker == "w0" { kill(cluster.processID(of: "w0"), SIGKILL) }
+            return .none
+        }
+        assertBitwiseEqual(try remote.forward(layer: 1, batches: x, training: false),
+                           try local.forward(layer: 1, batches: x, training: false), "inference with w0 killed")
+        XCTAssertFalse(remote.placement.workers.contains("w0"))
     }
 }

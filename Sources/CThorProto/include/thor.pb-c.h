@@ -36,6 +36,8 @@ typedef struct Thor__ExportRequest Thor__ExportRequest;
 typedef struct Thor__ExpertState Thor__ExpertState;
 typedef struct Thor__ExpertStates Thor__ExpertStates;
 typedef struct Thor__ImportRequest Thor__ImportRequest;
+typedef struct Thor__GradientsRequest Thor__GradientsRequest;
+typedef struct Thor__ApplyGradients Thor__ApplyGradients;
 typedef struct Thor__Heartbeat Thor__Heartbeat;
 typedef struct Thor__Shutdown Thor__Shutdown;
 typedef struct Thor__Ack Thor__Ack;
@@ -448,6 +450,38 @@ struct  Thor__ImportRequest
 
 
 /*
+ * The accumulated gradients of the listed experts (empty = every hosted expert),
+ * named like their parameters (moe.L.experts.E.w1, ...). -> ExpertStates
+ * Replication: a primary ships its experts' gradients; their replicas apply the
+ * same optimizer step from them (ApplyGradients then StepRequest) instead of
+ * computing the batches themselves.
+ */
+struct  Thor__GradientsRequest
+{
+  ProtobufCMessage base;
+  size_t n_keys;
+  Thor__ExpertKey **keys;
+};
+#define THOR__GRADIENTS_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&thor__gradients_request__descriptor) \
+    , 0,NULL }
+
+
+/*
+ * Replace the listed experts' accumulated gradients (all-or-nothing). -> Ack
+ */
+struct  Thor__ApplyGradients
+{
+  ProtobufCMessage base;
+  size_t n_experts;
+  Thor__ExpertState **experts;
+};
+#define THOR__APPLY_GRADIENTS__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&thor__apply_gradients__descriptor) \
+    , 0,NULL }
+
+
+/*
  * Either side may send. A Heartbeat with request_id != 0 is answered by a
  * Heartbeat echoing `sequence`; with request_id 0 it is a liveness beat and
  * gets no answer (workers send one every interval, also while computing).
@@ -517,7 +551,9 @@ typedef enum {
   THOR__ENVELOPE__BODY_HEARTBEAT = 23,
   THOR__ENVELOPE__BODY_SHUTDOWN = 24,
   THOR__ENVELOPE__BODY_ACK = 25,
-  THOR__ENVELOPE__BODY_ERROR = 26
+  THOR__ENVELOPE__BODY_ERROR = 26,
+  THOR__ENVELOPE__BODY_GRADIENTS_REQUEST = 27,
+  THOR__ENVELOPE__BODY_APPLY_GRADIENTS = 28
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(THOR__ENVELOPE__BODY__CASE)
 } Thor__Envelope__BodyCase;
 
@@ -562,6 +598,8 @@ struct  Thor__Envelope
     Thor__Shutdown *shutdown;
     Thor__Ack *ack;
     Thor__Error *error;
+    Thor__GradientsRequest *gradients_request;
+    Thor__ApplyGradients *apply_gradients;
   };
 };
 #define THOR__ENVELOPE__INIT \
@@ -968,6 +1006,44 @@ Thor__ImportRequest *
 void   thor__import_request__free_unpacked
                      (Thor__ImportRequest *message,
                       ProtobufCAllocator *allocator);
+/* Thor__GradientsRequest methods */
+void   thor__gradients_request__init
+                     (Thor__GradientsRequest         *message);
+size_t thor__gradients_request__get_packed_size
+                     (const Thor__GradientsRequest   *message);
+size_t thor__gradients_request__pack
+                     (const Thor__GradientsRequest   *message,
+                      uint8_t             *out);
+size_t thor__gradients_request__pack_to_buffer
+                     (const Thor__GradientsRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Thor__GradientsRequest *
+       thor__gradients_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   thor__gradients_request__free_unpacked
+                     (Thor__GradientsRequest *message,
+                      ProtobufCAllocator *allocator);
+/* Thor__ApplyGradients methods */
+void   thor__apply_gradients__init
+                     (Thor__ApplyGradients         *message);
+size_t thor__apply_gradients__get_packed_size
+                     (const Thor__ApplyGradients   *message);
+size_t thor__apply_gradients__pack
+                     (const Thor__ApplyGradients   *message,
+                      uint8_t             *out);
+size_t thor__apply_gradients__pack_to_buffer
+                     (const Thor__ApplyGradients   *message,
+                      ProtobufCBuffer     *buffer);
+Thor__ApplyGradients *
+       thor__apply_gradients__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   thor__apply_gradients__free_unpacked
+                     (Thor__ApplyGradients *message,
+                      ProtobufCAllocator *allocator);
 /* Thor__Heartbeat methods */
 void   thor__heartbeat__init
                      (Thor__Heartbeat         *message);
@@ -1128,6 +1204,12 @@ typedef void (*Thor__ExpertStates_Closure)
 typedef void (*Thor__ImportRequest_Closure)
                  (const Thor__ImportRequest *message,
                   void *closure_data);
+typedef void (*Thor__GradientsRequest_Closure)
+                 (const Thor__GradientsRequest *message,
+                  void *closure_data);
+typedef void (*Thor__ApplyGradients_Closure)
+                 (const Thor__ApplyGradients *message,
+                  void *closure_data);
 typedef void (*Thor__Heartbeat_Closure)
                  (const Thor__Heartbeat *message,
                   void *closure_data);
@@ -1174,6 +1256,8 @@ extern const ProtobufCMessageDescriptor thor__export_request__descriptor;
 extern const ProtobufCMessageDescriptor thor__expert_state__descriptor;
 extern const ProtobufCMessageDescriptor thor__expert_states__descriptor;
 extern const ProtobufCMessageDescriptor thor__import_request__descriptor;
+extern const ProtobufCMessageDescriptor thor__gradients_request__descriptor;
+extern const ProtobufCMessageDescriptor thor__apply_gradients__descriptor;
 extern const ProtobufCMessageDescriptor thor__heartbeat__descriptor;
 extern const ProtobufCMessageDescriptor thor__shutdown__descriptor;
 extern const ProtobufCMessageDescriptor thor__ack__descriptor;

@@ -69,6 +69,9 @@ struct TrainCommand: ParsableCommand {
     @Option(help: ArgumentHelp("When every replica of an expert is lost (training.on_expert_loss): fail (stop, naming the experts and the --resume command), wait (until a worker holding them returns), restore (reload the last checkpoint and replay; default).", valueName: "policy"))
     var onExpertLoss: String?
 
+    @Option(help: "How replicas stay identical: shipped-gradients (the primary computes, replicas apply its gradients; default) or active (every replica computes every batch).")
+    var replication: String = ReplicationMode.shippedGradients.rawValue
+
     @Option(help: "Seconds between heartbeats between the coordinator and its workers.")
     var heartbeatInterval: Double = 0.25
 
@@ -140,11 +143,15 @@ struct TrainCommand: ParsableCommand {
         }
         guard heartbeatLiveness >= 1 else { throw ValidationError("--heartbeat-liveness must be at least 1, got \(heartbeatLiveness)") }
         guard restartBudget >= 0 else { throw ValidationError("--restart-budget must be ≥ 0, got \(restartBudget)") }
+        guard let mode = ReplicationMode(rawValue: replication) else {
+            throw ValidationError("--replication must be \(ReplicationMode.allCases.map(\.rawValue).joined(separator: " or ")), got '\(replication)'")
+        }
         var options = TrainingRun.Options(configuration: c)
         options.explicitKeys = try fileKeys().merging(flagKeys()) { $1 }
         options.liveness.heartbeatInterval = heartbeatInterval
         options.liveness.heartbeatLiveness = heartbeatLiveness
         options.liveness.restartBudget = restartBudget
+        options.liveness.replication = mode
         options.saveDirectory = saveDir
         options.resume = resume
         options.overwrite = overwrite
