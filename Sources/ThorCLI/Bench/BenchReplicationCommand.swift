@@ -30,7 +30,7 @@ struct BenchReplicationCommand: ParsableCommand {
 
     func run() throws {
         var c = try config.map { try ThorConfiguration(contentsOf: $0) } ?? .quickstart
-        c.training.workers = workers
+        c.cluster.workers = workers
         let data = try TranslationData.load(c.data, seed: c.training.seed, maxPositions: c.model.maxPositions)
         c.model.vocabularySize = data.tokenizer.vocabularySize
         if c.routing.tasks == 0 { c.routing.tasks = data.tasks.count }
@@ -43,7 +43,7 @@ struct BenchReplicationCommand: ParsableCommand {
         for v in variants {
             var liveness = ExpertRuntime.Liveness()
             liveness.replication = v.mode
-            let runtime = try ExpertRuntime(configuration: c, workers: workers, threads: c.training.expertThreads,
+            let runtime = try ExpertRuntime(configuration: c, workers: workers, threads: c.cluster.expertThreads,
                                             replicas: v.replicas, liveness: liveness)
             let model = try TranslationModel(configuration: c, backend: runtime.backend)
             runs.append((runtime, try Trainer(model: model, data: data)))

@@ -63,10 +63,10 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Seconds to wait for workers to register with --bind.")
     var registrationTimeout: Double = 300
 
-    @Option(help: "Workers hosting each routed expert (training.replicas; default 2 with at least 2 workers, else 1). Replicas compute the same batches and stay bit-identical; a lost worker's experts fail over to a replica without losing a step.")
+    @Option(help: "Workers hosting each routed expert (cluster.replicas; default 2 with at least 2 workers, else 1). Replicas stay bit-identical (they apply the primary's gradients, or compute the same batches with --replication active); a lost worker's experts fail over to a replica without losing a step.")
     var replicas: Int?
 
-    @Option(help: ArgumentHelp("When every replica of an expert is lost (training.on_expert_loss): fail (stop, naming the experts and the --resume command), wait (until a worker holding them returns), restore (reload the last checkpoint and replay; default).", valueName: "policy"))
+    @Option(help: ArgumentHelp("When every replica of an expert is lost (cluster.on_expert_loss): fail (stop, naming the experts and the --resume command), wait (until a worker holding them returns), restore (reload the last checkpoint and replay; default).", valueName: "policy"))
     var onExpertLoss: String?
 
     @Option(help: "How replicas stay identical: shipped-gradients (the primary computes, replicas apply its gradients; default) or active (every replica computes every batch).")
