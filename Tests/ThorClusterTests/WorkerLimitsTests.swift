@@ -14,6 +14,8 @@ final class LimitedWorker {
     let router: Socket
     let pid: pid_t
     let workerID = "limited"
+    /// The worker's ZeroMQ routing id (`limited#incarnation`), learned from its Register.
+    var route = ""
     var nextID: UInt64 = 1000
 
     init(_ extra: [String]) throws {
@@ -34,21 +36,27 @@ final class LimitedWorker {
         router.close()
     }
 
+    /// The next message that is not a liveness beat (request id 0).
     func receive() throws -> Envelope {
-        let frames = try XCTUnwrap(router.receive(timeout: 20), "no reply from the worker")
-        XCTAssertEqual(frames.count, 2)
-        return try frames[1].withUnsafeBytes { try WireCodec.decode($0) }
+        while true {
+            let frames = try XCTUnwrap(router.receive(timeout: 20), "no reply from the worker")
+            XCTAssertEqual(frames.count, 2)
+            route = frames[0].string
+            let e = try frames[1].withUnsafeBytes { try WireCodec.decode($0) }
+            if case .heartbeat = e.message, e.requestID == 0 { continue }
+            return e
+        }
     }
 
     func send(_ bytes: [UInt8]) throws -> Envelope {
-        try router.send([Frame(workerID), Frame(bytes)])
+        try router.send([Frame(route), Frame(bytes)])
         return try receive()
     }
 
     func call(_ m: WireMessage) throws -> Envelope {
         nextID += 1
         let f = WireCodec.encode(Envelope(requestID: nextID, sender: "test", message: m))
-        try router.send([Frame(workerID), Frame(adoptingMalloced: f.take(), count: f.count)])
+        try router.send([Frame(route), Frame(adoptingMalloced: f.take(), count: f.count)])
         return try receive()
     }
 
