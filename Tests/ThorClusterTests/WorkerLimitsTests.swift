@@ -8,64 +8,19 @@ import ThorCluster
 import Glibc
 #endif
 
-/// A `thor worker` process with the given extra flags, driven by a raw ROUTER socket.
-final class LimitedWorker {
-    let context: ZMQContext
-    let router: Socket
-    let pid: pid_t
-    let workerID = "limited"
-    /// The worker's ZeroMQ routing id (`limited#incarnation`), learned from its Register.
-    var route = ""
-    var nextID: UInt64 = 1000
-
-    init(_ extra: [String]) throws {
-        context = try ZMQContext()
-        router = try Socket(context: context, type: .router)
-        try router.setRouterMandatory(true)
-        try router.bind("tcp://127.0.0.1:*")
-        let endpoint = try router.lastEndpoint()
-        pid = try LocalCluster.spawn(try LocalCluster.locateThorBinary(),
-                                     ["worker", "--connect", endpoint, "--id", workerID, "--parent-pid", String(getpid())] + extra)
-        guard case .register = try receive().message else { throw ClusterError.launch("no Register from the worker") }
+extension RawCoordinator {
+    /// A `thor worker` with the given extra flags whose Register has arrived.
+    static func registered(_ arguments: [String]) throws -> RawCoordinator {
+        let raw = try RawCoordinator(workerID: "limited", arguments: arguments)
+        guard case .register = try raw.receive().message else { throw ClusterError.launch("no Register from the worker") }
+        return raw
     }
 
-    func stop() {
-        kill(pid, SIGKILL)
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        router.close()
-    }
+    /// One message sent, its reply.
+    func request(_ m: WireMessage) throws -> Envelope { try call(m).1 }
 
-    /// The next message that is not a liveness beat (request id 0).
-    func receive() throws -> Envelope {
-        while true {
-            let frames = try XCTUnwrap(router.receive(timeout: 20), "no reply from the worker")
-            XCTAssertEqual(frames.count, 2)
-            route = frames[0].string
-            let e = try frames[1].withUnsafeBytes { try WireCodec.decode($0) }
-            if case .heartbeat = e.message, e.requestID == 0 { continue }
-            return e
-        }
-    }
-
-    func send(_ bytes: [UInt8]) throws -> Envelope {
-        try router.send([Frame(route), Frame(bytes)])
-        return try receive()
-    }
-
-    func call(_ m: WireMessage) throws -> Envelope {
-        nextID += 1
-        let f = WireCodec.encode(Envelope(requestID: nextID, sender: "test", message: m))
-        try router.send([Frame(route), Frame(adoptingMalloced: f.take(), count: f.count)])
-        return try receive()
-    }
-
-    /// Resident memory of the worker process (VmRSS of /proc/PID/status), in bytes.
-    func residentBytes() -> Int {
-        guard let s = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
-              let line = s.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }) else { return -1 }
-        return (line.split(separator: " ").compactMap { Int($0) }.first ?? -1) * 1024
-    }
+    /// Raw bytes sent as the message frame, the reply.
+    func send(_ bytes: [UInt8]) throws -> Envelope { try sendRaw([Frame(bytes)]) }
 }
 
 /// Protobuf bytes written by hand, for frames the encoder would never produce (absurd shapes).
@@ -144,28 +99,28 @@ final class WorkerLimitsTests: XCTestCase {
     /// An Assign or a batch the worker cannot hold is refused with TOO_LARGE naming the size and the
     /// limit, before anything is allocated; the worker keeps serving with its state unchanged.
     func testOversizedAssignAndBatchAreRefusedAndTheWorkerKeepsServing() throws {
-        let w = try LimitedWorker(["--memory-budget", "20000000"])
+        let w = try RawCoordinator.registered(["--memory-budget", "20000000"])
         defer { w.stop() }
-        guard case .ack = try w.call(.assign(Assignment(spec: spec, keys: keys))).message else { return XCTFail("Assign") }
+        guard case .ack = try w.request(.assign(Assignment(spec: spec, keys: keys))).message else { return XCTFail("Assign") }
         let reference = InProcessExpertBackend(spec: spec, keys: keys)
 
         // model_dim = 2^20: w1 alone would be 2^40 elements (the crash in issue 9).
         let huge = ExpertSpec(modelDim: 1 << 20, hiddenDim: 1 << 20, activation: .relu, seed: 1)
-        expectTooLarge(try w.call(.assign(Assignment(spec: huge, keys: keys))), ["w1 [1048576, 1048576]", "1099511627776 elements", "2147483647"])
+        expectTooLarge(try w.request(.assign(Assignment(spec: huge, keys: keys))), ["w1 [1048576, 1048576]", "1099511627776 elements", "2147483647"])
         // Every matrix within the element limit, but 2000 experts of 2 MiB do not fit 20 MB.
         let wide = ExpertSpec(modelDim: 256, hiddenDim: 256, activation: .relu, seed: 1)
         let many = (0..<2000).map { ExpertKey(layer: 0, expert: $0) }
-        expectTooLarge(try w.call(.assign(Assignment(spec: wide, keys: many))), ["2000 experts", "memory budget is 20000000 bytes"])
+        expectTooLarge(try w.request(.assign(Assignment(spec: wide, keys: many))), ["2000 experts", "memory budget is 20000000 bytes"])
         // A forward whose activations would not fit the budget (200,000 rows × 192 bytes).
-        expectTooLarge(try w.call(.forward(layer: 0, training: true, batches: [rows(200_000)], replyDType: nil)),
+        expectTooLarge(try w.request(.forward(layer: 0, training: true, batches: [rows(200_000)], replyDType: nil)),
                        ["200000 rows", "20000000"])
         // Still serving, state as before: the same answers as an untouched backend.
         let x = [rows(5), rows(3, expert: 1)]
-        guard case .forwardReply(_, let y) = try w.call(.forward(layer: 0, training: false, batches: x, replyDType: nil)).message else {
+        guard case .forwardReply(_, let y) = try w.request(.forward(layer: 0, training: false, batches: x, replyDType: nil)).message else {
             return XCTFail("forward after refusals")
         }
         assertBitwiseEqual(y.map(\.tokens), try reference.forward(layer: 0, batches: x, training: false), "forward after refusals")
-        guard case .expertStates(let state) = try w.call(.exportRequest(keys: [])).message else { return XCTFail("export") }
+        guard case .expertStates(let state) = try w.request(.exportRequest(keys: [])).message else { return XCTFail("export") }
         assertSameState(state, try reference.exportState(), "state after refusals")
         XCTAssertLessThan(w.residentBytes(), 200 << 20, "the refused requests must not have been allocated")
     }
@@ -174,10 +129,10 @@ final class WorkerLimitsTests: XCTestCase {
     /// type. Every frame gets one reply, nothing crashes, the experts are unchanged and the
     /// worker's resident memory stays bounded. A few seconds.
     func testWireFuzzGetsAnswersWithoutCrashStateChangeOrGrowth() throws {
-        let w = try LimitedWorker([])
+        let w = try RawCoordinator.registered([])
         defer { w.stop() }
-        guard case .ack = try w.call(.assign(Assignment(spec: spec, keys: keys))).message else { return XCTFail("Assign") }
-        guard case .expertStates(let before) = try w.call(.exportRequest(keys: [])).message else { return XCTFail("export") }
+        guard case .ack = try w.request(.assign(Assignment(spec: spec, keys: keys))).message else { return XCTFail("Assign") }
+        guard case .expertStates(let before) = try w.request(.exportRequest(keys: [])).message else { return XCTFail("export") }
         let rssStart = w.residentBytes()
 
         var answered = 0
@@ -219,7 +174,7 @@ final class WorkerLimitsTests: XCTestCase {
         }
         XCTAssertEqual(answered, 3000 + absurd.count * 8)
         XCTAssertLessThan(Date().timeIntervalSince(start), 60)
-        guard case .expertStates(let after) = try w.call(.exportRequest(keys: [])).message else { return XCTFail("export after fuzz") }
+        guard case .expertStates(let after) = try w.request(.exportRequest(keys: [])).message else { return XCTFail("export after fuzz") }
         assertSameState(after, before, "experts after the fuzz")
         let rssEnd = w.residentBytes()
         XCTAssertGreaterThan(rssStart, 0)

@@ -14,20 +14,25 @@ final class RawCoordinator {
     let router: Socket
     let endpoint: String
     let pid: pid_t
-    let workerID = "victim"
-    /// The worker's ZeroMQ routing id (`victim#incarnation`), learned from its Register.
+    let workerID: String
+    /// The worker's ZeroMQ routing id (`workerID#incarnation`), learned from its Register.
     var route = ""
     var nextID: UInt64 = 100
 
-    init(maxFrameBytes: Int) throws {
+    init(workerID: String = "victim", arguments: [String]) throws {
+        self.workerID = workerID
         context = try ZMQContext()
         router = try Socket(context: context, type: .router)
         try router.setRouterMandatory(true)
         try router.bind("tcp://127.0.0.1:*")
         endpoint = try router.lastEndpoint()
         pid = try LocalCluster.spawn(try LocalCluster.locateThorBinary(),
-                                     ["worker", "--connect", endpoint, "--id", workerID, "--parent-pid", String(getpid()),
-                                      "--max-frame-bytes", String(maxFrameBytes)])
+                                     ["worker", "--connect", endpoint, "--id", workerID, "--parent-pid", String(getpid())]
+                                     + arguments)
+    }
+
+    convenience init(maxFrameBytes: Int) throws {
+        try self.init(arguments: ["--max-frame-bytes", String(maxFrameBytes)])
     }
 
     /// Kills and reaps the worker.
@@ -52,6 +57,13 @@ final class RawCoordinator {
             if case .heartbeat = e.message, e.requestID == 0 { continue }
             return e
         }
+    }
+
+    /// Resident memory of the worker process (VmRSS of /proc/PID/status), in bytes.
+    func residentBytes() -> Int {
+        guard let s = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+              let line = s.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }) else { return -1 }
+        return (line.split(separator: " ").compactMap { Int($0) }.first ?? -1) * 1024
     }
 
     func sendRaw(_ frames: [Frame]) throws -> Envelope {
