@@ -138,7 +138,15 @@ public final class LocalCluster {
         recent.append(now)
         restarts[id] = recent
         do {
-            let (pid, tail) = try LocalCluster.spawnCapturing(binary, arguments(id), processGroup: processGroup)
+            let pid: pid_t, tail: StderrTail?
+            do {
+                (pid, tail) = try LocalCluster.spawnCapturing(binary, arguments(id), processGroup: processGroup)
+            } catch where processGroup != 0 {
+                // Every member of the group has exited, and an empty group cannot be joined
+                // (EPERM): the restarted worker leads a new one.
+                (pid, tail) = try LocalCluster.spawnCapturing(binary, arguments(id), processGroup: 0)
+                processGroup = pid
+            }
             processIDs[i] = pid
             stderrTails[i] = tail
             onEvent?(ClusterEvent(kind: .restarted, step: coordinator.currentStep, worker: id,
