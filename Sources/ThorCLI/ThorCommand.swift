@@ -1,4 +1,8 @@
 import ArgumentParser
+import ThorWire
+
+/// This build's version, printed by `thor --version` with the wire protocol version it speaks.
+public let thorVersion = "0.8.0"
 
 /// The `thor` command line: train, translate, evaluate and benchmark THOR-MoE
 /// models, and run expert workers.
@@ -11,15 +15,10 @@ public struct ThorCommand: ParsableCommand {
         workers host the routed experts and exchange token batches with it over \
         ZeroMQ. See README.md for a tour.
         """,
+        version: "thor \(thorVersion) (wire protocol version \(thorProtocolVersion))",
         subcommands: [TrainCommand.self, TranslateCommand.self, EvalCommand.self,
                       BenchCommand.self, WorkerCommand.self, ClusterCommand.self, DataCommand.self,
                       ExperimentCommand.self]
     )
     public init() {}
-}
-
-/// Thrown by a subcommand that is not built yet.
-struct NotBuiltYet: Error, CustomStringConvertible {
-    let what: String
-    var description: String { "\(what) is not available in this build yet" }
 }

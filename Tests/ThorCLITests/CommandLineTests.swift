@@ -156,4 +156,14 @@ final class CommandLineTests: XCTestCase {
         XCTAssertTrue(trainHelp.stdout.contains("--workers"), trainHelp.stdout)
         XCTAssertTrue(trainHelp.stdout.contains("--resume"), trainHelp.stdout)
     }
+
+    /// `thor --version` names the build and the wire protocol version it speaks (what a user compares
+    /// across nodes before a multi-node run).
+    func testVersionNamesBuildAndProtocol() throws {
+        let v = try Thor.run(["--version"])
+        XCTAssertEqual(v.status, 0, v.stderr)
+        let line = v.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        XCTAssertTrue(line.range(of: #"^thor [0-9]+\.[0-9]+\.[0-9]+ \(wire protocol version [0-9]+\)$"#,
+                                 options: .regularExpression) != nil, line)
+    }
 }

@@ -67,7 +67,7 @@ func gatherRows(_ t: Tensor, _ rows: [Int]) -> Tensor {
 }
 
 /// Everything incremental decoding keeps between steps, one row per hypothesis.
-public final class DecoderCache {
+public final class DecoderCache: IncrementalDecodingCache {
     public let layers: [DecoderLayerCache]
     public private(set) var sourceMask: [Float]
     public private(set) var taskLabels: [Int]?
@@ -78,6 +78,7 @@ public final class DecoderCache {
     /// Positions decoded so far (the next `decodeStep` decodes position `step`).
     public internal(set) var step: Int = 0
     public let capacity: Int
+    public var targetCapacity: Int { capacity }
 
     init(layers: [DecoderLayerCache], sourceMask: [Float], taskLabels: [Int]?, taskRepresentation: Tensor?,
          batchSize: Int, sourceLength: Int, capacity: Int) {
@@ -87,7 +88,7 @@ public final class DecoderCache {
     }
 
     /// Row `i` of the new cache is row `rows[i]` of the old one (beam search).
-    func reorder(_ rows: [Int]) {
+    public func reorder(_ rows: [Int]) {
         for l in layers { l.reorder(rows) }
         let s = sourceLength
         let old = sourceMask
@@ -105,7 +106,7 @@ public final class DecoderCache {
     }
 }
 
-extension Transformer {
+extension Transformer: IncrementalDecoder {
     /// Runs the encoder once (no dropout).
     public func encode(source: [Int32], sourceMask: [Float], batchSize: Int, sourceLength: Int,
                        taskLabels: [Int]? = nil) throws -> EncodedSource {
@@ -156,12 +157,8 @@ extension Transformer {
     /// Decodes position `cache.step` for every row: `tokens` [B] are the inputs at that
     /// position (BOS first). Returns logits `[B, V]` and advances the cache.
     public func decodeStep(_ tokens: [Int32], cache: DecoderCache) throws -> Tensor {
+        try validateStep(tokens, cache: cache)
         let b = cache.batchSize, d = configuration.modelDim, v = configuration.vocabularySize
-        guard tokens.count == b else { throw TransformerError.invalidArgument("decodeStep needs \(b) tokens, got \(tokens.count)") }
-        guard cache.step < cache.capacity else { throw TransformerError.invalidArgument("decoder cache full at \(cache.capacity) positions") }
-        if let bad = tokens.first(where: { $0 < 0 || Int($0) >= v }) {
-            throw TransformerError.invalidArgument("token id \(bad) outside the vocabulary 0..<\(v)")
-        }
         var y = embed(tokens, batch: b, length: 1, start: cache.step)
         for (layer, lc) in zip(decoderLayers, cache.layers) {
             y = try layer.step(y, cache: lc, step: cache.step, sourceMask: cache.sourceMask, taskLabels: cache.taskLabels,
@@ -175,29 +172,15 @@ extension Transformer {
         return logits
     }
 
-    /// Reorders every tensor of `cache` (self/cross keys and values, FFN incremental states,
-    /// source mask, task labels) by its first dimension: new row `i` = old row `rows[i]`.
-    public func reorder(_ cache: DecoderCache, by rows: [Int]) throws {
-        if let bad = rows.first(where: { $0 < 0 || $0 >= cache.batchSize }) {
-            throw TransformerError.invalidArgument("reorder index \(bad) outside 0..<\(cache.batchSize)")
-        }
-        cache.reorder(rows)
-    }
-
     /// Greedy decoding (`SequenceSearch.greedy`) from `encoded`.
     public func greedyDecode(_ encoded: EncodedSource, bos: Int32, eos: Int32, maxLength: Int) throws -> [[Int32]] {
-        let cache = try makeCache(for: encoded, maxLength: maxLength)
-        return try SequenceSearch.greedy(batchSize: encoded.batchSize, vocabularySize: configuration.vocabularySize,
-                                         bos: bos, eos: eos, maxLength: maxLength) { try decodeStep($0, cache: cache) }
+        try greedyDecode(cache: makeCache(for: encoded, maxLength: maxLength), bos: bos, eos: eos, maxLength: maxLength)
     }
 
     /// Batched beam search (`SequenceSearch.beam`) from `encoded`.
     public func beamSearch(_ encoded: EncodedSource, beamSize k: Int, lengthPenalty: Float = 1,
                            bos: Int32, eos: Int32, maxLength: Int) throws -> [[Int32]] {
-        guard k >= 1 else { throw TransformerError.invalidArgument("beam size must be ≥ 1, got \(k)") }
-        let cache = try makeCache(for: encoded, maxLength: maxLength)
-        return try SequenceSearch.beam(batchSize: encoded.batchSize, vocabularySize: configuration.vocabularySize,
-                                       beamSize: k, lengthPenalty: lengthPenalty, bos: bos, eos: eos, maxLength: maxLength,
-                                       step: { try decodeStep($0, cache: cache) }, reorder: { try reorder(cache, by: $0) })
+        try beamSearch(cache: makeCache(for: encoded, maxLength: maxLength), beamSize: k, lengthPenalty: lengthPenalty,
+                       bos: bos, eos: eos, maxLength: maxLength)
     }
 }

@@ -1,99 +1,6 @@
 import ThorTensor
 
-/// One pre-LN layer of the decoder-only prefix-LM (SPEC §1, second architecture):
-/// `x = x + Dropout(PrefixLMSelfAttn(LN(x)))`, `x = x + Dropout(FFN(LN(x)))`.
-/// States are `[B·L, d]`, sentence-major, the first `layout.prefixLength` rows of each sentence
-/// the prefix (`[CLS] source`, bidirectional), the rest the target (causal; it also sees the prefix).
-/// The layer given the model's task level runs it on its FFN sub-block's input, max-pooled over the
-/// prefix positions only (SPEC §2.1 with the prefix in the encoder's place).
-public final class PrefixLMLayer {
-    public let index: Int
-    public let selfAttentionNorm: LayerNorm
-    public let selfAttention: MultiHeadAttention
-    public let feedForwardNorm: LayerNorm
-    /// The task level reading this layer's FFN input (the first MoE layer), or nil.
-    public let taskLevel: TaskLevel?
-    public let feedForward: FeedForwardSublayer
-    public let dropout: Float, attentionDropout: Float
-    private var masks: (attention: Tensor?, feedForward: Tensor?)?
-
-    /// Parameter prefix `decoder.layers.<index>` (names as in the encoder-decoder's decoder, no cross-attention).
-    public init(index: Int, configuration c: TransformerConfiguration, feedForward: FeedForwardSublayer,
-                taskLevel: TaskLevel? = nil, rng: inout RandomGenerator) {
-        self.index = index
-        self.taskLevel = taskLevel
-        let p = "decoder.layers.\(index)"
-        selfAttentionNorm = LayerNorm(name: "\(p).self_attn_norm", dim: c.modelDim)
-        selfAttention = MultiHeadAttention(name: "\(p).self_attn", dim: c.modelDim, heads: c.heads, rng: &rng)
-        feedForwardNorm = LayerNorm(name: "\(p).ffn_norm", dim: c.modelDim)
-        self.feedForward = feedForward
-        dropout = c.dropout; attentionDropout = c.attentionDropout
-    }
-
-    public var parameters: [Parameter] {
-        selfAttentionNorm.parameters + selfAttention.parameters + feedForwardNorm.parameters
-            + (taskLevel?.parameters ?? []) + feedForward.parameters
-    }
-
-    /// `layout.mask` with every target row zeroed: the rows the task predictor pools over.
-    static func prefixOnly(_ layout: TokenLayout) -> TokenLayout {
-        var l = layout
-        let len = layout.length, p = layout.prefixLength
-        for s in 0..<layout.batchSize { for i in p..<len { l.mask[s * len + i] = 0 } }
-        return l
-    }
-
-    /// `x` [B·L, d] → [B·L, d] with the prefix-LM mask; with a task level, also the `r` [B, d] it
-    /// computed. `keysAndValues` (a prefix pass of incremental decoding) receives this layer's
-    /// self-attention keys and values of all `L` rows.
-    public func forward(_ x: Tensor, layout: TokenLayout, training: Bool, rng: inout RandomGenerator,
-                        keysAndValues cache: PrefixLMLayerCache? = nil) throws -> LayerOutput {
-        let shape = AttentionKernel.Shape(batch: layout.batchSize, queryLength: layout.length, keyLength: layout.length,
-                                          dim: selfAttention.dim, heads: selfAttention.heads, causal: true,
-                                          prefixLength: layout.prefixLength)
-        let h = selfAttentionNorm.forward(x, training: training)
-        if let cache {
-            let (k, v) = selfAttention.keysAndValues(h)
-            cache.write(keys: k, values: v, batch: layout.batchSize, length: layout.length)
-        }
-        let a = selfAttention.forward(query: h, keyValue: nil, shape: shape, keyMask: layout.mask,
-                                      dropout: attentionDropout, training: training, rng: &rng)
-        let m1 = Dropout.mask(count: a.count, rate: dropout, training: training, rng: &rng)
-        let mid = residualAdd(x, a, mask: m1)
-        let h2 = feedForwardNorm.forward(mid, training: training)
-        var ffnLayout = layout
-        let r = try taskLevel?.forward(h2, layout: Self.prefixOnly(layout), training: training)
-        if let r { ffnLayout.taskRepresentation = r }
-        let f = try feedForward.forward(h2, layout: ffnLayout, training: training)
-        let m2 = Dropout.mask(count: f.count, rate: dropout, training: training, rng: &rng)
-        masks = training ? (m1, m2) : nil
-        return LayerOutput(states: residualAdd(mid, f, mask: m2), taskRepresentation: r)
-    }
-
-    /// `∂L/∂out` → `∂L/∂x`, as `EncoderLayer.backward`: `taskGradient` is `∂L/∂r` summed over the
-    /// later layers; the layer holding the task level adds its own and runs the task level's backward.
-    public func backward(_ gradOutput: Tensor, taskGradient: Tensor?) throws -> LayerOutput {
-        guard let m = masks else { throw TransformerError.noTrainingForward }
-        masks = nil
-        let dMid = Tensor(copying: gradOutput)
-        let f = try feedForward.backward(maskedCopy(gradOutput, mask: m.feedForward))
-        let dH2 = f.input
-        var dr = f.taskRepresentation
-        if let taskLevel {
-            guard let total = taskGradient else {
-                throw TransformerError.invalidArgument("layer \(index): the task level's backward needs ∂L/∂r")
-            }
-            if let own = dr { Kernels.add(own.pointer, into: total.pointer, count: total.count) }
-            try taskLevel.backward(representationGradient: total, into: dH2)
-            dr = nil
-        }
-        feedForwardNorm.backward(dH2, into: dMid)
-        let dH = selfAttention.backward(maskedCopy(dMid, mask: m.attention)).query
-        let dX = Tensor(copying: dMid)
-        selfAttentionNorm.backward(dH, into: dX)
-        return LayerOutput(states: dX, taskRepresentation: dr)
-    }
-
+extension SelfAttentionLayer {
     /// One incremental step: `y` [B, d] holds key slot `slot` of every row (prefix slots first);
     /// appends its keys/values to `cache` and attends over slots `0...slot` (`keyMask` [B, capacity]).
     func step(_ y: Tensor, cache: PrefixLMLayerCache, slot: Int, keyMask: [Float], taskLabels: [Int]?,
@@ -117,7 +24,7 @@ public final class PrefixLMLayer {
 }
 
 /// The decoder-only prefix-LM Transformer (SPEC §1, `model.architecture = decoder-only`): one stack of
-/// `encoder_layers + decoder_layers` `PrefixLMLayer`s over the sequence `[CLS] (tag) s_1 … s_n </s> BOS y_1 … y_m`,
+/// `encoder_layers + decoder_layers` `SelfAttentionLayer`s (`.prefixLM` masking) over the sequence `[CLS] (tag) s_1 … s_n </s> BOS y_1 … y_m`,
 /// bidirectional over the source part, causal over the target part; `L_mt` on the target positions only.
 ///
 /// Positions: source token `i` at position `i`, target token `j` at `n + j` (`n` the sentence's real
@@ -128,7 +35,7 @@ public final class PrefixLMTransformer {
     public let configuration: TransformerConfiguration
     /// Tied embedding / output projection `[V, d]`.
     public let embedding: Parameter
-    public let layers: [PrefixLMLayer]
+    public let layers: [SelfAttentionLayer]
     public let norm: LayerNorm
     /// The task level, run once per pass at the FFN input of layer `taskLevel.encoderLayer` (the first MoE layer).
     public let taskLevel: TaskLevel?
@@ -172,7 +79,7 @@ public final class PrefixLMTransformer {
         var rng = RandomGenerator(seed: seed, stream: [0])
         embedding = Parameter(name: "embedding.weight", shape: [c.vocabularySize, c.modelDim])
         rng.fillNormal(embedding.value.pointer, count: embedding.count, std: 1 / Float(c.modelDim).squareRoot())
-        var built: [PrefixLMLayer] = []
+        var built: [SelfAttentionLayer] = []
         for i in 0..<count {
             let ffn: FeedForwardSublayer
             if let f = try makeFeedForward(.decoder, i) { ffn = f } else {
@@ -181,7 +88,7 @@ public final class PrefixLMTransformer {
                                        hiddenDim: c.hiddenDim, activation: c.activation, rng: &g)
             }
             var g = RandomGenerator(seed: seed, stream: [6, UInt64(i)])
-            built.append(PrefixLMLayer(index: i, configuration: c, feedForward: ffn,
+            built.append(SelfAttentionLayer(index: i, masking: .prefixLM, configuration: c, feedForward: ffn,
                                        taskLevel: taskLevel?.encoderLayer == i ? taskLevel : nil, rng: &g))
         }
         layers = built

@@ -38,7 +38,7 @@ public final class PrefixLMLayerCache {
 }
 
 /// Everything incremental prefix-LM decoding keeps between steps, one row per hypothesis.
-public final class PrefixLMCache {
+public final class PrefixLMCache: IncrementalDecodingCache {
     public let layers: [PrefixLMLayerCache]
     /// Key mask `[B, capacity]`: the prefix's padding mask, then 1 for every generated slot.
     public private(set) var keyMask: [Float]
@@ -55,6 +55,7 @@ public final class PrefixLMCache {
     /// Target positions the cache holds.
     public let maxLength: Int
     public var capacity: Int { prefixLength + maxLength }
+    public var targetCapacity: Int { maxLength }
 
     init(layers: [PrefixLMLayerCache], keyMask: [Float], sourceLengths: [Int], taskLabels: [Int]?,
          taskRepresentation: Tensor?, batchSize: Int, prefixLength: Int, maxLength: Int) {
@@ -63,7 +64,7 @@ public final class PrefixLMCache {
         self.prefixLength = prefixLength; self.maxLength = maxLength
     }
 
-    func reorder(_ rows: [Int]) {
+    public func reorder(_ rows: [Int]) {
         for l in layers { l.reorder(rows) }
         let c = capacity, old = keyMask
         keyMask = rows.flatMap { old[($0 * c)..<(($0 + 1) * c)] }
@@ -74,7 +75,7 @@ public final class PrefixLMCache {
     }
 }
 
-extension PrefixLMTransformer {
+extension PrefixLMTransformer: IncrementalDecoder {
     /// Runs the prefix (`[CLS] source` of `batch`; its targets are ignored) once, with no dropout,
     /// and returns a cache for up to `maxLength` target positions: the prefix keys/values of every
     /// layer, each MoE layer's context sum over the prefix, and `r`.
@@ -99,12 +100,8 @@ extension PrefixLMTransformer {
 
     /// Decodes target position `cache.step` of every row (`tokens` [B], BOS first): logits `[B, V]`.
     public func decodeStep(_ tokens: [Int32], cache: PrefixLMCache) throws -> Tensor {
+        try validateStep(tokens, cache: cache)
         let b = cache.batchSize, d = configuration.modelDim, v = configuration.vocabularySize
-        guard tokens.count == b else { throw TransformerError.invalidArgument("decodeStep needs \(b) tokens, got \(tokens.count)") }
-        guard cache.step < cache.maxLength else { throw TransformerError.invalidArgument("decoder cache full at \(cache.maxLength) positions") }
-        if let bad = tokens.first(where: { $0 < 0 || Int($0) >= v }) {
-            throw TransformerError.invalidArgument("token id \(bad) outside the vocabulary 0..<\(v)")
-        }
         var y = embed(tokens, positions: cache.sourceLengths.map { $0 + cache.step })
         let slot = cache.prefixLength + cache.step
         for (layer, lc) in zip(layers, cache.layers) {
@@ -119,28 +116,15 @@ extension PrefixLMTransformer {
         return logits
     }
 
-    /// Row `i` of the cache becomes old row `rows[i]` (keys/values, MoE states, masks, labels, `r`).
-    public func reorder(_ cache: PrefixLMCache, by rows: [Int]) throws {
-        if let bad = rows.first(where: { $0 < 0 || $0 >= cache.batchSize }) {
-            throw TransformerError.invalidArgument("reorder index \(bad) outside 0..<\(cache.batchSize)")
-        }
-        cache.reorder(rows)
-    }
-
     /// Greedy decoding of the sources of `batch` (`SequenceSearch.greedy`).
     public func greedyDecode(_ batch: Seq2SeqBatch, bos: Int32, eos: Int32, maxLength: Int) throws -> [[Int32]] {
-        let cache = try makeCache(for: batch, maxLength: maxLength)
-        return try SequenceSearch.greedy(batchSize: batch.batchSize, vocabularySize: configuration.vocabularySize,
-                                         bos: bos, eos: eos, maxLength: maxLength) { try decodeStep($0, cache: cache) }
+        try greedyDecode(cache: makeCache(for: batch, maxLength: maxLength), bos: bos, eos: eos, maxLength: maxLength)
     }
 
     /// Batched beam search over the sources of `batch` (`SequenceSearch.beam`).
     public func beamSearch(_ batch: Seq2SeqBatch, beamSize k: Int, lengthPenalty: Float = 1,
                            bos: Int32, eos: Int32, maxLength: Int) throws -> [[Int32]] {
-        guard k >= 1 else { throw TransformerError.invalidArgument("beam size must be ≥ 1, got \(k)") }
-        let cache = try makeCache(for: batch, maxLength: maxLength)
-        return try SequenceSearch.beam(batchSize: batch.batchSize, vocabularySize: configuration.vocabularySize,
-                                       beamSize: k, lengthPenalty: lengthPenalty, bos: bos, eos: eos, maxLength: maxLength,
-                                       step: { try decodeStep($0, cache: cache) }, reorder: { try reorder(cache, by: $0) })
+        try beamSearch(cache: makeCache(for: batch, maxLength: maxLength), beamSize: k, lengthPenalty: lengthPenalty,
+                       bos: bos, eos: eos, maxLength: maxLength)
     }
 }

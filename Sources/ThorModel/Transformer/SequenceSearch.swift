@@ -117,3 +117,60 @@ public enum SequenceSearch {
         return result
     }
 }
+
+/// A decoding cache with one row per hypothesis (`DecoderCache`, `PrefixLMCache`).
+public protocol IncrementalDecodingCache: AnyObject {
+    var batchSize: Int { get }
+    /// Target positions decoded so far (the next step decodes position `step`).
+    var step: Int { get }
+    /// Target positions the cache holds.
+    var targetCapacity: Int { get }
+    /// Row `i` becomes old row `rows[i]` (indices already checked).
+    func reorder(_ rows: [Int])
+}
+
+/// A model that decodes one target position at a time from an `IncrementalDecodingCache`; greedy
+/// decoding and beam search come with it.
+public protocol IncrementalDecoder {
+    associatedtype Cache: IncrementalDecodingCache
+    var configuration: TransformerConfiguration { get }
+    /// Decodes position `cache.step` of every row (`tokens` [B], BOS first): logits `[B, V]`; advances the cache.
+    func decodeStep(_ tokens: [Int32], cache: Cache) throws -> Tensor
+}
+
+extension IncrementalDecoder {
+    /// Checks `decodeStep`'s input: one token per row, inside the vocabulary, room left in the cache.
+    func validateStep(_ tokens: [Int32], cache: Cache) throws {
+        let b = cache.batchSize, v = configuration.vocabularySize
+        guard tokens.count == b else { throw TransformerError.invalidArgument("decodeStep needs \(b) tokens, got \(tokens.count)") }
+        guard cache.step < cache.targetCapacity else {
+            throw TransformerError.invalidArgument("decoder cache full at \(cache.targetCapacity) positions")
+        }
+        if let bad = tokens.first(where: { $0 < 0 || Int($0) >= v }) {
+            throw TransformerError.invalidArgument("token id \(bad) outside the vocabulary 0..<\(v)")
+        }
+    }
+
+    /// Reorders every row of `cache` (keys/values, MoE states, masks, labels, `r`): new row `i` = old row `rows[i]`.
+    public func reorder(_ cache: Cache, by rows: [Int]) throws {
+        if let bad = rows.first(where: { $0 < 0 || $0 >= cache.batchSize }) {
+            throw TransformerError.invalidArgument("reorder index \(bad) outside 0..<\(cache.batchSize)")
+        }
+        cache.reorder(rows)
+    }
+
+    /// Greedy decoding (`SequenceSearch.greedy`) from a fresh `cache`.
+    public func greedyDecode(cache: Cache, bos: Int32, eos: Int32, maxLength: Int) throws -> [[Int32]] {
+        try SequenceSearch.greedy(batchSize: cache.batchSize, vocabularySize: configuration.vocabularySize,
+                                  bos: bos, eos: eos, maxLength: maxLength) { try decodeStep($0, cache: cache) }
+    }
+
+    /// Batched beam search (`SequenceSearch.beam`) from a fresh `cache`.
+    public func beamSearch(cache: Cache, beamSize k: Int, lengthPenalty: Float = 1,
+                           bos: Int32, eos: Int32, maxLength: Int) throws -> [[Int32]] {
+        guard k >= 1 else { throw TransformerError.invalidArgument("beam size must be ≥ 1, got \(k)") }
+        return try SequenceSearch.beam(batchSize: cache.batchSize, vocabularySize: configuration.vocabularySize,
+                                       beamSize: k, lengthPenalty: lengthPenalty, bos: bos, eos: eos, maxLength: maxLength,
+                                       step: { try decodeStep($0, cache: cache) }, reorder: { try reorder(cache, by: $0) })
+    }
+}

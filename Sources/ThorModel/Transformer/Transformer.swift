@@ -11,7 +11,7 @@ public final class Transformer {
     public let configuration: TransformerConfiguration
     /// Tied embedding / output projection `[V, d]`.
     public let embedding: Parameter
-    public let encoderLayers: [EncoderLayer]
+    public let encoderLayers: [SelfAttentionLayer]
     public let decoderLayers: [DecoderLayer]
     public let encoderNorm: LayerNorm
     public let decoderNorm: LayerNorm
@@ -80,10 +80,10 @@ public final class Transformer {
             return DenseFeedForward(name: Transformer.feedForwardName(side: side, layer: i), modelDim: c.modelDim,
                                     hiddenDim: c.hiddenDim, activation: c.activation, rng: &g)
         }
-        var enc: [EncoderLayer] = []
+        var enc: [SelfAttentionLayer] = []
         for i in 0..<c.encoderLayers {
             var g = RandomGenerator(seed: seed, stream: [3, UInt64(i)])
-            enc.append(EncoderLayer(index: i, configuration: c, feedForward: try ffn(.encoder, i),
+            enc.append(SelfAttentionLayer(index: i, configuration: c, feedForward: try ffn(.encoder, i),
                                     taskLevel: taskLevel?.encoderLayer == i ? taskLevel : nil, rng: &g))
         }
         var dec: [DecoderLayer] = []
