@@ -13,7 +13,7 @@ public struct ThorCommand: ParsableCommand {
         """,
         subcommands: [TrainCommand.self, TranslateCommand.self, EvalCommand.self,
                       BenchCommand.self, WorkerCommand.self, ClusterCommand.self, DataCommand.self,
-                      ExperimentCommand.self]
+                      ExperimentCommand.self, ChaosCommand.self]
     )
     public init() {}
 }
