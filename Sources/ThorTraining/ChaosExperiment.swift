@@ -53,6 +53,8 @@ public final class ChaosExperiment {
     /// Where the two runs write (removed afterwards unless `keep`).
     public var directory: String
     public var keep = false
+    /// A fault-free run's final checkpoint to compare with (skips run 1; several scenarios can share one).
+    public var reference: String?
 
     /// `options` describe the run (configuration with workers, steps, replicas); the save
     /// directory and fault plan are set per run.
@@ -69,17 +71,21 @@ public final class ChaosExperiment {
         base.overwrite = true
         base.resume = nil
 
-        // 1. Without faults.
-        var clean = base
-        clean.saveDirectory = directory + "/fault-free"
-        clean.faultPlan = nil
-        info("chaos: run 1 of 2, without faults (\(base.configuration.training.maxSteps) steps, \(base.configuration.cluster.workers) workers)")
-        let t0 = monotonicSeconds()
-        let cleanRun = TrainingRun(options: clean)
-        cleanRun.info = { [info] in info("  [fault-free] " + $0.trimmingCharacters(in: .newlines)) }
-        cleanRun.result = { _ in }
-        let cleanSummary = try cleanRun.run()
-        let cleanSeconds = monotonicSeconds() - t0
+        // 1. Without faults (unless a reference checkpoint is given).
+        var cleanCheckpoint = reference
+        var cleanSeconds = 0.0
+        if cleanCheckpoint == nil {
+            var clean = base
+            clean.saveDirectory = directory + "/fault-free"
+            clean.faultPlan = nil
+            info("chaos: run 1 of 2, without faults (\(base.configuration.training.maxSteps) steps, \(base.configuration.cluster.workers) workers)")
+            let t0 = monotonicSeconds()
+            let cleanRun = TrainingRun(options: clean)
+            cleanRun.info = { [info] in info("  [fault-free] " + $0.trimmingCharacters(in: .newlines)) }
+            cleanRun.result = { _ in }
+            cleanCheckpoint = try cleanRun.run().lastCheckpoint
+            cleanSeconds = monotonicSeconds() - t0
+        }
 
         // 2. With the plan.
         var faulty = base
@@ -95,6 +101,8 @@ public final class ChaosExperiment {
         faultyRun.result = { _ in }
         faultyRun.onFault = { injected.append($0) }
         faultyRun.onEvent = { events.append($0) }
+        var losses: [WorkerLoss] = []
+        faultyRun.onWorkerLoss = { losses.append($0) }
         faultyRun.onResend = { w, _, why, at in resends.append((w, why, at)) }
         faultyRun.onStep = { p in steps.append((p.step, monotonicSeconds())) }
         var unfired: [FaultSpec] = []
@@ -104,7 +112,7 @@ public final class ChaosExperiment {
         if let plan = faultyRun.lastInjector { unfired = plan.unfired }
 
         // 3. Compare.
-        guard let a = cleanSummary.lastCheckpoint, let b = faultySummary.lastCheckpoint else {
+        guard let a = cleanCheckpoint, let b = faultySummary.lastCheckpoint else {
             throw TrainingError.checkpoint("chaos: a run wrote no checkpoint")
         }
         let (compared, differences) = try Self.compareCheckpoints(a, b)
@@ -125,6 +133,12 @@ public final class ChaosExperiment {
                     if e.stepRedone { redone += 1 }
                 default: break
                 }
+            }
+            for l in losses where l.declaredAt >= t && l.declaredAt < end && l.worker == f.worker {
+                detected = min(detected ?? .infinity, l.declaredAt)
+            }
+            for e in events where (e.kind == .restarted || e.kind == .gaveUp) && e.worker == f.worker && e.detectedAt >= t && e.detectedAt < end {
+                detected = min(detected ?? .infinity, e.detectedAt)  // the supervisor saw the process exit
             }
             for r in resends where r.at >= t && r.at < end {
                 notes.append("resend \(r.worker): \(r.why)")

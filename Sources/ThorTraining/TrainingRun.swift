@@ -70,6 +70,8 @@ public final class TrainingRun {
     /// Called with every fault the injector applied, and every request sent again (worker, operation, why, time).
     public var onFault: ((InjectedFault) -> Void)?
     public var onResend: ((_ worker: String, _ operation: String, _ why: String, _ at: Double) -> Void)?
+    /// Called when the coordinator declares a worker dead (with a fault plan installed).
+    public var onWorkerLoss: ((WorkerLoss) -> Void)?
     /// The injector of the last `run()` (nil without a fault plan): which faults fired, which did not.
     public private(set) var lastInjector: FaultInjector?
     /// Replicas per expert of the last `run()`.
@@ -332,6 +334,7 @@ public final class TrainingRun {
             try? s?.metrics?.write(["split": "event", "event": "frame-refused", "step": coordinator.currentStep, "worker": worker,
                                     "operation": operation])
         }
+        coordinator.onLoss = { [weak self] loss in self?.onWorkerLoss?(loss) }
         injector.install(on: coordinator)
         return injector
     }

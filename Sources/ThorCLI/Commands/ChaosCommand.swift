@@ -132,25 +132,25 @@ enum ChaosScenarios {
             p = FaultPlan(faults: [FaultSpec(kind: .hang, step: mid, phase: .backward, worker: "w2", durationSeconds: 1)])
             p.description = "SIGSTOP worker w2 for 1 s during the backward pass of step \(mid)"
         case "delay":
-            p = FaultPlan(faults: [FaultSpec(kind: .delay, step: mid, phase: .forward, worker: "w0", delayMilliseconds: 300),
-                                   FaultSpec(kind: .delay, step: mid, phase: .step, worker: "w1", delayMilliseconds: 300)])
-            p.description = "hold a forward request to w0 and an optimizer-step request to w1 300 ms each (step \(mid))"
+            p = FaultPlan(faults: [FaultSpec(kind: .delay, step: mid, phase: .forward, delayMilliseconds: 300),
+                                   FaultSpec(kind: .delay, step: mid, phase: .step, layer: nil, delayMilliseconds: 300)])
+            p.description = "hold the first forward request and the first optimizer-step request of step \(mid) 300 ms each"
         case "drop":
-            p = FaultPlan(faults: [FaultSpec(kind: .drop, step: mid, phase: .forward, worker: "w1"),
-                                   FaultSpec(kind: .drop, step: mid, phase: .step, worker: "w0")])
-            p.description = "lose a forward request to w1 and an optimizer-step request to w0 (step \(mid))"
+            p = FaultPlan(faults: [FaultSpec(kind: .drop, step: mid, phase: .forward),
+                                   FaultSpec(kind: .drop, step: mid, phase: .step)])
+            p.description = "lose the first forward request and the first optimizer-step request of step \(mid)"
         case "corrupt":
-            p = FaultPlan(faults: [FaultSpec(kind: .corrupt, step: mid, phase: .backward, worker: "w0"),
-                                   FaultSpec(kind: .corrupt, step: mid, phase: .step, worker: "w2")])
-            p.description = "damage a backward request to w0 and an optimizer-step request to w2 (step \(mid))"
+            p = FaultPlan(faults: [FaultSpec(kind: .corrupt, step: mid, phase: .backward),
+                                   FaultSpec(kind: .corrupt, step: mid, phase: .step)])
+            p.description = "damage the first backward request and the first optimizer-step request of step \(mid)"
         case "partition":
             p = FaultPlan(faults: [FaultSpec(kind: .partition, step: mid, phase: .forward, worker: "w1", durationSeconds: 1.5)])
             p.description = "cut worker w1 off both ways for 1.5 s from the forward pass of step \(mid)"
         case "mixed":
             let s = max(6, steps)
-            p = FaultPlan(faults: [FaultSpec(kind: .drop, step: 2, phase: .backward, worker: "w0"),
+            p = FaultPlan(faults: [FaultSpec(kind: .drop, step: 2, phase: .step),
                                    FaultSpec(kind: .kill, step: 3, phase: .forward, worker: "w1"),
-                                   FaultSpec(kind: .corrupt, step: min(s - 1, 5), phase: .forward, worker: "w2"),
+                                   FaultSpec(kind: .corrupt, step: min(s - 1, 5), phase: .forward),
                                    FaultSpec(kind: .hang, step: min(s - 1, 6), phase: .backward, worker: "w0", durationSeconds: 1)])
             p.description = "drop, kill, corrupt and hang at steps 2, 3, 5 and 6"
         default: return nil
