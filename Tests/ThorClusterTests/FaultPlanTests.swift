@@ -56,6 +56,19 @@ final class FaultPlanTests: XCTestCase {
         }
     }
 
+    /// The scenario files shipped in cluster/scenarios/ parse.
+    func testShippedScenarioFilesParse() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let dir = root.appendingPathComponent("cluster/scenarios").path
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix(".json") }
+        XCTAssertGreaterThanOrEqual(files.count, 8)
+        for f in files {
+            let p = try FaultPlan(contentsOf: dir + "/" + f)
+            XCTAssertEqual(p.name.map { $0 + ".json" }, f)
+            XCTAssertFalse(p.resolved(workers: ["w0", "w1", "w2"]).isEmpty, f)
+        }
+    }
+
     func testRandomFaultsAreReproducibleFromTheSeed() throws {
         let p = try plan(#"{"random": {"seed": 42, "count": 4, "kinds": ["kill", "hang", "drop"], "first_step": 2, "last_step": 9}}"#)
         let workers = ["w0", "w1", "w2"]
