@@ -156,7 +156,10 @@ public final class ChaosExperiment {
             var recovery: Double?, rejoin: Double?
             if let d = detected {
                 recovery = steps.first { $0.at > d }.map { $0.at - d }
-                if let r = events.first(where: { $0.kind == .rejoined && $0.worker == f.worker && $0.detectedAt >= d }) {
+                // A rejoin belongs to this fault only when the fault cost the worker its place.
+                let lostHere = losses.contains { $0.worker == f.worker && $0.declaredAt >= t && $0.declaredAt < end }
+                    || events.contains { ($0.kind == .workerLost || $0.kind == .restarted) && $0.worker == f.worker && $0.detectedAt >= t && $0.detectedAt < end }
+                if lostHere, let r = events.first(where: { $0.kind == .rejoined && $0.worker == f.worker && $0.detectedAt >= d }) {
                     rejoin = r.detectedAt + (r.recoverySeconds ?? 0) - d
                 }
             }

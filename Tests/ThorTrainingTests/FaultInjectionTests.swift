@@ -69,7 +69,7 @@ final class FaultInjectionTests: XCTestCase {
             .filter { $0["split"] as? String == "event" }
     }
 
-    func testHangIsDetectedByHeartbeatsAndTheWorkerRejoins() throws {
+    func testHangIsDetectedByHeartbeatsAndSurvived() throws {
         let r = try survive("hang", [FaultSpec(kind: .hang, step: 3, phase: .backward, worker: "w2", durationSeconds: 1)])
         let f = try XCTUnwrap(r.faults.first)
         XCTAssertLessThanOrEqual(try XCTUnwrap(f.detectionSeconds), 1.5)
@@ -114,6 +114,41 @@ final class FaultInjectionTests: XCTestCase {
         let f = try XCTUnwrap(r.faults.first)
         XCTAssertLessThanOrEqual(try XCTUnwrap(f.detectionSeconds), 1.5)
         XCTAssertTrue(f.events.contains("worker-lost w1"), "\(f.events)")
+    }
+
+    /// A fault plan on `TrainingRun` (as `thor train --fault-plan`) with no replica left:
+    /// `restore` replays from the start; the replayed steps' records are marked
+    /// `"replayed": true` (each step counted once), and the end equals the fault-free run.
+    func testRestoreReplayIsMarkedInMetricsAndNotDoubleCounted() throws {
+        var o = options()
+        o.configuration.cluster.workers = 2
+        o.configuration.cluster.replicas = 1
+        o.configuration.training.logInterval = 1
+        o.configuration.training.maxSteps = 4
+        o.saveDirectory = Self.scratch + "/replay-clean"
+        let clean = TrainingRun(options: o)
+        clean.info = { _ in }; clean.result = { _ in }
+        let expected = try XCTUnwrap(try clean.run().lastCheckpoint)
+        o.saveDirectory = Self.scratch + "/replay"
+        o.faultPlan = FaultPlan(faults: [FaultSpec(kind: .kill, step: 3, phase: .backward, worker: "w0")])
+        let run = TrainingRun(options: o)
+        var lines: [String] = []
+        run.info = { lines.append($0) }; run.result = { _ in }
+        let got = try XCTUnwrap(try run.run().lastCheckpoint)
+        XCTAssertTrue(lines.contains { $0.contains("fault injected: kill worker w0 at step 3 backward") }, "\(lines)")
+        let (compared, differences) = try ChaosExperiment.compareCheckpoints(expected, got)
+        XCTAssertGreaterThan(compared, 50)
+        XCTAssertEqual(differences, [])
+        let records = try String(contentsOfFile: Self.scratch + "/replay/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+            .compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        let events = records.filter { $0["split"] as? String == "event" }.compactMap { $0["event"] as? String }
+        XCTAssertEqual(events.first, "fault-injected", "\(events)")
+        XCTAssertTrue(events.contains("restore"), "\(events)")
+        let train = records.filter { $0["split"] as? String == "train" }
+        let replayed = train.filter { $0["replayed"] as? Bool == true }.compactMap { $0["step"] as? Int }
+        XCTAssertEqual(replayed, [1, 2], "steps 1 and 2 were logged, then replayed after the restore")
+        let counted = train.filter { $0["replayed"] == nil }.compactMap { $0["step"] as? Int }
+        XCTAssertEqual(counted, [1, 2, 3, 4], "each step once")
     }
 
     /// A worker killed while the dev set is translated: the batch goes to the next replica,
