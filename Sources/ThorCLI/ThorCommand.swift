@@ -18,7 +18,7 @@ public struct ThorCommand: ParsableCommand {
         version: "thor \(thorVersion) (wire protocol version \(thorProtocolVersion))",
         subcommands: [TrainCommand.self, TranslateCommand.self, EvalCommand.self,
                       BenchCommand.self, WorkerCommand.self, ClusterCommand.self, DataCommand.self,
-                      ExperimentCommand.self]
+                      ExperimentCommand.self, ChaosCommand.self]
     )
     public init() {}
 }

@@ -79,6 +79,16 @@ public final class ClusterCoordinator {
     public var deadlines = DeadlineEstimator()
     /// The seam for a fault injector: consulted before each request is sent (off when nil).
     public var faultHook: ((FaultPoint) -> FaultAction)?
+    /// Called when a request is sent again (worker, operation, why): unanswered past
+    /// `DeadlineEstimator.retryAfter`, or refused by the worker as undecodable.
+    public var onResend: ((String, String, String) -> Void)?
+    /// Called when a worker refused a frame as undecodable (worker, operation).
+    public var onRefusedFrame: ((String, String) -> Void)?
+    /// Times one request is sent again before only liveness and the deadline judge it.
+    public var maxResends = 3
+    /// Links cut by a partition (`InjectedPartitions`): worker → monotonic time the cut heals.
+    /// Nothing is sent to such a worker and nothing from it is read.
+    public var cutLinks: [String: Double] = [:]
     /// The optimizer step in progress (for fault points and events).
     public var currentStep = 0
     /// Workers declared dead, with why; cleared when the worker registers again.
@@ -126,6 +136,14 @@ public final class ClusterCoordinator {
     public func isAlive(_ worker: String) -> Bool {
         guard registrations[worker] != nil, lost[worker] == nil, let t = lastHeard[worker] else { return false }
         return monotonicSeconds() - t <= livenessWindow
+    }
+
+    /// Whether the link to `worker` is cut (a partition in force).
+    public func isCut(_ worker: String) -> Bool {
+        guard let until = cutLinks[worker] else { return false }
+        if monotonicSeconds() < until { return true }
+        cutLinks[worker] = nil
+        return false
     }
 
     /// Registered workers not declared dead, in registration order.
@@ -221,20 +239,19 @@ public final class ClusterCoordinator {
         if requests.isEmpty { return [] }
         var outcomes = [ExchangeOutcome?](repeating: nil, count: requests.count)
         var pending: [UInt64: Int] = [:]
+        var sentAt: [UInt64: Double] = [:]
+        var attempts: [UInt64: Int] = [:]
+        var held: [(at: Double, id: UInt64)] = []  // delayed by the injector
         var t0 = monotonicSeconds()
-        for (i, r) in requests.enumerated() {
-            guard registrations[r.worker] != nil, let route = routes[r.worker] else {
-                outcomes[i] = .lost("not registered"); continue
-            }
-            if let l = lost[r.worker] { outcomes[i] = .lost(l.reason); continue }
-            let id = nextRequestID
-            nextRequestID += 1
-            let action = faultHook?(FaultPoint(step: currentStep, phase: phase, layer: layer, worker: r.worker, operation: operation)) ?? .none
-            pending[id] = i
-            if action == .drop { continue }
+        /// Encodes and sends request `i` as `id`; false when the worker is unreachable (then declared dead).
+        func send(_ i: Int, id: UInt64, action: FaultAction) throws -> Bool {
+            let r = requests[i]
+            sentAt[id] = monotonicSeconds()
+            if action == .drop || isCut(r.worker) { return true }
+            guard let route = routes[r.worker] else { return true }
             let frame = WireCodec.encode(Envelope(requestID: id, sender: "coordinator", session: session, message: r.message),
                                          dtype: dtype)
-            if action == .corrupt, frame.count > 0, let p = frame.pointer { p.storeBytes(of: p.load(fromByteOffset: frame.count / 2, as: UInt8.self) ^ 0xA5, toByteOffset: frame.count / 2, as: UInt8.self) }
+            if action == .corrupt, let p = frame.pointer { FaultInjector.corrupt(UnsafeMutableRawBufferPointer(start: p, count: frame.count)) }
             counters.bytesSent += frame.count
             do {
                 try socket.send([Frame(route), Frame(adoptingMalloced: frame.take(), count: frame.count)])
@@ -242,9 +259,34 @@ public final class ClusterCoordinator {
                 pending[id] = nil
                 lostUnreachable(r.worker)
                 outcomes[i] = .lost(lost[r.worker]?.reason ?? "unreachable")
+                return false
             } catch let e as ZMQError {
                 throw ClusterError.transport("sending \(operation) to worker \(r.worker): \(e)")
             }
+            return true
+        }
+        /// Sends request `id` again (same id: the worker answers a repeat from its reply cache).
+        func resend(_ id: UInt64, why: String) throws {
+            guard let i = pending[id], lost[requests[i].worker] == nil else { return }
+            attempts[id, default: 0] += 1
+            onResend?(requests[i].worker, operation, why)
+            _ = try send(i, id: id, action: .none)
+        }
+        for (i, r) in requests.enumerated() {
+            guard registrations[r.worker] != nil, routes[r.worker] != nil else {
+                outcomes[i] = .lost("not registered"); continue
+            }
+            if let l = lost[r.worker] { outcomes[i] = .lost(l.reason); continue }
+            let id = nextRequestID
+            nextRequestID += 1
+            let action = faultHook?(FaultPoint(step: currentStep, phase: phase, layer: layer, worker: r.worker, operation: operation)) ?? .none
+            pending[id] = i
+            if case .delay(let seconds) = action {
+                held.append((at: monotonicSeconds() + seconds, id: id))
+                sentAt[id] = .infinity
+                continue
+            }
+            _ = try send(i, id: id, action: action)
         }
         counters.requests += requests.count
         counters.encodeSeconds += monotonicSeconds() - t0
@@ -269,11 +311,22 @@ public final class ClusterCoordinator {
                 pending.removeAll()
                 break
             }
+            // Requests the injector held back go out when their time comes.
+            for h in held where h.at <= now && pending[h.id] != nil { _ = try send(pending[h.id]!, id: h.id, action: .none) }
+            held.removeAll { $0.at <= now }
             // Drain everything queued before judging liveness: after a long busy stretch of the
             // coordinator, a worker's recent beats may sit behind other frames.
-            var wait = min(deadline - now, heartbeatInterval / 2)
-            while case let received = try receiveOne(timeout: wait, pending: pending), received.any {
+            var wait = min(deadline - now, heartbeatInterval / 2, (held.map(\.at).min() ?? .infinity) - now)
+            while case let received = try receiveOne(timeout: max(0, wait), pending: pending), received.any {
                 wait = 0
+                if let worker = received.refusedBy {
+                    // The worker could not read a frame (it names no request): resend what it was sent.
+                    onRefusedFrame?(worker, operation)
+                    for (id, i) in pending where requests[i].worker == worker && attempts[id, default: 0] < maxResends {
+                        try resend(id, why: "it refused a frame it could not decode")
+                    }
+                    continue
+                }
                 guard let (id, worker, message, seconds) = received.reply else { continue }
                 decodeSeconds += seconds
                 let i = pending[id]!
@@ -281,8 +334,22 @@ public final class ClusterCoordinator {
                     throw ClusterError.unexpectedReply(worker: worker, operation: operation,
                                                        detail: "reply to request \(id), which was sent to \(requests[i].worker)")
                 }
+                if case .error(.malformed, _) = message, attempts[id, default: 0] < maxResends {
+                    // Refused as undecodable (damaged on the way; nothing was applied): send it again.
+                    onRefusedFrame?(worker, operation)
+                    try resend(id, why: "it refused request \(id) as malformed")
+                    continue
+                }
                 pending[id] = nil
                 outcomes[i] = .reply(message)
+            }
+            // Lazy Pirate: a request unanswered for longer than its kind usually takes, to a worker
+            // that is alive, is sent again (a lost request; a repeat is answered from the reply cache).
+            let retryAfter = deadlines.retryAfter(for: operation)
+            let tr = monotonicSeconds()
+            for (id, i) in pending where tr - (sentAt[id] ?? tr) > retryAfter && attempts[id, default: 0] < maxResends
+                && lost[requests[i].worker] == nil {
+                try resend(id, why: "no reply after \(decimal(tr - sentAt[id]!, 2)) s")
             }
             // Liveness both ways: beat to the workers we wait on; a silent or exited one is dead.
             checkChildren()
@@ -308,7 +375,7 @@ public final class ClusterCoordinator {
     }
 
     private func sendBeat(to worker: String) {
-        guard let route = routes[worker] else { return }
+        guard let route = routes[worker], !isCut(worker) else { return }
         let f = WireCodec.encode(Envelope(requestID: 0, sender: "coordinator", session: session,
                                           message: .heartbeat(sequence: 0, sentUnixNanos: unixNanoseconds())))
         do {
@@ -385,6 +452,8 @@ public final class ClusterCoordinator {
     struct Received {
         var any: Bool
         var reply: (UInt64, String, WireMessage, Double)?
+        /// A worker that answered a frame it could not decode (an Error naming no request).
+        var refusedBy: String? = nil
         static let nothing = Received(any: false, reply: nil)
         static let handled = Received(any: true, reply: nil)
     }
@@ -406,7 +475,7 @@ public final class ClusterCoordinator {
         guard let envelope = try? frames[1].withUnsafeBytes({ try WireCodec.decode($0, maxFrameBytes: maxFrameBytes) }) else { return .handled }
         let seconds = monotonicSeconds() - t0
         if case .register(let r) = envelope.message {
-            guard r.routingID == route, !r.workerID.isEmpty else { return .handled }
+            guard r.routingID == route, !r.workerID.isEmpty, !isCut(r.workerID) else { return .handled }
             if let old = registrations[r.workerID], old.incarnation != r.incarnation, lost[r.workerID] == nil {
                 // Judged in `settleContested` once queued frames are drained.
                 if contested[r.workerID] == nil { contested[r.workerID] = (r, monotonicSeconds()) }
@@ -418,7 +487,7 @@ public final class ClusterCoordinator {
             }
             return .handled
         }
-        guard let worker = workerByRoute[route] else { return .handled }
+        guard let worker = workerByRoute[route], !isCut(worker) else { return .handled }
         lastHeard[worker] = monotonicSeconds()
         if let l = lost[worker], lastHeard[worker]! - l.declaredAt > livenessWindow, var r = registrations[worker] {
             // Declared dead, yet beating again (it was starved or hung, and its connection held):
@@ -426,6 +495,9 @@ public final class ClusterCoordinator {
             r.hosted = []
             r.committedStep = -1
             admit(r)
+        }
+        if envelope.requestID == 0, case .error(.malformed, _) = envelope.message, pending.values.isEmpty == false {
+            return Received(any: true, reply: nil, refusedBy: worker)
         }
         guard envelope.requestID != 0, pending[envelope.requestID] != nil else { return .handled }  // a beat, stale or duplicate
         return Received(any: true, reply: (envelope.requestID, worker, envelope.message, seconds))
@@ -480,6 +552,17 @@ public struct DeadlineEstimator: Sendable {
         s.append(seconds)
         if s.count > window { s.removeFirst(s.count - window) }
         samples[k] = s
+    }
+
+    /// Seconds after which an unanswered request to a live worker is sent again:
+    /// `max(retryFloor, retryFactor × p99)` once learned, `initialRetry` before.
+    public var initialRetry: Double = 1
+    public var retryFloor: Double = 0.5
+    public var retryFactor: Double = 4
+
+    public func retryAfter(for operation: String) -> Double {
+        guard let s = samples[Self.kind(operation)], s.count >= minimumSamples else { return initialRetry }
+        return max(retryFloor, retryFactor * s.max()!)
     }
 
     public func deadline(for operation: String) -> Double {

@@ -234,7 +234,7 @@ public final class ExpertWorker: @unchecked Sendable {
         while !status.stop {
             guard let frames = try? pipe.receive(timeout: 0.2) else { continue }
             if status.stop { return }
-            let (reply, _) = handle(frames)
+            let (reply, _) = handle(frames, cachingReplies: true)
             let out = reply.map { Frame(adoptingMalloced: $0.take(), count: $0.count) } ?? Frame()
             try? pipe.send([out])
         }
@@ -248,9 +248,22 @@ public final class ExpertWorker: @unchecked Sendable {
     /// Answers one received message (the frames after the ROUTER's routing id):
     /// the reply to send, and an exit reason when the worker should stop.
     /// A bad message gets an Error reply and changes no state.
-    public func handle(_ frames: [Frame]) -> (EncodedFrame?, WorkerExit?) {
+    public func handle(_ frames: [Frame]) -> (EncodedFrame?, WorkerExit?) { handle(frames, cachingReplies: false) }
+
+    /// The last few replies by (session, request id), so a request the coordinator sends again
+    /// (it lost the reply, or the request took longer than it expected) is answered without being
+    /// applied twice. Touched only by the compute thread.
+    private var recentReplies: [(session: UInt64, id: UInt64, message: WireMessage, dtype: WireDType)] = []
+    static let recentReplyCount = 4
+
+    func handle(_ frames: [Frame], cachingReplies: Bool) -> (EncodedFrame?, WorkerExit?) {
+        var session: UInt64 = 0
         func reply(_ id: UInt64, _ m: WireMessage, dtype: WireDType = .f32) -> EncodedFrame {
-            WireCodec.encode(Envelope(requestID: id, sender: options.workerID, message: m), dtype: dtype)
+            if cachingReplies, id != 0 {
+                recentReplies.append((session, id, m, dtype))
+                if recentReplies.count > Self.recentReplyCount { recentReplies.removeFirst() }
+            }
+            return WireCodec.encode(Envelope(requestID: id, sender: options.workerID, message: m), dtype: dtype)
         }
         guard frames.count == 1 else {
             return (reply(0, .error(code: .malformed, message: "malformed frame: expected 1 frame per message, got \(frames.count)")), nil)
@@ -266,6 +279,11 @@ public final class ExpertWorker: @unchecked Sendable {
         }
         let id = envelope.requestID
         if envelope.session != 0, envelope.sender == "coordinator" { status.session = envelope.session }
+        session = envelope.session
+        if cachingReplies, id != 0, let r = recentReplies.last(where: { $0.session == session && $0.id == id }) {
+            log("request \(id) again: answered from the reply cache")
+            return (WireCodec.encode(Envelope(requestID: id, sender: options.workerID, message: r.message), dtype: r.dtype), nil)
+        }
         do {
             switch envelope.message {
             case .assign(let a):

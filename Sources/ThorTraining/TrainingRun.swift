@@ -32,6 +32,8 @@ public final class TrainingRun {
         public var evaluateAtEnd = true
         /// Heartbeats and the local supervisor's restart budget.
         public var liveness = ExpertRuntime.Liveness()
+        /// Faults to inject (`--fault-plan`; nil: none). Needs workers (not `cluster.workers` = 0).
+        public var faultPlan: FaultPlan?
         public init(configuration: ThorConfiguration) { self.configuration = configuration }
     }
 
@@ -63,6 +65,17 @@ public final class TrainingRun {
     public var result: (String) -> Void = { FileHandle.standardOutput.write(Data(($0 + "\n").utf8)) }
     /// Called after every optimizer step.
     public var onStep: ((Progress) -> Void)?
+    /// Called with every cluster event (fail-over, rejoin, restart, restore) after it was logged.
+    public var onEvent: ((ClusterEvent) -> Void)?
+    /// Called with every fault the injector applied, and every request sent again (worker, operation, why, time).
+    public var onFault: ((InjectedFault) -> Void)?
+    public var onResend: ((_ worker: String, _ operation: String, _ why: String, _ at: Double) -> Void)?
+    /// Called when the coordinator declares a worker dead (with a fault plan installed).
+    public var onWorkerLoss: ((WorkerLoss) -> Void)?
+    /// The injector of the last `run()` (nil without a fault plan): which faults fired, which did not.
+    public private(set) var lastInjector: FaultInjector?
+    /// Replicas per expert of the last `run()`.
+    public private(set) var lastReplicas: Int?
 
     public init(options: Options) { self.options = options }
 
@@ -82,6 +95,10 @@ public final class TrainingRun {
         let session = try prepare()
         defer { session.runtime.shutdown() }
         try installFaultHandling(session)
+        let injector = try installFaultInjector(session)
+        lastInjector = injector
+        lastReplicas = session.runtime.remote?.replicas
+        defer { injector?.finish() }
         let signals = TerminationSignals()
         session.model.moe.startCollectingStatistics()
         while session.trainer.step < session.training.maxSteps {
@@ -113,6 +130,9 @@ public final class TrainingRun {
         let clock = Stopwatch()
         var last: StepResult?
         var lastCheckpoint: String?
+        /// The highest step logged so far: records of steps at or below it (replayed after
+        /// `--on-expert-loss restore`) are marked `"replayed": true`.
+        var loggedThrough: [String: Int] = [:]
         var tokensPerSecond: Double?
         var expertsPerToken: Double?
         var interrupted = false
@@ -240,6 +260,7 @@ public final class TrainingRun {
         if let v = r.auxiliary.taskBalance { rec["l_task_lb"] = v }
         if let v = r.auxiliary.tokenBalance { rec["l_tok_lb"] = v }
         if let v = r.auxiliary.dynamic { rec["l_dyn"] = v }
+        markReplay(s, &rec)
         try s.metrics?.write(rec)
         s.window = Session.Window()
     }
@@ -252,7 +273,7 @@ public final class TrainingRun {
                                               lastCheckpoint: { [weak s, options] in s?.lastCheckpoint ?? options.resume },
                                               say: info)
         recovery.install(on: s.trainer)
-        let logEvent: (ClusterEvent) -> Void = { [weak s, info] e in
+        let logEvent: (ClusterEvent) -> Void = { [weak s, info, weak self] e in
             info("\nthor: \(e)")
             var rec: [String: Any] = ["split": "event", "event": e.kind.rawValue, "step": e.step, "worker": e.worker,
                                       "reason": e.reason]
@@ -261,10 +282,61 @@ public final class TrainingRun {
             if let d = e.detectionSeconds { rec["detection_s"] = d }
             if let r = e.recoverySeconds { rec[e.kind == .rejoined ? "rejoin_s" : "recovery_s"] = r }
             try? s?.metrics?.write(rec)
+            self?.onEvent?(e)
         }
         s.runtime.onEvent = logEvent
         recovery.onEvent = logEvent
         s.recovery = recovery
+    }
+
+    /// A train or dev record of a step already logged (a replay after a restore) says so, so
+    /// that readers count each step once: `"replayed": true` (the later record is the kept one).
+    func markReplay(_ s: Session, _ rec: inout [String: Any]) {
+        let step = s.trainer.step, split = rec["split"] as? String ?? ""
+        if step <= s.loggedThrough[split, default: 0] { rec["replayed"] = true } else { s.loggedThrough[split] = step }
+    }
+
+    /// The fault injector of `options.faultPlan` on the run's coordinator; every fault applied,
+    /// every request sent again and every frame a worker refused is one line on stderr and one
+    /// `event` record in metrics.jsonl.
+    func installFaultInjector(_ s: Session) throws -> FaultInjector? {
+        guard let plan = options.faultPlan else { return nil }
+        let injector: FaultInjector
+        let coordinator: ClusterCoordinator
+        if let cluster = s.runtime.cluster {
+            injector = FaultInjector(plan: plan, cluster: cluster)
+            coordinator = cluster.coordinator
+        } else if let c = s.runtime.coordinator {
+            injector = FaultInjector(faults: plan.resolved(workers: c.workerIDs), processID: { _ in nil },
+                                     partitions: InjectedPartitions(coordinator: c))
+            coordinator = c
+        } else {
+            throw TrainingError.invalidConfiguration("a fault plan needs expert workers (cluster.workers ≥ 1); the experts run in this process")
+        }
+        info("fault injector: \(injector.faults.count) faults planned: " + injector.faults.map(\.description).joined(separator: "; "))
+        injector.onInjected = { [weak s, info, weak self] f in
+            info("\nthor: \(f)")
+            var rec: [String: Any] = ["split": "event", "event": "fault-injected", "fault": f.spec.kind.rawValue, "step": f.step,
+                                      "phase": f.phase.rawValue, "worker": f.worker, "operation": f.operation]
+            if let l = f.layer { rec["layer"] = l }
+            if let k = f.skipped { rec["skipped"] = k }
+            try? s?.metrics?.write(rec)
+            self?.onFault?(f)
+        }
+        coordinator.onResend = { [weak s, info, weak self, unowned coordinator] worker, operation, why in
+            info("\nthor: sent \(operation) to worker \(worker) again: \(why)")
+            try? s?.metrics?.write(["split": "event", "event": "resend", "step": coordinator.currentStep, "worker": worker,
+                                    "operation": operation, "reason": why])
+            self?.onResend?(worker, operation, why, monotonicSeconds())
+        }
+        coordinator.onRefusedFrame = { [weak s, info, unowned coordinator] worker, operation in
+            info("\nthor: worker \(worker) refused a damaged \(operation) frame (nothing applied)")
+            try? s?.metrics?.write(["split": "event", "event": "frame-refused", "step": coordinator.currentStep, "worker": worker,
+                                    "operation": operation])
+        }
+        coordinator.onLoss = { [weak self] loss in self?.onWorkerLoss?(loss) }
+        injector.install(on: coordinator)
+        return injector
     }
 
     /// BLEU, loss, experts per token and task accuracy on (a spread of) the dev set.
@@ -276,6 +348,7 @@ public final class TrainingRun {
         s.model.moe.startCollectingStatistics()
         var rec = dev.record
         rec["split"] = "dev"; rec["step"] = s.trainer.step
+        markReplay(s, &rec)
         try s.metrics?.write(rec)
         info(String(format: "dev @ %d: BLEU %.2f, loss %.3f, experts/token %@, task accuracy %@", s.trainer.step,
                     dev.averageBLEU, dev.loss, dev.expertsPerToken.map { String(format: "%.2f", $0) } ?? "-",

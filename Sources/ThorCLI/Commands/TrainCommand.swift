@@ -84,6 +84,9 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Expert placement over workers: round-robin or blocked.")
     var placement: String = "round-robin"
 
+    @Option(help: ArgumentHelp("Inject the faults of this plan (JSON: kill, hang, delay, drop, corrupt, partition at a step and phase, or random from a seed; see docs/reliability.md). Off without it. Every fault is logged to stderr and metrics.jsonl.", valueName: "file"))
+    var faultPlan: String?
+
     @Flag(help: "Replace another run's files in --save-dir (without it such a directory is refused).")
     var overwrite = false
 
@@ -160,6 +163,9 @@ struct TrainCommand: ParsableCommand {
         options.bind = bind
         options.registrationTimeout = registrationTimeout
         options.evaluateAtEnd = !noEval
+        if let faultPlan {
+            do { options.faultPlan = try FaultPlan(contentsOf: faultPlan) } catch { throw ValidationError("--fault-plan: \(error)") }
+        }
         let run = TrainingRun(options: options)
         if !noProgress {
             // One bar on stderr; info lines end its line first.
