@@ -12,7 +12,7 @@ public struct ThorCommand: ParsableCommand {
         ZeroMQ. See README.md for a tour.
         """,
         subcommands: [TrainCommand.self, TranslateCommand.self, EvalCommand.self,
-                      BenchCommand.self, WorkerCommand.self, ClusterCommand.self, DataCommand.self,
+                      BenchCommand.self, WorkerCommand.self, ClusterCommand.self, KeysCommand.self, DataCommand.self,
                       ExperimentCommand.self]
     )
     public init() {}
