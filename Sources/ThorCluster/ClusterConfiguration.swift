@@ -11,16 +11,11 @@ public struct ClusterConfiguration: ConfigurationSection {
     public var replicas: Int = 0
     /// What happens when every replica of an expert is lost.
     public var onExpertLoss: ExpertLossPolicy = .restore
-    /// With `thor train --bind`: the coordinator's CURVE secret key file ("": unsecured links).
-    public var serverKey: String = ""
-    /// With `thor train --bind`: the workers' public keys (a directory of `*.pub` files or one file of keys).
-    public var allowedKeys: String = ""
 
     public init() {}
 
     public enum CodingKeys: String, CodingKey, CaseIterable {
         case workers, expertThreads = "expert_threads", replicas, onExpertLoss = "on_expert_loss"
-        case serverKey = "server_key", allowedKeys = "allowed_keys"
     }
 
     public func validate(path: String = "cluster") throws {
@@ -29,8 +24,6 @@ public struct ClusterConfiguration: ConfigurationSection {
         try Check.require(expertThreads >= 1, p(.expertThreads), "must be ≥ 1, got \(expertThreads)")
         try Check.require(replicas >= 0 && (workers == 0 || replicas <= workers), p(.replicas),
                           "must be between 0 (automatic) and the worker count (\(workers)), got \(replicas)")
-        try Check.require(serverKey.isEmpty == allowedKeys.isEmpty, serverKey.isEmpty ? p(.serverKey) : p(.allowedKeys),
-                          "server_key and allowed_keys go together (a secured coordinator needs its key and the workers' keys)")
     }
 
     /// Replicas per expert the run uses: `replicas`, or 2 when there are at least 2 workers.
