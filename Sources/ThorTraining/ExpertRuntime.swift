@@ -78,7 +78,8 @@ public final class ExpertRuntime {
                                        heartbeatLiveness: liveness.heartbeatLiveness, security: security)
         if let security { onRegistration?("links are CURVE-encrypted; admitting \(security.allowedKeys.count) worker keys") }
         c.onRefusal = { onRegistration?("refused a worker: \($0)") }
-        onRegistration?("waiting for \(workers) workers at \(c.endpoint) (run `thor worker --connect \(c.endpoint)` on each node)")
+        let keyFlags = security == nil ? "" : " --key NODE.key --server-public-key COORDINATOR.pub"
+        onRegistration?("waiting for \(workers) workers at \(c.endpoint) (run `thor worker --connect \(c.endpoint)\(keyFlags)` on each node)")
         try c.waitForWorkers(count: workers, timeout: timeout)
         let ids = Array(c.liveWorkerIDs.filter { c.isAlive($0) }.prefix(workers)).sorted()
         onRegistration?("registered: \(ids.joined(separator: ", "))")

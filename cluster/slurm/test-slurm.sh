@@ -48,7 +48,7 @@ if ! munge -n </dev/null >/dev/null 2>&1; then
   [ -f /etc/munge/munge.key ] || { mungekey --create --keyfile=/etc/munge/munge.key; chown munge:munge /etc/munge/munge.key; chmod 400 /etc/munge/munge.key; }
   mkdir -p /run/munge /var/log/munge /var/lib/munge
   chown munge:munge /run/munge /var/log/munge /var/lib/munge
-  runuser -u munge -- munged --foreground --log-file="$work/munged.log" &
+  runuser -u munge -- munged --foreground --log-file="$work/munged.log" >"$work/munged.out" 2>&1 &
   pids+=($!)
   for _ in $(seq 50); do munge -n </dev/null >/dev/null 2>&1 && break; sleep 0.1; done
   munge -n </dev/null >/dev/null 2>&1 || { say "munged did not start"; exit 1; }

@@ -41,7 +41,7 @@ struct KeysCommand: ParsableCommand {
 
         func run() throws {
             let pair = try CurveKeyPair.generate()
-            let files = try KeysCommand.write(pair, prefix: out, force: force)
+            let files = try KeyFiles.write(pair, prefix: out, force: force)
             print("public key \(pair.publicKey) -> \(files.publicFile)")
             print("secret key -> \(files.secretFile) (mode 0600)")
         }
