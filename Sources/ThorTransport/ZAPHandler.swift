@@ -120,7 +120,7 @@ public final class ZAPHandler: @unchecked Sendable {
                         why = "CURVE handshake failed (the client encrypted for another server key: check its --server-public-key)"
                     default:
                         if event.kind.contains(.handshakeFailedNoDetail) {
-                            why = "handshake failed (connection closed during the security handshake)"
+                            why = "the client closed the connection during the security handshake (a worker without keys, or with another server key?)"
                         } else {
                             why = "handshake failed (ZMTP protocol error 0x\(String(event.value, radix: 16)))"
                         }

@@ -88,7 +88,10 @@ final class SecureLinkTests: XCTestCase {
         // The coordinator logged both refusals: the unknown key by value and address, the keyless client.
         let refusals = try XCTUnwrap(c.zap).refusals
         XCTAssertTrue(refusals.contains { $0.key == stranger.publicKey && $0.address == "127.0.0.1" }, "\(refusals)")
-        XCTAssertTrue(refusals.contains { $0.key == nil && $0.reason.contains("does not use CURVE") }, "\(refusals)")
+        // The keyless client fails before ZAP: libzmq reports a mechanism mismatch, or (when the client
+        // noticed first and hung up) a handshake closed without detail. Either way it is logged, keyless.
+        XCTAssertTrue(refusals.contains { $0.key == nil && ($0.reason.contains("does not use CURVE") || $0.reason.contains("without keys")) },
+                      "\(refusals)")
         XCTAssertTrue(log.all.contains { $0.contains(stranger.publicKey) && $0.contains("not in the allowed set") }, "\(log.all)")
         XCTAssertEqual(c.zap?.admitted.contains(security.allowedKeys.keys.first!), true)
 
