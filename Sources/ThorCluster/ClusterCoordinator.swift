@@ -53,6 +53,8 @@ public struct WorkerLoss: Sendable, Equatable {
 public final class ClusterCoordinator {
     public let context: ZMQContext
     private let socket: Socket
+    /// Admits workers by public key when the links are CURVE-secured (nil: unsecured links).
+    public let zap: ZAPHandler?
     /// The bound endpoint (with the real port for `tcp://…:*`).
     public let endpoint: String
     /// This coordinator's incarnation, sent in every envelope.
@@ -107,11 +109,24 @@ public final class ClusterCoordinator {
     private var contested: [String: (registration: Registration, since: Double)] = [:]
 
     /// Binds a ROUTER at `endpoint` (`tcp://127.0.0.1:*` picks a free port).
+    /// With `security`, every link is CURVE-encrypted and only workers whose public key is
+    /// allowed can connect (a ZAP handler; each refusal goes to `securityLog`, default stderr,
+    /// and to `zap.refusals`).
     public init(bind endpoint: String, maxFrameBytes: Int = WireCodec.defaultMaxFrameBytes,
-                heartbeatInterval: Double = 0.25, heartbeatLiveness: Int = 3) throws {
+                heartbeatInterval: Double = 0.25, heartbeatLiveness: Int = 3,
+                security: CoordinatorSecurity? = nil,
+                securityLog: (@Sendable (String) -> Void)? = nil) throws {
         do {
             context = try ZMQContext()
             socket = try Socket(context: context, type: .router)
+            if let security {
+                // The handler must answer before the first client connects: without one libzmq admits any key.
+                zap = try ZAPHandler(context: context, allowedKeys: security.allowedKeys, watching: socket,
+                                     log: securityLog ?? { writeStandardError("thor coordinator: \($0)") })
+                try socket.makeCurveServer(secretKey: security.keyPair.secretKey)
+            } else {
+                zap = nil
+            }
             try socket.setRouterMandatory(true)
             try socket.setHighWaterMarks(send: 0, receive: 0)
             try socket.setHeartbeat(interval: heartbeatInterval, timeout: heartbeatInterval * Double(max(1, heartbeatLiveness)))
@@ -127,7 +142,10 @@ public final class ClusterCoordinator {
         session = rng.next() | 1
     }
 
-    deinit { socket.close() }
+    deinit {
+        socket.close()
+        zap?.stop()
+    }
 
     /// Seconds of silence after which a worker is dead.
     public var livenessWindow: Double { heartbeatInterval * Double(max(1, heartbeatLiveness)) }

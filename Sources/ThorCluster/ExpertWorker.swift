@@ -2,6 +2,7 @@ import ThorTensor
 import ThorExperts
 import ThorWire
 import ThorTransport
+import CZMQ
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -35,6 +36,8 @@ public struct WorkerOptions: Sendable {
     public var heartbeatLiveness: Int = 3
     /// Log lines to stderr.
     public var verbose: Bool = false
+    /// Keys for a CURVE-secured coordinator (nil: unsecured links).
+    public var security: WorkerSecurity? = nil
 
     public init(endpoint: String, workerID: String) {
         self.endpoint = endpoint
@@ -135,7 +138,8 @@ public final class ExpertWorker: @unchecked Sendable {
                                 timeout: options.heartbeatInterval * Double(max(1, options.heartbeatLiveness)))
         let hardLimit = options.maxFrameBytes > Int.max / 10 ? -1 : Int64(options.maxFrameBytes) * 10
         try socket.setMaxMessageSize(hardLimit)
-        let monitor = try socket.monitor(events: [.handshakeSucceeded, .disconnected])
+        if let s = options.security { try socket.makeCurveClient(keyPair: s.keyPair, serverPublicKey: s.serverPublicKey) }
+        let monitor = try socket.monitor(events: [.handshakeSucceeded, .disconnected, .handshakeFailedAuth, .handshakeFailedProtocol])
         defer { monitor.close() }
         // The compute thread's end of the request pipe.
         let pipeEndpoint = "inproc://thor-worker-compute-\(incarnation)"
@@ -170,9 +174,12 @@ public final class ExpertWorker: @unchecked Sendable {
                         if handshakes > 1 {
                             try send(Envelope(requestID: 0, sender: options.workerID, message: .register(registration)), on: socket)
                         }
+                    } else if let refusal = securityRefusal(event) {
+                        return .refused(refusal)
                     } else if event.kind.contains(.disconnected) {
+                        // A failed attempt that never connected does not restart the orphan clock.
+                        if connected { disconnectedSince = monotonicSeconds() }
                         connected = false
-                        disconnectedSince = monotonicSeconds()
                         log("disconnected from \(event.endpoint)")
                     }
                 }
@@ -205,6 +212,21 @@ public final class ExpertWorker: @unchecked Sendable {
                                      : .neverConnected(endpoint: options.endpoint, seconds: options.orphanTimeout)
             }
         }
+    }
+
+    /// Why the coordinator's security handshake turned this worker away, if `event` says so
+    /// (its ZAP handler refused our key, or one side uses CURVE and the other does not).
+    private func securityRefusal(_ event: SocketEvent) -> String? {
+        if event.kind.contains(.handshakeFailedAuth) {
+            return "the coordinator at \(event.endpoint) does not admit this worker's public key (ZAP status \(event.value)); add this worker's .pub file to its --allowed-keys"
+        }
+        guard event.kind.contains(.handshakeFailedProtocol) else { return nil }
+        if event.value == UInt32(bitPattern: ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) {
+            return options.security == nil
+                ? "the coordinator at \(event.endpoint) requires CURVE keys; give --key FILE and --server-public-key FILE"
+                : "the coordinator at \(event.endpoint) does not use CURVE keys, but this worker was given --key"
+        }
+        return "security handshake with the coordinator at \(event.endpoint) failed (ZMTP protocol error 0x\(String(event.value, radix: 16)))"
     }
 
     /// Answers heartbeats, Shutdown and refusals at once (never queued behind compute);

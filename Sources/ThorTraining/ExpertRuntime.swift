@@ -70,14 +70,16 @@ public final class ExpertRuntime {
     /// Workers beyond that number are spares: they take the place of lost ones.
     public init(configuration: ThorConfiguration, externalWorkers workers: Int, bind endpoint: String,
                 timeout: Double, placement strategy: Placement.Strategy = .roundRobin,
-                replicas: Int? = nil, liveness: Liveness = Liveness(),
+                replicas: Int? = nil, liveness: Liveness = Liveness(), security: CoordinatorSecurity? = nil,
                 onRegistration: ((String) -> Void)? = nil) throws {
         let spec = TranslationModel.expertSpec(for: configuration)
         let keys = TranslationModel.expertKeys(for: configuration)
         let c = try ClusterCoordinator(bind: endpoint, heartbeatInterval: liveness.heartbeatInterval,
-                                       heartbeatLiveness: liveness.heartbeatLiveness)
+                                       heartbeatLiveness: liveness.heartbeatLiveness, security: security)
+        if let security { onRegistration?("links are CURVE-encrypted; admitting \(security.allowedKeys.count) worker keys") }
         c.onRefusal = { onRegistration?("refused a worker: \($0)") }
-        onRegistration?("waiting for \(workers) workers at \(c.endpoint) (run `thor worker --connect \(c.endpoint)` on each node)")
+        let keyFlags = security == nil ? "" : " --key NODE.key --server-public-key COORDINATOR.pub"
+        onRegistration?("waiting for \(workers) workers at \(c.endpoint) (run `thor worker --connect \(c.endpoint)\(keyFlags)` on each node)")
         try c.waitForWorkers(count: workers, timeout: timeout)
         let ids = Array(c.liveWorkerIDs.filter { c.isAlive($0) }.prefix(workers)).sorted()
         onRegistration?("registered: \(ids.joined(separator: ", "))")

@@ -26,6 +26,8 @@ public final class TrainingRun {
         public var placement: Placement.Strategy = .roundRobin
         /// Serve externally started workers on this endpoint instead of starting a local cluster.
         public var bind: String?
+        /// CURVE keys for the links to external workers (with `bind`; nil: unsecured).
+        public var security: CoordinatorSecurity?
         /// Seconds to wait for external workers to register.
         public var registrationTimeout: Double = 300
         /// Run the final test evaluation.
@@ -197,7 +199,7 @@ public final class TrainingRun {
         if let bind = options.bind {
             let runtime = try ExpertRuntime(configuration: configuration, externalWorkers: max(1, cluster.workers), bind: bind,
                                             timeout: options.registrationTimeout, placement: options.placement,
-                                            liveness: options.liveness, onRegistration: info)
+                                            liveness: options.liveness, security: options.security, onRegistration: info)
             info("cluster: coordinator + \(cluster.workers) external expert workers, "
                  + "\(runtime.remote?.replicas ?? 1) replicas per expert, on expert loss: \(cluster.onExpertLoss.rawValue)")
             return runtime

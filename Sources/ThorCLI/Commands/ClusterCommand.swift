@@ -23,7 +23,11 @@ struct ClusterCommand: ParsableCommand {
         Examples:
           thor cluster --workers 3
           thor cluster --workers 2 --transport tcp --placement blocked --steps 5
-          thor cluster --bind tcp://0.0.0.0:5555 --workers 4 --wait
+          thor cluster --bind tcp://0.0.0.0:5555 --workers 4 --wait \\
+              --server-key keys/coordinator.key --allowed-keys keys/allowed
+
+        A --bind address other than loopback needs keys (--server-key, --allowed-keys: \
+        links are CURVE-encrypted and only listed workers are admitted) or --insecure.
         """
     )
 
@@ -35,6 +39,15 @@ struct ClusterCommand: ParsableCommand {
 
     @Option(name: .long, help: "Bind this endpoint and wait for external workers instead of starting them.")
     var bind: String?
+
+    @Option(name: .long, help: ArgumentHelp("With --bind: the coordinator's CURVE secret key file (mode 0600).", valueName: "file"))
+    var serverKey: String?
+
+    @Option(name: .long, help: ArgumentHelp("With --bind: the workers' public keys, a directory of *.pub files or one file of keys.", valueName: "dir-or-file"))
+    var allowedKeys: String?
+
+    @Flag(name: .long, help: "Allow --bind beyond loopback without keys (unencrypted; any machine that reaches the port can join).")
+    var insecure = false
 
     @Option(name: .long, help: "Threads per worker.")
     var threads: Int = 1
@@ -78,8 +91,10 @@ struct ClusterCommand: ParsableCommand {
         let signals = TerminationSignals()
         var local: LocalCluster? = nil
         let coordinator: ClusterCoordinator
+        let security = try CoordinatorKeyOptions.security(bind: bind, serverKey: serverKey, allowedKeys: allowedKeys, insecure: insecure)
         if let bind {
-            coordinator = try ClusterCoordinator(bind: bind)
+            coordinator = try ClusterCoordinator(bind: bind, security: security)
+            if let security { print("links are CURVE-encrypted; admitting \(security.allowedKeys.count) worker keys") }
             print("coordinator listening on \(coordinator.endpoint); waiting for \(workers) workers")
             coordinator.onRegistration = { r in print("  registered \(r.workerID) (\(r.hostname), pid \(r.pid), \(r.threads) threads)") }
             try coordinator.waitForWorkers(count: workers, timeout: registrationTimeout) {

@@ -60,6 +60,15 @@ struct TrainCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Serve workers started on other machines instead of starting local ones: bind this endpoint (e.g. tcp://0.0.0.0:5555) and wait for --workers of them (`thor worker --connect tcp://HOST:5555` on each node).", valueName: "endpoint"))
     var bind: String?
 
+    @Option(help: ArgumentHelp("With --bind: the coordinator's CURVE secret key file (mode 0600). Links are encrypted and only workers whose keys are allowed can join.", valueName: "file"))
+    var serverKey: String?
+
+    @Option(help: ArgumentHelp("With --bind: the workers' public keys, a directory of *.pub files or one file of keys.", valueName: "dir-or-file"))
+    var allowedKeys: String?
+
+    @Flag(help: "Allow --bind beyond loopback without keys (unencrypted; any machine that reaches the port can join).")
+    var insecure = false
+
     @Option(help: "Seconds to wait for workers to register with --bind.")
     var registrationTimeout: Double = 300
 
@@ -145,6 +154,8 @@ struct TrainCommand: ParsableCommand {
             throw ValidationError("--heartbeat-interval must be a positive number of seconds, got \(heartbeatInterval)")
         }
         guard heartbeatLiveness >= 1 else { throw ValidationError("--heartbeat-liveness must be at least 1, got \(heartbeatLiveness)") }
+        // Like --bind, keys describe this deployment, not the run: they stay out of the saved configuration.
+        let security = try CoordinatorKeyOptions.security(bind: bind, serverKey: serverKey, allowedKeys: allowedKeys, insecure: insecure)
         guard restartBudget >= 0 else { throw ValidationError("--restart-budget must be ≥ 0, got \(restartBudget)") }
         guard let mode = ReplicationMode(rawValue: replication) else {
             throw ValidationError("--replication must be \(ReplicationMode.allCases.map(\.rawValue).joined(separator: " or ")), got '\(replication)'")
@@ -161,6 +172,7 @@ struct TrainCommand: ParsableCommand {
         options.transport = t
         options.placement = p
         options.bind = bind
+        options.security = security
         options.registrationTimeout = registrationTimeout
         options.evaluateAtEnd = !noEval
         if let faultPlan {

@@ -28,6 +28,11 @@ struct WorkerCommand: ParsableCommand {
         Examples:
           thor worker --connect tcp://10.0.0.1:5555 --id gpu-box-1 --threads 2
           thor worker --connect ipc:///tmp/thor/coordinator.sock
+          thor worker --connect tcp://10.0.0.1:5555 --key keys/node-2.key --server-public-key keys/coordinator.pub
+
+        With --key and --server-public-key the link is CURVE-encrypted and the \
+        coordinator admits the worker only if its public key is allowed; a refused key \
+        ends the worker with exit status 4 and a message naming the cause.
         """
     )
 
@@ -61,6 +66,12 @@ struct WorkerCommand: ParsableCommand {
     @Option(name: .long, help: "Largest tensor in elements, received or built; larger ones get a TOO_LARGE Error reply.")
     var maxTensorElements: Int = Int(Int32.max)
 
+    @Option(name: .long, help: ArgumentHelp("This worker's CURVE secret key file (from `thor keys generate`; mode 0600).", valueName: "file"))
+    var key: String?
+
+    @Option(name: .long, help: ArgumentHelp("The coordinator's CURVE public key file (its PREFIX.pub).", valueName: "file"))
+    var serverPublicKey: String?
+
     @Flag(name: .long, help: "Log connection events and assignments to stderr.")
     var verbose = false
 
@@ -76,6 +87,9 @@ struct WorkerCommand: ParsableCommand {
         guard heartbeatLiveness >= 1 else { throw ValidationError("--heartbeat-liveness must be at least 1, got \(heartbeatLiveness)") }
         guard maxFrameBytes > 0 else { throw ValidationError("--max-frame-bytes must be positive, got \(maxFrameBytes)") }
         if let id { guard !id.isEmpty, id.utf8.count <= 255 else { throw ValidationError("--id must be 1…255 bytes") } }
+        guard (key == nil) == (serverPublicKey == nil) else {
+            throw ValidationError("--key and --server-public-key go together: this worker's secret key and the coordinator's public key")
+        }
     }
 
     func run() throws {
@@ -90,13 +104,17 @@ struct WorkerCommand: ParsableCommand {
                                       maxTensorElements: maxTensorElements)
         options.heartbeatInterval = heartbeatInterval
         options.heartbeatLiveness = heartbeatLiveness
+        if let key, let serverPublicKey { options.security = try WorkerSecurity.load(key: key, serverPublicKey: serverPublicKey) }
         let worker = ExpertWorker(options: options)
         let exit = try worker.run(signals: signals)
         // Our coordinator was killed before it could clean up: remove its ipc socket directory.
         if exit == .parentGone { SocketDirectory.removeAbandoned(endpoint: connect) }
         switch exit {
         case .orphaned, .neverConnected:
-            FileHandle.standardError.write(Data("thor worker \(options.workerID): \(exit)\n".utf8))
+            // A coordinator with another key drops our CURVE hello without a word.
+            let hint = options.security != nil && exit != .orphaned(seconds: orphanTimeout)
+                ? " With keys, also check that --server-public-key is the coordinator's public key." : ""
+            FileHandle.standardError.write(Data("thor worker \(options.workerID): \(exit)\(hint)\n".utf8))
             throw ExitCode(3)
         case .refused:
             FileHandle.standardError.write(Data("thor worker \(options.workerID): \(exit)\n".utf8))
