@@ -174,6 +174,10 @@ public final class TrainingRun {
     /// Starts the expert runtime the configuration and options ask for.
     func startExperts(_ configuration: ThorConfiguration) throws -> ExpertRuntime {
         let cluster = configuration.cluster
+        if options.bind != nil && cluster.emulateNodes > 0 {
+            throw ClusterError.launch("cluster.emulate_nodes (--emulate-nodes) starts local workers in network namespaces; "
+                                      + "it cannot be combined with --bind (workers started elsewhere)")
+        }
         if let bind = options.bind {
             let runtime = try ExpertRuntime(configuration: configuration, externalWorkers: max(1, cluster.workers), bind: bind,
                                             timeout: options.registrationTimeout, placement: options.placement,
@@ -187,6 +191,12 @@ public final class TrainingRun {
         if let c = runtime.cluster {
             info("cluster: coordinator + \(c.workerIDs.count) expert workers at \(c.coordinator.endpoint), "
                  + "\(runtime.remote?.replicas ?? 1) replicas per expert, on expert loss: \(cluster.onExpertLoss.rawValue)")
+            if let nodes = c.nodes {
+                let groups = (0..<nodes.options.nodes).map { k in
+                    "\(nodes.namespaces[k]) (\(nodes.nodeAddresses[k]): \(c.workerIDs.filter { c.node(of: $0) == k }.joined(separator: " ")))"
+                }
+                info("emulated nodes: \(groups.joined(separator: ", ")); links \(nodes.options.linkRate.map { "limited to \($0)" } ?? "unlimited")")
+            }
         } else {
             info("experts run in this process (cluster.workers = 0)")
         }
