@@ -85,6 +85,8 @@ public final class EmulatedNodes: @unchecked Sendable {
     public let nodeAddresses: [String]
     /// The `ip` executable.
     public let ipTool: String
+    /// Namespaces and bridges of dead runs this one removed when it started.
+    public let removedStale: [String]
     let tools: NetworkTools
     private var mutex = pthread_mutex_t()
     private var removed = false
@@ -102,8 +104,7 @@ public final class EmulatedNodes: @unchecked Sendable {
         if options.linkRate != nil { _ = try tools.require("tc", package: "iproute2", purpose: "--link") }
         self.options = options
         self.tools = tools
-        pthread_mutex_init(&mutex, nil)
-        Self.removeStale(tools: tools)
+        removedStale = Self.removeStale(tools: tools)
         let tag = "\(getpid())x\(Self.sequence.next() % 100)"
         namespaces = (0..<options.nodes).map { "\(Self.namespacePrefix)\(tag)-node\($0)" }
         hostInterfaces = (0..<options.nodes).map { "tv\(tag)n\($0)" }
@@ -111,6 +112,7 @@ public final class EmulatedNodes: @unchecked Sendable {
         let subnet = try Self.freeSubnet(ip: ipTool)
         coordinatorAddress = "10.77.\(subnet).1"
         nodeAddresses = (0..<options.nodes).map { "10.77.\(subnet).\($0 + 2)" }
+        pthread_mutex_init(&mutex, nil)
         do {
             try build()
         } catch {
@@ -214,7 +216,7 @@ public final class EmulatedNodes: @unchecked Sendable {
             for line in links.split(separator: "\n") {
                 let fields = line.split(separator: ":")
                 guard fields.count > 1 else { continue }
-                let name = fields[1].trimmingCharacters(" ").split(separator: "@").first ?? ""
+                let name = fields[1].split(separator: " ").first?.split(separator: "@").first ?? ""
                 guard deadOwner(name, after: "tb") else { continue }
                 if (try? NetworkTools.run(ip, ["link", "delete", String(name)])) != nil { removedNames.append(String(name)) }
             }
@@ -232,12 +234,6 @@ public final class EmulatedNodes: @unchecked Sendable {
         let start = Int(getpid()) % 256
         for i in 0..<256 where !used.contains((start + i) % 256) { return (start + i) % 256 }
         throw NetworkSetupError.invalid("every 10.77.X.0/24 subnet is in use on this machine; remove stale emulated nodes (`ip netns list`)")
-    }
-}
-
-private extension Substring {
-    func trimmingCharacters(_ c: Character) -> Substring {
-        drop(while: { $0 == c }).reversed().drop(while: { $0 == c }).reversed().map { String($0) }.joined()[...]
     }
 }
 

@@ -72,7 +72,10 @@ public struct NetworkTools: Sendable {
     public static func checkPrivilege(purpose: String) throws {
         let needed: [(bit: Int, name: String)] = [(12, "CAP_NET_ADMIN"), (21, "CAP_SYS_ADMIN")]
         let effective = effectiveCapabilities()
-        let missing = needed.filter { effective.map { ($0 >> UInt64($1.bit)) & 1 == 0 } ?? (geteuid() != 0) }.map(\.name)
+        let missing = needed.filter { capability in
+            guard let mask = effective else { return geteuid() != 0 }
+            return (mask >> UInt64(capability.bit)) & 1 == 0
+        }.map(\.name)
         guard missing.isEmpty else {
             throw NetworkSetupError.notPermitted(
                 "\(purpose) creates network namespaces and veth links, which needs root or \(needed.map(\.name).joined(separator: " and ")); "

@@ -192,6 +192,7 @@ public final class TrainingRun {
             info("cluster: coordinator + \(c.workerIDs.count) expert workers at \(c.coordinator.endpoint), "
                  + "\(runtime.remote?.replicas ?? 1) replicas per expert, on expert loss: \(cluster.onExpertLoss.rawValue)")
             if let nodes = c.nodes {
+                if !nodes.removedStale.isEmpty { info("removed what killed runs left: \(nodes.removedStale.joined(separator: ", "))") }
                 let groups = (0..<nodes.options.nodes).map { k in
                     "\(nodes.namespaces[k]) (\(nodes.nodeAddresses[k]): \(c.workerIDs.filter { c.node(of: $0) == k }.joined(separator: " ")))"
                 }

@@ -115,6 +115,7 @@ struct ClusterCommand: ParsableCommand {
             coordinator = cluster.coordinator
             print("coordinator on \(coordinator.endpoint) with \(workers) local workers (\(cluster.binary))")
             if let n = cluster.nodes {
+                if !n.removedStale.isEmpty { print("removed what killed runs left: \(n.removedStale.joined(separator: ", "))") }
                 print("emulated nodes (links \(n.options.linkRate.map { "limited to \($0)" } ?? "unlimited"), bridge \(n.bridge)):")
                 for k in n.namespaces.indices {
                     print("  node\(k): namespace \(n.namespaces[k]), \(n.nodeAddresses[k]) via \(n.hostInterfaces[k])")
