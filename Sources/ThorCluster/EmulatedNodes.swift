@@ -168,14 +168,18 @@ public final class EmulatedNodes: @unchecked Sendable {
         (ipTool, ["netns", "exec", namespaces[node], executable] + args)
     }
 
-    /// Deletes the namespaces (and with them the veth pairs and their rules) and the bridge.
+    /// Deletes the veth pairs (at once; a deleted namespace's links would go only when the kernel
+    /// gets round to destroying it), the namespaces (with their rules) and the bridge.
     /// Idempotent; errors are ignored (something already gone is what we want).
     public func remove() {
         pthread_mutex_lock(&mutex)
         defer { pthread_mutex_unlock(&mutex) }
         if removed { return }
         removed = true
-        for ns in namespaces.prefix(created.namespaces) { _ = try? NetworkTools.run(ipTool, ["netns", "delete", ns]) }
+        for k in 0..<created.namespaces {
+            _ = try? NetworkTools.run(ipTool, ["link", "delete", hostInterfaces[k]])
+            _ = try? NetworkTools.run(ipTool, ["netns", "delete", namespaces[k]])
+        }
         if created.bridge { _ = try? NetworkTools.run(ipTool, ["link", "delete", bridge]) }
     }
 

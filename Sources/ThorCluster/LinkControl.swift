@@ -94,6 +94,20 @@ public final class LinkControl: @unchecked Sendable {
         }
     }
 
+    /// Packets the drop rules on `node` have dropped so far (both directions; 0 without rules).
+    public func droppedPackets(node: Int) throws -> Int {
+        try check(node)
+        guard dropProbability(node: node) > 0, let iptables = tools.locate("iptables") else { return 0 }
+        var total = 0
+        for chain in ["INPUT", "OUTPUT"] {
+            let text = try NetworkTools.run(nodes.ipTool, ["netns", "exec", nodes.namespaces[node], iptables, "-w", "-L", chain, "-v", "-n", "-x"])
+            for line in text.split(separator: "\n") where line.contains("statistic") {
+                total += line.split(separator: " ").first.flatMap { Int($0) } ?? 0
+            }
+        }
+        return total
+    }
+
     /// The drop probability now set on `node` (0: none).
     public func dropProbability(node: Int) -> Double {
         pthread_mutex_lock(&mutex)

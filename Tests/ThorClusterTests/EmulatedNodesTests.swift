@@ -57,7 +57,7 @@ final class EmulatedNodesTests: XCTestCase {
         XCTAssertThrowsError(try c.validate()) { XCTAssertTrue("\($0)".contains("cluster.link_rate"), "\($0)") }
         c.emulateNodes = 2
         c.linkRate = "lots"
-        XCTAssertThrowsError(try c.validate()) { XCTAssertTrue("\($0)".contains("cluster.link_rate: link rate 'lots'"), "\($0)") }
+        XCTAssertThrowsError(try c.validate()) { XCTAssertTrue("\($0)".contains("`cluster.link_rate`: link rate 'lots'"), "\($0)") }
         c.linkRate = "100mbit"
         XCTAssertNoThrow(try c.validate())
         XCTAssertEqual(c.emulatedNodes, EmulatedNodes.Options(nodes: 2, linkRate: LinkRate(bitsPerSecond: 100_000_000)))
@@ -202,6 +202,7 @@ final class EmulatedNodesTests: XCTestCase {
         let rules = try NetworkTools.run(ip, ["netns", "exec", nodes.namespaces[0], iptables, "-S"])
         XCTAssertTrue(rules.contains("-A INPUT -i eth0 -m statistic --mode random --probability 0.0") && rules.contains("-A OUTPUT -o eth0"), rules)
         XCTAssertEqual(links.dropProbability(node: 0), 0.05)
+        XCTAssertEqual(try links.droppedPackets(node: 0), 0, "nothing crossed the link yet")
         try links.dropPackets(node: 0, probability: 0)
         XCTAssertFalse(try NetworkTools.run(ip, ["netns", "exec", nodes.namespaces[0], iptables, "-S"]).contains("statistic"))
         XCTAssertThrowsError(try links.dropPackets(node: 0, probability: 1.5)) { XCTAssertTrue("\($0)".contains("[0, 1)"), "\($0)") }
