@@ -19,8 +19,10 @@ final class EmulatedNodesTests: XCTestCase {
 
     var ip: String { NetworkTools().locate("ip")! }
 
-    func namespaces() throws -> [String] {
+    /// Every namespace, or those made by process `pid` (tests may run in parallel processes).
+    func namespaces(of pid: pid_t? = nil) throws -> [String] {
         try NetworkTools.run(ip, ["netns", "list"]).split(separator: "\n").compactMap { $0.split(separator: " ").first.map(String.init) }
+            .filter { pid == nil || $0.hasPrefix("thor-\(pid!)x") }
     }
 
     func linkExists(_ name: String, in namespace: String? = nil) -> Bool {
@@ -73,12 +75,12 @@ final class EmulatedNodesTests: XCTestCase {
 
     func testAMissingIpIsRefusedClearlyAndNothingIsMade() throws {
         try Self.requirePrivilege()
-        let before = try namespaces()
+        let before = try namespaces(of: getpid())
         XCTAssertThrowsError(try EmulatedNodes(.init(nodes: 2), tools: NetworkTools(searchPath: ["/nonexistent"]))) { e in
             XCTAssertEqual(e as? NetworkSetupError, .toolMissing(
                 "--emulate-nodes needs `ip` (Debian package iproute2), which is not in /nonexistent; install it (scripts/install-deps.sh does) or run without it"))
         }
-        XCTAssertEqual(try namespaces(), before)
+        XCTAssertEqual(try namespaces(of: getpid()), before)
     }
 
     /// As `nobody` (no capabilities), `thor cluster --emulate-nodes` refuses, naming the privilege,
@@ -87,7 +89,6 @@ final class EmulatedNodesTests: XCTestCase {
         try Self.requirePrivilege()
         guard let setpriv = NetworkTools().locate("setpriv") else { throw XCTSkip("needs setpriv (util-linux)") }
         let binary = try LocalCluster.locateThorBinary()
-        let before = try namespaces()
         let out = "/tmp/thor-netns-refusal-\(getpid()).log"
         defer { unlink(out) }
         let pid = try LocalCluster.spawn("/bin/sh", ["-c", "exec \"$@\" > \(out) 2>&1", "sh", setpriv,
@@ -99,7 +100,7 @@ final class EmulatedNodesTests: XCTestCase {
         XCTAssertNotEqual(status, 0, text)
         XCTAssertTrue(text.contains("--emulate-nodes creates network namespaces and veth links, which needs root or CAP_NET_ADMIN and CAP_SYS_ADMIN"), text)
         XCTAssertTrue(text.contains("uid 65534"), text)
-        XCTAssertEqual(try namespaces(), before)
+        XCTAssertEqual(try namespaces(of: pid), [], "nothing was made")
     }
 
     /// Namespaces, the bridge, the links and their tbf limits exist while the nodes live and
@@ -149,7 +150,7 @@ final class EmulatedNodesTests: XCTestCase {
         XCTAssertFalse(try namespaces().contains(staleNamespace))
         XCTAssertFalse(linkExists(staleBridge))
         XCTAssertTrue(try namespaces().contains(live.namespaces[0]), "a live process's namespace stays")
-        XCTAssertEqual(EmulatedNodes.removeStale(), [], "nothing stale is left")
+        XCTAssertFalse(EmulatedNodes.removeStale().contains(live.namespaces[0]))
         XCTAssertTrue(try namespaces().contains(live.namespaces[0]))
     }
 
