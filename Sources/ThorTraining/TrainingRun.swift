@@ -147,6 +147,7 @@ public final class TrainingRun {
         }
         // Before anything starts: does it fit, and is the worker count sensible?
         try ResourceEstimate(configuration).check(externalWorkers: options.bind != nil) { info($0) }
+        try checkEmulatedNodes(configuration)
         if let ck = checkpoint { info("resuming from \(ck.directory) at step \(ck.state.step)") }
         let loading = Stopwatch()
         let data = try TranslationData.load(configuration.data, seed: configuration.training.seed,
@@ -171,13 +172,21 @@ public final class TrainingRun {
         }
     }
 
-    /// Starts the expert runtime the configuration and options ask for.
-    func startExperts(_ configuration: ThorConfiguration) throws -> ExpertRuntime {
-        let cluster = configuration.cluster
-        if options.bind != nil && cluster.emulateNodes > 0 {
+    /// Refuses emulated nodes before anything starts when they cannot work: with `--bind`,
+    /// without the privilege to make network namespaces, or without `ip`.
+    func checkEmulatedNodes(_ configuration: ThorConfiguration) throws {
+        guard configuration.cluster.emulateNodes > 0 else { return }
+        if options.bind != nil {
             throw ClusterError.launch("cluster.emulate_nodes (--emulate-nodes) starts local workers in network namespaces; "
                                       + "it cannot be combined with --bind (workers started elsewhere)")
         }
+        try NetworkTools.checkPrivilege(purpose: "--emulate-nodes")
+        _ = try NetworkTools().require("ip", package: "iproute2", purpose: "--emulate-nodes")
+    }
+
+    /// Starts the expert runtime the configuration and options ask for.
+    func startExperts(_ configuration: ThorConfiguration) throws -> ExpertRuntime {
+        let cluster = configuration.cluster
         if let bind = options.bind {
             let runtime = try ExpertRuntime(configuration: configuration, externalWorkers: max(1, cluster.workers), bind: bind,
                                             timeout: options.registrationTimeout, placement: options.placement,

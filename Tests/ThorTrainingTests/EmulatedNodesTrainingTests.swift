@@ -104,7 +104,7 @@ final class EmulatedNodesTrainingTests: XCTestCase {
     }
 
     /// SIGTERM mid-run: the run stops (checkpoint, workers down) and removes its namespaces;
-    /// refused flag combinations name the problem.
+    /// refused flag combinations and a missing privilege name the problem.
     func testStoppedRunRemovesItsNamespacesAndBadFlagsAreRefused() throws {
         let config = try configFile(steps: 100_000)
         let run = try thor(["train", "--config", config, "--no-eval", "--no-progress", "--save-dir", scratch + "/c",
@@ -125,6 +125,17 @@ final class EmulatedNodesTrainingTests: XCTestCase {
                             log: scratch + "/e.log")
         XCTAssertNotEqual(wait(rate, seconds: 60), 0)
         XCTAssertTrue(log("e.log").contains("`cluster.link_rate`: link rate 'fast'"), log("e.log"))
+        // Without the privilege: refused before the data is loaded or anything is started.
+        if let setpriv = NetworkTools().locate("setpriv") {
+            let sh = "exec \"$@\" > \(scratch)/f.log 2>&1"
+            let nobody = try LocalCluster.spawn("/bin/sh", ["-c", sh, "sh", setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
+                                                            "--inh-caps=-all", try LocalCluster.locateThorBinary(), "train", "--config", config,
+                                                            "--save-dir", scratch + "/f", "--emulate-nodes", "2"])
+            children.append(nobody)
+            XCTAssertNotEqual(wait(nobody, seconds: 60), 0)
+            XCTAssertTrue(log("f.log").contains("--emulate-nodes creates network namespaces and veth links, which needs root or CAP_NET_ADMIN"), log("f.log"))
+            XCTAssertFalse(log("f.log").contains("data: "), "refused before loading data: " + log("f.log"))
+        }
     }
 
     /// The in-process run's every tensor after `steps` steps.
