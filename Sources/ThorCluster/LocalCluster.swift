@@ -75,16 +75,16 @@ public final class LocalCluster {
             nodes = try EmulatedNodes(options)
             endpoint = "tcp://\(nodes!.coordinatorAddress):*"
         } else {
-        switch transport {
-        case .ipc:
-            guard let dir = SocketDirectory.create() else {
-                throw ClusterError.launch("cannot create a temporary directory for the ipc socket")
+            switch transport {
+            case .ipc:
+                guard let dir = SocketDirectory.create() else {
+                    throw ClusterError.launch("cannot create a temporary directory for the ipc socket")
+                }
+                tmp = dir
+                endpoint = SocketDirectory.endpoint(in: dir)
+            case .tcp:
+                endpoint = "tcp://127.0.0.1:*"
             }
-            tmp = dir
-            endpoint = SocketDirectory.endpoint(in: dir)
-        case .tcp:
-            endpoint = "tcp://127.0.0.1:*"
-        }
         }
         do {
             coordinator = try ClusterCoordinator(bind: endpoint, heartbeatInterval: heartbeatInterval, heartbeatLiveness: heartbeatLiveness)
