@@ -3,7 +3,8 @@
 # Idempotent; needs root (or sudo) only when something is missing.
 set -euo pipefail
 # libsqlite3-dev: the Bible database; unzip, python3-pip: wheels for `thor data build` (dpkg-deb and tar come with Debian).
-pkgs=(libopenblas-dev libzmq3-dev libprotobuf-c-dev protobuf-c-compiler pkg-config libsqlite3-dev unzip python3-pip)
+# iproute2, iptables: emulated nodes (network namespaces, veth links, tbf, random packet drop).
+pkgs=(libopenblas-dev libzmq3-dev libprotobuf-c-dev protobuf-c-compiler pkg-config libsqlite3-dev unzip python3-pip iproute2 iptables)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -11,11 +11,17 @@ public struct ClusterConfiguration: ConfigurationSection {
     public var replicas: Int = 0
     /// What happens when every replica of an expert is lost.
     public var onExpertLoss: ExpertLossPolicy = .restore
+    /// Emulated nodes: the workers run in this many network namespaces joined to the
+    /// coordinator by veth links (0: off; needs root). See docs/emulated-nodes.md.
+    public var emulateNodes: Int = 0
+    /// Rate limit of each emulated node's link, e.g. `1gbit`, `100mbit` (empty: unlimited).
+    public var linkRate: String = ""
 
     public init() {}
 
     public enum CodingKeys: String, CodingKey, CaseIterable {
         case workers, expertThreads = "expert_threads", replicas, onExpertLoss = "on_expert_loss"
+        case emulateNodes = "emulate_nodes", linkRate = "link_rate"
     }
 
     public func validate(path: String = "cluster") throws {
@@ -24,6 +30,22 @@ public struct ClusterConfiguration: ConfigurationSection {
         try Check.require(expertThreads >= 1, p(.expertThreads), "must be ≥ 1, got \(expertThreads)")
         try Check.require(replicas >= 0 && (workers == 0 || replicas <= workers), p(.replicas),
                           "must be between 0 (automatic) and the worker count (\(workers)), got \(replicas)")
+        try Check.require(emulateNodes >= 0 && emulateNodes <= EmulatedNodes.maxNodes, p(.emulateNodes),
+                          "must be between 0 (off) and \(EmulatedNodes.maxNodes), got \(emulateNodes)")
+        try Check.require(emulateNodes == 0 || workers >= emulateNodes, p(.emulateNodes),
+                          "needs at least one worker per node: \(emulateNodes) nodes, \(workers) workers")
+        if !linkRate.isEmpty {
+            try Check.require(emulateNodes > 0, p(.linkRate), "limits emulated nodes' links; set cluster.emulate_nodes too")
+            do { _ = try LinkRate(parsing: linkRate) } catch {
+                try Check.require(false, p(.linkRate), "\(error)")
+            }
+        }
+    }
+
+    /// The emulated nodes asked for (nil when `emulate_nodes` is 0).
+    public var emulatedNodes: EmulatedNodes.Options? {
+        guard emulateNodes > 0 else { return nil }
+        return EmulatedNodes.Options(nodes: emulateNodes, linkRate: linkRate.isEmpty ? nil : try? LinkRate(parsing: linkRate))
     }
 
     /// Replicas per expert the run uses: `replicas`, or 2 when there are at least 2 workers.

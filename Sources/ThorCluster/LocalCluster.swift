@@ -7,7 +7,8 @@ import Darwin
 #endif
 
 /// A coordinator plus W `thor worker` processes on this machine, over ipc or
-/// loopback tcp. Everything is torn down by `shutdown()`, deinit, or when
+/// loopback tcp, or on emulated nodes (network namespaces joined by veth links, tcp over
+/// them; see `EmulatedNodes`). Everything is torn down by `shutdown()`, deinit, or when
 /// `init` fails halfway: Shutdown request, then SIGTERM, then SIGKILL to the
 /// workers' process group, and `waitpid` on each — no orphans, no zombies.
 /// Workers also exit on their own within a poll interval if this process dies
@@ -42,48 +43,76 @@ public final class LocalCluster {
     private var temporaryDirectory: String?
     private var isShutDown = false
     private var processGroup: pid_t = 0
-    private let arguments: (String) -> [String]
+    private let command: (String) -> (path: String, arguments: [String])
+    /// The emulated nodes the workers run on (nil: this network namespace). Removed by `shutdown()`.
+    public let nodes: EmulatedNodes?
+    /// Partitions and packet drop on the emulated nodes' links (nil without emulated nodes).
+    public let links: LinkControl?
+    /// The emulated node of each worker, in `workerIDs` order (empty without emulated nodes).
+    public let workerNodes: [Int]
 
     /// Starts `workers` worker processes and waits until all registered and answer.
     /// - Parameters:
     ///   - binary: the `thor` executable; default `LocalCluster.locateThorBinary()`.
     ///   - extraArguments: appended to every `thor worker` command line.
+    ///   - emulatedNodes: run the workers in that many network namespaces (contiguous groups:
+    ///     w0… on node 0), over tcp on veth links to this process; `transport` is then ignored.
+    ///     Needs root (or CAP_NET_ADMIN and CAP_SYS_ADMIN) and `ip`; refused clearly otherwise.
     public init(workers: Int, transport: Transport = .ipc, threadsPerWorker: Int = 1,
                 binary: String? = nil, registrationTimeout: Double = 60,
-                extraArguments: [String] = [], heartbeatInterval: Double = 0.25, heartbeatLiveness: Int = 3) throws {
+                extraArguments: [String] = [], heartbeatInterval: Double = 0.25, heartbeatLiveness: Int = 3,
+                emulatedNodes: EmulatedNodes.Options? = nil) throws {
         guard workers >= 1 else { throw ClusterError.launch("need at least one worker, got \(workers)") }
         self.binary = try binary ?? LocalCluster.locateThorBinary()
         guard access(self.binary, X_OK) == 0 else { throw ClusterError.launch("\(self.binary) is not an executable") }
         var endpoint: String
         var tmp: String? = nil
-        switch transport {
-        case .ipc:
-            guard let dir = SocketDirectory.create() else {
-                throw ClusterError.launch("cannot create a temporary directory for the ipc socket")
+        var nodes: EmulatedNodes? = nil
+        if let options = emulatedNodes {
+            guard options.nodes <= workers else {
+                throw ClusterError.launch("\(options.nodes) emulated nodes need at least as many workers, got \(workers)")
             }
-            tmp = dir
-            endpoint = SocketDirectory.endpoint(in: dir)
-        case .tcp:
-            endpoint = "tcp://127.0.0.1:*"
+            nodes = try EmulatedNodes(options)
+            endpoint = "tcp://\(nodes!.coordinatorAddress):*"
+        } else {
+            switch transport {
+            case .ipc:
+                guard let dir = SocketDirectory.create() else {
+                    throw ClusterError.launch("cannot create a temporary directory for the ipc socket")
+                }
+                tmp = dir
+                endpoint = SocketDirectory.endpoint(in: dir)
+            case .tcp:
+                endpoint = "tcp://127.0.0.1:*"
+            }
         }
         do {
             coordinator = try ClusterCoordinator(bind: endpoint, heartbeatInterval: heartbeatInterval, heartbeatLiveness: heartbeatLiveness)
         } catch {
             if let tmp { rmdir(tmp) }
+            nodes?.remove()
             throw error
         }
         temporaryDirectory = tmp
+        self.nodes = nodes
+        links = nodes.map { LinkControl($0) }
         workerIDs = (0..<workers).map { "w\($0)" }
+        workerNodes = nodes == nil ? [] : (0..<workers).map { EmulatedNodes.node(ofWorker: $0, workers: workers, nodes: nodes!.options.nodes) }
         processIDs = []
         stderrTails = []
         let connect = coordinator.endpoint
-        arguments = { id in
-            ["worker", "--connect", connect, "--id", id, "--threads", String(threadsPerWorker), "--parent-pid", String(getpid()),
-             "--heartbeat-interval", String(heartbeatInterval), "--heartbeat-liveness", String(heartbeatLiveness)] + extraArguments
+        let binary = self.binary
+        let ids = workerIDs, placedOn = workerNodes
+        command = { id in
+            let args = ["worker", "--connect", connect, "--id", id, "--threads", String(threadsPerWorker), "--parent-pid", String(getpid()),
+                        "--heartbeat-interval", String(heartbeatInterval), "--heartbeat-liveness", String(heartbeatLiveness)] + extraArguments
+            guard let nodes, let i = ids.firstIndex(of: id) else { return (binary, args) }
+            return nodes.command(node: placedOn[i], binary, args)
         }
         do {
             for id in workerIDs {
-                let (pid, tail) = try LocalCluster.spawnCapturing(self.binary, arguments(id), processGroup: processGroup)
+                let (path, arguments) = command(id)
+                let (pid, tail) = try LocalCluster.spawnCapturing(path, arguments, processGroup: processGroup)
                 if processGroup == 0 { processGroup = pid }
                 processIDs.append(pid)
                 stderrTails.append(tail)
@@ -139,12 +168,13 @@ public final class LocalCluster {
         restarts[id] = recent
         do {
             let pid: pid_t, tail: StderrTail?
+            let (path, arguments) = command(id)
             do {
-                (pid, tail) = try LocalCluster.spawnCapturing(binary, arguments(id), processGroup: processGroup)
+                (pid, tail) = try LocalCluster.spawnCapturing(path, arguments, processGroup: processGroup)
             } catch where processGroup != 0 {
                 // Every member of the group has exited, and an empty group cannot be joined
                 // (EPERM): the restarted worker leads a new one.
-                (pid, tail) = try LocalCluster.spawnCapturing(binary, arguments(id), processGroup: 0)
+                (pid, tail) = try LocalCluster.spawnCapturing(path, arguments, processGroup: 0)
                 processGroup = pid
             }
             processIDs[i] = pid
@@ -161,7 +191,12 @@ public final class LocalCluster {
         workerIDs.firstIndex(of: worker).map { processIDs[$0] } ?? 0
     }
 
-    /// Stops every worker and removes the ipc directory (idempotent).
+    /// The emulated node worker `worker` runs on (nil without emulated nodes).
+    public func node(of worker: String) -> Int? {
+        workerIDs.firstIndex(of: worker).flatMap { workerNodes.indices.contains($0) ? workerNodes[$0] : nil }
+    }
+
+    /// Stops every worker and removes the ipc directory and the emulated nodes (idempotent).
     /// Shutdown request (1 s), then SIGTERM (2 s), then SIGKILL; every child is reaped.
     public func shutdown() {
         if isShutDown { return }
@@ -182,6 +217,7 @@ public final class LocalCluster {
             rmdir(tmp)
             temporaryDirectory = nil
         }
+        nodes?.remove()
     }
 
     /// Signals every live worker and the workers' process group.

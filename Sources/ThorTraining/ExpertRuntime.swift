@@ -38,6 +38,8 @@ public final class ExpertRuntime {
     /// `workers` = 0: experts in this process (`threads` of them computed at once);
     /// otherwise starts `workers` `thor worker` processes and places every expert on
     /// `replicas` of them (default: `cluster.replicas`, automatic 2 when there are ≥ 2 workers).
+    /// With `cluster.emulate_nodes` the workers run on that many emulated nodes (network
+    /// namespaces; `transport` is then tcp over their links) and replicas go to different nodes.
     public init(configuration: ThorConfiguration, workers: Int, threads: Int,
                 transport: LocalCluster.Transport = .ipc, placement strategy: Placement.Strategy = .roundRobin,
                 binary: String? = nil, replicas: Int? = nil, liveness: Liveness = Liveness()) throws {
@@ -49,11 +51,15 @@ public final class ExpertRuntime {
             cluster = nil
         } else {
             let c = try LocalCluster(workers: workers, transport: transport, threadsPerWorker: threads, binary: binary,
-                                     heartbeatInterval: liveness.heartbeatInterval, heartbeatLiveness: liveness.heartbeatLiveness)
+                                     heartbeatInterval: liveness.heartbeatInterval, heartbeatLiveness: liveness.heartbeatLiveness,
+                                     emulatedNodes: configuration.cluster.emulatedNodes)
             c.restartBudget = liveness.restartBudget
             do {
                 let r = Self.replicas(replicas, configuration: configuration, workers: workers)
-                let placement = try Placement(keys: keys, workers: c.workerIDs, strategy: strategy, replicas: r)
+                // Emulated nodes stand for hosts: replicas of an expert go to different nodes where they can.
+                let hostnames = c.nodes == nil ? [:]
+                    : Dictionary(uniqueKeysWithValues: c.workerIDs.map { ($0, "node\(c.node(of: $0)!)") })
+                let placement = try Placement(keys: keys, workers: c.workerIDs, strategy: strategy, replicas: r, hostnames: hostnames)
                 let remote = try RemoteExpertBackend(coordinator: c.coordinator, spec: spec, placement: placement)
                 remote.replication = liveness.replication
                 backend = remote

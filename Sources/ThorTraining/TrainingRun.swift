@@ -169,6 +169,7 @@ public final class TrainingRun {
         }
         // Before anything starts: does it fit, and is the worker count sensible?
         try ResourceEstimate(configuration).check(externalWorkers: options.bind != nil) { info($0) }
+        try checkEmulatedNodes(configuration)
         if let ck = checkpoint { info("resuming from \(ck.directory) at step \(ck.state.step)") }
         let loading = Stopwatch()
         let data = try TranslationData.load(configuration.data, seed: configuration.training.seed,
@@ -193,6 +194,18 @@ public final class TrainingRun {
         }
     }
 
+    /// Refuses emulated nodes before anything starts when they cannot work: with `--bind`,
+    /// without the privilege to make network namespaces, or without `ip`.
+    func checkEmulatedNodes(_ configuration: ThorConfiguration) throws {
+        guard configuration.cluster.emulateNodes > 0 else { return }
+        if options.bind != nil {
+            throw ClusterError.launch("cluster.emulate_nodes (--emulate-nodes) starts local workers in network namespaces; "
+                                      + "it cannot be combined with --bind (workers started elsewhere)")
+        }
+        try NetworkTools.checkPrivilege(purpose: "--emulate-nodes")
+        _ = try NetworkTools().require("ip", package: "iproute2", purpose: "--emulate-nodes")
+    }
+
     /// Starts the expert runtime the configuration and options ask for.
     func startExperts(_ configuration: ThorConfiguration) throws -> ExpertRuntime {
         let cluster = configuration.cluster
@@ -209,6 +222,13 @@ public final class TrainingRun {
         if let c = runtime.cluster {
             info("cluster: coordinator + \(c.workerIDs.count) expert workers at \(c.coordinator.endpoint), "
                  + "\(runtime.remote?.replicas ?? 1) replicas per expert, on expert loss: \(cluster.onExpertLoss.rawValue)")
+            if let nodes = c.nodes {
+                if !nodes.removedStale.isEmpty { info("removed what killed runs left: \(nodes.removedStale.joined(separator: ", "))") }
+                let groups = (0..<nodes.options.nodes).map { k in
+                    "\(nodes.namespaces[k]) (\(nodes.nodeAddresses[k]): \(c.workerIDs.filter { c.node(of: $0) == k }.joined(separator: " ")))"
+                }
+                info("emulated nodes: \(groups.joined(separator: ", ")); links \(nodes.options.linkRate.map { "limited to \($0)" } ?? "unlimited")")
+            }
         } else {
             info("experts run in this process (cluster.workers = 0)")
         }

@@ -20,11 +20,17 @@ struct ClusterCommand: ParsableCommand {
         endpoint and waits for --workers external workers, each started on its \
         machine with `thor worker --connect tcp://THIS_HOST:PORT` (see cluster/README.md).
 
+        With --emulate-nodes N, the workers run on N emulated nodes: network namespaces \
+        (own TCP/IP stacks) joined to this process by veth links, optionally rate-limited \
+        with --link (kernel tbf). Needs root; the namespaces are removed on every exit \
+        (docs/emulated-nodes.md).
+
         Examples:
           thor cluster --workers 3
           thor cluster --workers 2 --transport tcp --placement blocked --steps 5
           thor cluster --bind tcp://0.0.0.0:5555 --workers 4 --wait \\
               --server-key keys/coordinator.key --allowed-keys keys/allowed
+          sudo thor cluster --workers 4 --emulate-nodes 2 --link 1gbit
 
         A --bind address other than loopback needs keys (--server-key, --allowed-keys: \
         links are CURVE-encrypted and only listed workers are admitted) or --insecure.
@@ -48,6 +54,12 @@ struct ClusterCommand: ParsableCommand {
 
     @Flag(name: .long, help: "Allow --bind beyond loopback without keys (unencrypted; any machine that reaches the port can join).")
     var insecure = false
+
+    @Option(name: .long, help: ArgumentHelp("Run the workers on N emulated nodes (network namespaces joined by veth links; tcp over them). Needs root.", valueName: "N"))
+    var emulateNodes: Int?
+
+    @Option(name: .long, help: ArgumentHelp("Rate limit of each emulated node's link, both ways (kernel tbf), e.g. 1gbit, 100mbit.", valueName: "rate"))
+    var link: String?
 
     @Option(name: .long, help: "Threads per worker.")
     var threads: Int = 1
@@ -84,6 +96,16 @@ struct ClusterCommand: ParsableCommand {
             throw ValidationError("--layers, --experts, --model-dim, --hidden-dim and --threads must be positive, --steps >= 0")
         }
         if let bind { do { try Endpoint.validate(bind, binding: true) } catch { throw ValidationError("--bind: \(error)") } }
+        if let emulateNodes {
+            guard bind == nil else { throw ValidationError("--emulate-nodes starts local workers; it cannot be combined with --bind") }
+            guard (1...workers).contains(emulateNodes) else {
+                throw ValidationError("--emulate-nodes must be between 1 and --workers (\(workers)), got \(emulateNodes)")
+            }
+        }
+        if let link {
+            guard emulateNodes != nil else { throw ValidationError("--link limits emulated nodes' links; give --emulate-nodes too") }
+            do { _ = try LinkRate(parsing: link) } catch { throw ValidationError("--link: \(error)") }
+        }
     }
 
     func run() throws {
@@ -101,14 +123,23 @@ struct ClusterCommand: ParsableCommand {
                 if let s = signals.received { throw ExitCode(128 + s) }
             }
         } else {
+            let nodes = try emulateNodes.map { EmulatedNodes.Options(nodes: $0, linkRate: try link.map { try LinkRate(parsing: $0) }) }
             let cluster = try LocalCluster(workers: workers, transport: LocalCluster.Transport(rawValue: transport)!,
-                                           threadsPerWorker: threads, registrationTimeout: registrationTimeout)
+                                           threadsPerWorker: threads, registrationTimeout: registrationTimeout, emulatedNodes: nodes)
             local = cluster
             coordinator = cluster.coordinator
             print("coordinator on \(coordinator.endpoint) with \(workers) local workers (\(cluster.binary))")
+            if let n = cluster.nodes {
+                if !n.removedStale.isEmpty { print("removed what killed runs left: \(n.removedStale.joined(separator: ", "))") }
+                print("emulated nodes (links \(n.options.linkRate.map { "limited to \($0)" } ?? "unlimited"), bridge \(n.bridge)):")
+                for k in n.namespaces.indices {
+                    print("  node\(k): namespace \(n.namespaces[k]), \(n.nodeAddresses[k]) via \(n.hostInterfaces[k])")
+                }
+            }
             for (id, pid) in zip(cluster.workerIDs, cluster.processIDs) {
                 let r = coordinator.registrations[id]!
-                print("  registered \(id) (pid \(pid), \(r.threads) threads, incarnation \(String(r.incarnation, radix: 16)))")
+                let on = cluster.node(of: id).map { ", node\($0)" } ?? ""
+                print("  registered \(id) (pid \(pid), \(r.threads) threads, incarnation \(String(r.incarnation, radix: 16))\(on))")
             }
         }
         defer {

@@ -90,6 +90,12 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Restarts of a crashing local worker within a minute before it is given up on.")
     var restartBudget: Int = 3
 
+    @Option(help: ArgumentHelp("Run the workers on N emulated nodes (cluster.emulate_nodes): N network namespaces, each joined to this process by a veth link, tcp over them; replicas go to different nodes. Needs root (or CAP_NET_ADMIN and CAP_SYS_ADMIN) and `ip`; the namespaces are removed on exit. See docs/emulated-nodes.md.", valueName: "N"))
+    var emulateNodes: Int?
+
+    @Option(help: ArgumentHelp("Rate limit of each emulated node's link, both ways (cluster.link_rate; kernel tbf), e.g. 1gbit, 100mbit.", valueName: "rate"))
+    var link: String?
+
     @Option(help: "Expert placement over workers: round-robin or blocked.")
     var placement: String = "round-robin"
 
@@ -131,6 +137,8 @@ struct TrainCommand: ParsableCommand {
         if let variant { o["routing.variant"] = variant }
         if let replicas { o["cluster.replicas"] = String(replicas) }
         if let onExpertLoss { o["cluster.on_expert_loss"] = onExpertLoss }
+        if let emulateNodes { o["cluster.emulate_nodes"] = String(emulateNodes) }
+        if let link { o["cluster.link_rate"] = link }
         return o
     }
 
