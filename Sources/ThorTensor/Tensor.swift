@@ -24,6 +24,17 @@ public final class Tensor: @unchecked Sendable {
         self.owner = nil
     }
 
+    /// Creates a tensor of the given shape whose elements are not set: for a caller that
+    /// writes every element before reading any (skips `init(shape:)`'s zero-fill pass).
+    public init(uninitializedShape shape: [Int]) {
+        precondition(shape.allSatisfy { $0 >= 0 }, "Tensor shape must be non-negative: \(shape)")
+        self.shape = shape
+        self.count = shape.reduce(1, *)
+        let raw = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(count, 1))
+        self.storage = UnsafeMutableBufferPointer(rebasing: raw[0..<count])
+        self.owner = nil
+    }
+
     /// Creates a tensor that takes ownership of `storage`, which must come from
     /// `UnsafeMutableRawPointer.allocate` / `UnsafeMutablePointer.allocate` with room
     /// for `max(count, 1)` floats; it is deallocated with the tensor. No copy, no zero-fill
