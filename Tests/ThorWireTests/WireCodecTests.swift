@@ -146,7 +146,7 @@ final class WireCodecTests: XCTestCase {
     }
 
     func testBadTensorsAreNamed() throws {
-        func check(_ ts: [ProtobufBytes], frames: [[UInt8]], _ code: WireErrorCode = .badTensor, _ needle: String, line: UInt = #line) throws {
+        func check(_ ts: [ProtobufBytes], frames: [[UInt8]], code: WireErrorCode = .badTensor, _ needle: String, line: UInt = #line) throws {
             let frame = ProtobufBytes.forwardEnvelope(requestID: 3, layer: 0, training: false, batches: ts.map { (2, $0) })
             try frame.withUnsafeBytes { b in
                 XCTAssertThrowsError(try WireCodec.decode(b, payloads: payloads(frames)), line: line) { e in
@@ -167,7 +167,7 @@ final class WireCodecTests: XCTestCase {
         try check([.tensor(shape: [2, 3], dtype: 1)], frames: [], "tensor frame 0 is out of range (the message has 0 tensor frames)")
         try check([.tensor(shape: [2, 3], dtype: 1, frame: 5)], frames: [zeros24, zeros24], "tensor frame 5 is out of range")
         try check([.tensor(shape: [2, 3], dtype: 1), .tensor(shape: [2, 3], dtype: 1)], frames: [zeros24, zeros24], "referenced twice")
-        try check([.tensor(shape: [2, 3], dtype: 1)], frames: [zeros24, zeros24], .malformed, "tensor frame 1 of 2 is not referenced")
+        try check([.tensor(shape: [2, 3], dtype: 1)], frames: [zeros24, zeros24], code: .malformed, "tensor frame 1 of 2 is not referenced")
         try check([.tensor(shape: [2, 3], dtype: 1, data: zeros24)], frames: [], "inline")
         // And a well-formed hand-made message decodes, tensors taken from their frames by index.
         let ok = ProtobufBytes.forwardEnvelope(requestID: 3, layer: 0, training: false,
