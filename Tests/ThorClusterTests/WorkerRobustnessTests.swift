@@ -136,7 +136,8 @@ final class WorkerRobustnessTests: XCTestCase {
         let tensorFrames = { full.payloads.map { Frame(copying: $0.bytes) } }
         expectError(try raw.sendRaw([header()] + tensorFrames().dropLast()), .badTensor, "tensor frame 1 is out of range")
         var short = tensorFrames()
-        short[1] = full.payloads[1].bytes.withMemoryRebound(to: UInt8.self) { Frame(copying: UnsafeRawBufferPointer(rebasing: $0[0..<($0.count - 4)])) }
+        let second = full.payloads[1].bytes
+        short[1] = Frame(copying: UnsafeRawBufferPointer(rebasing: second[0..<(second.count - 4)]))
         expectError(try raw.sendRaw([header()] + short), .badTensor, "tensor frame 1")
         expectError(try raw.sendRaw([header()] + tensorFrames() + [Frame("extra")]), .malformed, "tensor frame 2 of 3 is not referenced")
         // Oversized: a valid forward above the worker's 16 KiB limit.
