@@ -1267,7 +1267,7 @@ void   thor__envelope__free_unpacked
   assert(message->base.descriptor == &thor__envelope__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor thor__tensor__field_descriptors[3] =
+static const ProtobufCFieldDescriptor thor__tensor__field_descriptors[4] =
 {
   {
     "shape",
@@ -1305,16 +1305,29 @@ static const ProtobufCFieldDescriptor thor__tensor__field_descriptors[3] =
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "frame",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Thor__Tensor, frame),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned thor__tensor__field_indices_by_name[] = {
   2,   /* field[2] = data */
   1,   /* field[1] = dtype */
+  3,   /* field[3] = frame */
   0,   /* field[0] = shape */
 };
 static const ProtobufCIntRange thor__tensor__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 3 }
+  { 0, 4 }
 };
 const ProtobufCMessageDescriptor thor__tensor__descriptor =
 {
@@ -1324,7 +1337,7 @@ const ProtobufCMessageDescriptor thor__tensor__descriptor =
   "Thor__Tensor",
   "thor",
   sizeof(Thor__Tensor),
-  3,
+  4,
   thor__tensor__field_descriptors,
   thor__tensor__field_indices_by_name,
   1,  thor__tensor__number_ranges,
@@ -3042,10 +3055,10 @@ const ProtobufCMessageDescriptor thor__envelope__descriptor =
 static const ProtobufCEnumValue thor__protocol_version__enum_values_by_number[2] =
 {
   { "PROTOCOL_VERSION_UNSPECIFIED", "THOR__PROTOCOL_VERSION__PROTOCOL_VERSION_UNSPECIFIED", 0 },
-  { "PROTOCOL_VERSION_CURRENT", "THOR__PROTOCOL_VERSION__PROTOCOL_VERSION_CURRENT", 2 },
+  { "PROTOCOL_VERSION_CURRENT", "THOR__PROTOCOL_VERSION__PROTOCOL_VERSION_CURRENT", 3 },
 };
 static const ProtobufCIntRange thor__protocol_version__value_ranges[] = {
-{0, 0},{2, 1},{0, 2}
+{0, 0},{3, 1},{0, 2}
 };
 static const ProtobufCEnumValueIndex thor__protocol_version__enum_values_by_name[2] =
 {

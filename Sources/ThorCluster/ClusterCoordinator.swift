@@ -270,9 +270,9 @@ public final class ClusterCoordinator {
             let frame = WireCodec.encode(Envelope(requestID: id, sender: "coordinator", session: session, message: r.message),
                                          dtype: dtype)
             if action == .corrupt, let p = frame.pointer { FaultInjector.corrupt(UnsafeMutableRawBufferPointer(start: p, count: frame.count)) }
-            counters.bytesSent += frame.count
+            counters.bytesSent += frame.totalCount
             do {
-                try socket.send([Frame(route), Frame(adoptingMalloced: frame.take(), count: frame.count)])
+                try socket.send([Frame(route)] + frame.zmqFrames())
             } catch let e as ZMQError where e.code == EHOSTUNREACH {
                 pending[id] = nil
                 lostUnreachable(r.worker)
@@ -397,7 +397,7 @@ public final class ClusterCoordinator {
         let f = WireCodec.encode(Envelope(requestID: 0, sender: "coordinator", session: session,
                                           message: .heartbeat(sequence: 0, sentUnixNanos: unixNanoseconds())))
         do {
-            try socket.send([Frame(route), Frame(adoptingMalloced: f.take(), count: f.count)], dontWait: true)
+            try socket.send([Frame(route)] + f.zmqFrames(), dontWait: true)
         } catch let e as ZMQError where e.code == EHOSTUNREACH {
             lostUnreachable(worker)
         } catch {}
@@ -443,7 +443,7 @@ public final class ClusterCoordinator {
                 onRefusal?(m)
                 let f = WireCodec.encode(Envelope(requestID: 0, sender: "coordinator", session: session,
                                                   message: .error(code: .duplicateWorkerID, message: m)))
-                try? socket.send([Frame(c.registration.routingID), Frame(adoptingMalloced: f.take(), count: f.count)], dontWait: true)
+                try? socket.send([Frame(c.registration.routingID)] + f.zmqFrames(), dontWait: true)
             }
         }
     }
@@ -486,11 +486,11 @@ public final class ClusterCoordinator {
         } catch let e as ZMQError {
             throw ClusterError.transport("receive: \(e)")
         }
-        guard frames.count == 2 else { return .handled }  // not a thor worker
+        guard frames.count >= 2 else { return .handled }  // not a thor worker
         let route = frames[0].string
-        counters.bytesReceived += frames[1].count
+        counters.bytesReceived += frames.dropFirst().reduce(0) { $0 + $1.count }
         let t0 = monotonicSeconds()
-        guard let envelope = try? frames[1].withUnsafeBytes({ try WireCodec.decode($0, maxFrameBytes: maxFrameBytes) }) else { return .handled }
+        guard let envelope = try? WireCodec.decode(frames: frames.dropFirst(), maxFrameBytes: maxFrameBytes) else { return .handled }
         let seconds = monotonicSeconds() - t0
         if case .register(let r) = envelope.message {
             guard r.routingID == route, !r.workerID.isEmpty, !isCut(r.workerID) else { return .handled }

@@ -194,7 +194,7 @@ public final class ExpertWorker: @unchecked Sendable {
             }
             if ready[2] {
                 while let reply = try pipe.receive(timeout: 0) {
-                    if reply.count == 1, reply[0].count > 0 { try socket.send(reply) }
+                    if reply.count >= 1, reply[0].count > 0 { try socket.send(reply) }
                 }
             }
             if monotonicSeconds() >= nextBeat {
@@ -237,7 +237,7 @@ public final class ExpertWorker: @unchecked Sendable {
             switch e.message {
             case .heartbeat, .shutdown, .error:
                 let (reply, exit) = handle(frames)
-                if let reply { try socket.send([Frame(adoptingMalloced: reply.take(), count: reply.count)]) }
+                if let reply { try socket.send(reply.zmqFrames()) }
                 return exit
             default: break
             }
@@ -257,14 +257,12 @@ public final class ExpertWorker: @unchecked Sendable {
             guard let frames = try? pipe.receive(timeout: 0.2) else { continue }
             if status.stop { return }
             let (reply, _) = handle(frames, cachingReplies: true)
-            let out = reply.map { Frame(adoptingMalloced: $0.take(), count: $0.count) } ?? Frame()
-            try? pipe.send([out])
+            try? pipe.send(reply?.zmqFrames() ?? [Frame()])
         }
     }
 
     private func send(_ e: Envelope, on socket: Socket) throws {
-        let f = WireCodec.encode(e)
-        try socket.send([Frame(adoptingMalloced: f.take(), count: f.count)])
+        try socket.send(WireCodec.encode(e).zmqFrames())
     }
 
     /// Answers one received message (the frames after the ROUTER's routing id):
@@ -287,12 +285,9 @@ public final class ExpertWorker: @unchecked Sendable {
             }
             return WireCodec.encode(Envelope(requestID: id, sender: options.workerID, message: m), dtype: dtype)
         }
-        guard frames.count == 1 else {
-            return (reply(0, .error(code: .malformed, message: "malformed frame: expected 1 frame per message, got \(frames.count)")), nil)
-        }
         let envelope: Envelope
         do {
-            envelope = try frames[0].withUnsafeBytes { try WireCodec.decode($0, maxFrameBytes: options.maxFrameBytes) }
+            envelope = try WireCodec.decode(frames: frames[...], maxFrameBytes: options.maxFrameBytes)
         } catch let e as WireError {
             log("rejected a frame: \(e)")
             return (reply(e.requestID, .error(code: e.code, message: e.description)), nil)

@@ -10,6 +10,8 @@ public final class Tensor: @unchecked Sendable {
     public let count: Int
     /// The elements; `count` of them.
     public let storage: UnsafeMutableBufferPointer<Float>
+    /// What keeps borrowed storage alive (nil: the tensor owns and frees its storage).
+    private let owner: AnyObject?
 
     /// Creates a zero-filled tensor of the given shape.
     public init(shape: [Int]) {
@@ -19,6 +21,18 @@ public final class Tensor: @unchecked Sendable {
         let raw = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(count, 1))
         raw.initialize(repeating: 0)
         self.storage = UnsafeMutableBufferPointer(rebasing: raw[0..<count])
+        self.owner = nil
+    }
+
+    /// Creates a tensor of the given shape whose elements are not set: for a caller that
+    /// writes every element before reading any (skips `init(shape:)`'s zero-fill pass).
+    public init(uninitializedShape shape: [Int]) {
+        precondition(shape.allSatisfy { $0 >= 0 }, "Tensor shape must be non-negative: \(shape)")
+        self.shape = shape
+        self.count = shape.reduce(1, *)
+        let raw = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(count, 1))
+        self.storage = UnsafeMutableBufferPointer(rebasing: raw[0..<count])
+        self.owner = nil
     }
 
     /// Creates a tensor that takes ownership of `storage`, which must come from
@@ -30,6 +44,19 @@ public final class Tensor: @unchecked Sendable {
         self.shape = shape
         self.count = shape.reduce(1, *)
         self.storage = UnsafeMutableBufferPointer(start: storage, count: count)
+        self.owner = nil
+    }
+
+    /// Creates a tensor whose elements are `count` floats at `storage`, memory that
+    /// `owner` keeps alive (e.g. a received ZeroMQ frame). No copy; the tensor holds
+    /// `owner` and never frees `storage` itself. `storage` must be Float-aligned.
+    public init(borrowing storage: UnsafeMutablePointer<Float>, shape: [Int], owner: AnyObject) {
+        precondition(shape.allSatisfy { $0 >= 0 }, "Tensor shape must be non-negative: \(shape)")
+        precondition(Int(bitPattern: storage) % MemoryLayout<Float>.alignment == 0, "borrowed tensor storage is misaligned")
+        self.shape = shape
+        self.count = shape.reduce(1, *)
+        self.storage = UnsafeMutableBufferPointer(start: storage, count: count)
+        self.owner = owner
     }
 
     /// Creates a tensor of the given shape holding `values` (row-major).
@@ -49,7 +76,7 @@ public final class Tensor: @unchecked Sendable {
 
     deinit {
         // storage may be a zero-length rebase of a one-element allocation.
-        UnsafeMutableRawPointer(mutating: storageBase).deallocate()
+        if owner == nil { UnsafeMutableRawPointer(mutating: storageBase).deallocate() }
     }
 
     private var storageBase: UnsafeMutablePointer<Float> { storage.baseAddress! }

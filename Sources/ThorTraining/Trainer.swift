@@ -59,7 +59,7 @@ public final class Trainer {
 
     /// The first weight holding a non-finite value: coordinator parameters in order, then
     /// the experts' tensors in key order; or why none is to blame.
-    func firstNonFiniteWeight() throws -> String {
+    static func firstNonFiniteWeight(_ model: TranslationModel) throws -> String {
         if let w = NonFinite.first(in: model.parameters.map { ($0.name, $0.value) }) { return "first non-finite: \(w)" }
         let experts = try model.backend.exportState()
         for key in experts.keys.sorted() {
@@ -146,14 +146,25 @@ public final class Trainer {
 
     /// One optimizer step on `batch`.
     public func trainStep(on batch: Seq2SeqBatch) throws -> StepResult {
+        let result = try Self.optimizerStep(model, on: batch, step: step + 1) { self.committing = $0 }
+        step = result.step
+        return result
+    }
+
+    /// One optimizer step of `model` on `batch` as step number `next` (counting from 1):
+    /// forward, backward, the global gradient norm, clipping, the schedule and Adam on the
+    /// experts (the commit point; `committing` is told when it starts and ends) and then on
+    /// the coordinator. What `trainStep(on:)` runs, and `thor bench train` measures.
+    public static func optimizerStep(_ model: TranslationModel, on batch: Seq2SeqBatch, step next: Int,
+                                     committing: (Bool) -> Void = { _ in }) throws -> StepResult {
         let t = model.configuration.training
         let ce = try model.network.forward(batch, training: true)
         let aux = model.moe.auxiliaryLosses
         let total = Double(ce.loss) + aux.weighted(by: model.configuration.losses)
         guard total.isFinite else {
-            let culprit = try firstNonFiniteWeight()
+            let culprit = try firstNonFiniteWeight(model)
             try model.zeroGradients()
-            throw TrainingError.nonFinite(step: step + 1, quantity: "loss (\(total))", tensor: culprit)
+            throw TrainingError.nonFinite(step: next, quantity: "loss (\(total))", tensor: culprit)
         }
         try model.network.backward(lossScale: 1)
         // Global gradient norm: coordinator parameters in order, then experts in key order,
@@ -169,21 +180,19 @@ public final class Trainer {
                     .map { "a gradient of expert \($0) (\($0.parameterPrefix).*)" }
                 ?? "no single tensor: the sum of squares overflowed"
             try model.zeroGradients()
-            throw TrainingError.nonFinite(step: step + 1, quantity: "gradient norm (\(squared.squareRoot()))",
+            throw TrainingError.nonFinite(step: next, quantity: "gradient norm (\(squared.squareRoot()))",
                                           tensor: "first non-finite: \(culprit)")
         }
         let clip = Adam.clipScale(squaredNorm: squared, maxNorm: t.clipNorm)
-        let next = step + 1
         let lr = Adam.inverseSquareRootRate(peak: t.learningRate, warmup: t.warmupSteps, step: next)
         // The experts' optimizer step is the commit point; the coordinator's own Adam runs
         // after it, so a step that fails before committing leaves the coordinator untouched.
-        committing = true
+        committing(true)
         try model.backend.step(learningRate: lr, clipScale: clip, step: next)
-        committing = false
+        committing(false)
         for p in model.parameters {
             Adam.update(p, learningRate: lr, clipScale: clip, step: next, settings: t.adam)
         }
-        step = next
         let tokens = Int(batch.sourceMask.reduce(0, +) + batch.targetMask.reduce(0, +))
         return StepResult(step: next, loss: total, translationLoss: Double(ce.loss), auxiliary: aux,
                           gradientNorm: squared.squareRoot(), learningRate: lr, clipScale: clip, tokens: tokens)

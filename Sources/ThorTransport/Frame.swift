@@ -47,6 +47,18 @@ public final class Frame {
         precondition(rc == 0, "zmq_msg_init_data failed")
     }
 
+    /// A frame that sends `bytes` in place, without copying: it holds `owner`, which
+    /// keeps the bytes alive, until libzmq is done with them (after the send, on its
+    /// I/O thread) or the frame is dropped unsent. The bytes must not change meanwhile.
+    public init(borrowing bytes: UnsafeRawBufferPointer, owner: AnyObject) {
+        message = .allocate(capacity: 1)
+        guard bytes.count > 0, let base = bytes.baseAddress else { zmq_msg_init(message); return }
+        let hint = Unmanaged.passRetained(owner).toOpaque()
+        let rc = zmq_msg_init_data(message, UnsafeMutableRawPointer(mutating: base), bytes.count,
+                                   { _, hint in Unmanaged<AnyObject>.fromOpaque(hint!).release() }, hint)
+        precondition(rc == 0, "zmq_msg_init_data failed")
+    }
+
     deinit {
         zmq_msg_close(message)
         message.deallocate()

@@ -11,11 +11,19 @@ extension WireCodec {
     /// Default limit on one frame: 1 GiB.
     public static let defaultMaxFrameBytes = 1 << 30
 
-    /// Unpacks one frame. Throws `WireError` naming the problem for an oversized,
-    /// undecodable (malformed or truncated), wrong-version or bodiless frame, and for
-    /// tensors whose byte count does not match shape × dtype size.
-    public static func decode(_ bytes: UnsafeRawBufferPointer, maxFrameBytes: Int = defaultMaxFrameBytes) throws -> Envelope {
-        guard bytes.count <= maxFrameBytes else { throw WireError.tooLarge(bytes: bytes.count, limit: maxFrameBytes) }
+    /// Unpacks one message: the Envelope frame `bytes` and the tensor frames after it.
+    /// Throws `WireError` naming the problem for an oversized, undecodable (malformed or
+    /// truncated), wrong-version or bodiless message, for a tensor referencing a missing
+    /// frame or a frame already used, for a tensor frame whose byte count does not match
+    /// shape × dtype size, and for tensor frames no tensor references.
+    ///
+    /// f32 tensors are used in place: the decoded tensor's storage is the payload's
+    /// bytes and it holds the payload's owner (e.g. the received ZeroMQ frame). A payload
+    /// that is not Float-aligned is copied instead.
+    public static func decode(_ bytes: UnsafeRawBufferPointer, payloads: [WirePayload] = [],
+                              maxFrameBytes: Int = defaultMaxFrameBytes) throws -> Envelope {
+        let total = payloads.reduce(bytes.count) { $0 + $1.bytes.count }
+        guard total <= maxFrameBytes else { throw WireError.tooLarge(bytes: total, limit: maxFrameBytes) }
         guard bytes.count > 0 else { throw WireError.malformed("empty frame (0 bytes)") }
         // Swift's allocator, so f32 tensor bytes can become `Tensor` storage without a copy.
         var allocator = ProtobufCAllocator(
@@ -34,7 +42,11 @@ extension WireCodec {
             throw WireError.versionMismatch(received: env.protocol_version, expected: thorProtocolVersion,
                                             requestID: env.request_id)
         }
-        let message = try body(env)
+        let frames = TensorFrames(payloads)
+        let message = try body(env, frames)
+        if let unused = frames.used.firstIndex(of: false) {
+            throw WireError.malformed("tensor frame \(unused) of \(payloads.count) is not referenced by any tensor")
+        }
         return Envelope(requestID: env.request_id, sender: string(env.sender), session: env.session,
                         message: message, version: env.protocol_version)
     }
@@ -58,23 +70,41 @@ extension WireCodec {
         return t
     }
 
-    /// The tensor of an unpacked message. f32 data is adopted (protobuf-c's
-    /// buffer, allocated by Swift's allocator, becomes the tensor's storage).
-    static func tensor(_ p: UnsafeMutablePointer<Thor__Tensor>?, what: String) throws -> Tensor {
+    /// The tensor frames of one message being decoded, and which are used.
+    final class TensorFrames {
+        let payloads: [WirePayload]
+        var used: [Bool]
+        init(_ payloads: [WirePayload]) { self.payloads = payloads; used = Array(repeating: false, count: payloads.count) }
+    }
+
+    /// The tensor of an unpacked message, its bytes taken from its frame: f32 in place
+    /// (borrowing the frame), bf16 widened into new storage.
+    static func tensor(_ p: UnsafeMutablePointer<Thor__Tensor>?, _ frames: TensorFrames, what: String) throws -> Tensor {
         guard let p else { throw WireError.badTensor("\(what): tensor is missing") }
         let shape = (0..<p.pointee.n_shape).map { p.pointee.shape[$0] }
         guard let d = dtype(p.pointee.dtype) else {
             throw WireError.badTensor("\(what): dtype \(p.pointee.dtype.rawValue) is missing or unknown")
         }
-        let n = try TensorCodec.validate(shape: shape, dtype: d, byteCount: p.pointee.data.len, what: what)
-        if d == .f32, n > 0, let data = p.pointee.data.data {
-            p.pointee.data.data = nil  // ours now; free_unpacked skips it
-            p.pointee.data.len = 0
-            return Tensor(adopting: UnsafeMutableRawPointer(data).bindMemory(to: Float.self, capacity: n),
-                          shape: shape.map { Int($0) })
+        guard p.pointee.data.len == 0 else {
+            throw WireError.badTensor("\(what): \(p.pointee.data.len) bytes inline (protocol version 3 sends tensor bytes as their own frames)")
         }
-        return try TensorCodec.decode(shape: shape, dtype: d,
-                                      bytes: UnsafeRawBufferPointer(start: p.pointee.data.data, count: p.pointee.data.len), what: what)
+        let index = Int(p.pointee.frame)
+        guard index < frames.payloads.count else {
+            throw WireError.badTensor("\(what): tensor frame \(index) is out of range (the message has \(frames.payloads.count) tensor frames)")
+        }
+        guard !frames.used[index] else {
+            throw WireError.badTensor("\(what): tensor frame \(index) is referenced twice")
+        }
+        frames.used[index] = true
+        let payload = frames.payloads[index]
+        let n = try TensorCodec.validate(shape: shape, dtype: d, byteCount: payload.bytes.count, what: "\(what) (tensor frame \(index))")
+        let dims = shape.map { Int($0) }
+        if d == .f32, n > 0, let base = payload.bytes.baseAddress,
+           Int(bitPattern: base) % MemoryLayout<Float>.alignment == 0 {
+            return Tensor(borrowing: UnsafeMutableRawPointer(mutating: base).assumingMemoryBound(to: Float.self),
+                          shape: dims, owner: payload.owner)
+        }
+        return try TensorCodec.decode(shape: shape, dtype: d, bytes: payload.bytes, what: what)
     }
 
     static func key(_ p: UnsafeMutablePointer<Thor__ExpertKey>?, what: String) throws -> ExpertKey {
@@ -86,15 +116,16 @@ extension WireCodec {
         try (0..<n).map { try key(a![$0], what: "key \($0)") }
     }
 
-    static func batches(_ n: Int, _ a: UnsafeMutablePointer<UnsafeMutablePointer<Thor__ExpertBatch>?>?, what: String) throws -> [ExpertBatch] {
+    static func batches(_ n: Int, _ a: UnsafeMutablePointer<UnsafeMutablePointer<Thor__ExpertBatch>?>?, _ frames: TensorFrames,
+                        what: String) throws -> [ExpertBatch] {
         try (0..<n).map { i in
             guard let b = a![i] else { throw WireError.malformed("\(what) \(i) is missing") }
             let expert = Int(b.pointee.expert)
-            return ExpertBatch(expert: expert, tokens: try tensor(b.pointee.tokens, what: "\(what) \(i) (expert \(expert))"))
+            return ExpertBatch(expert: expert, tokens: try tensor(b.pointee.tokens, frames, what: "\(what) \(i) (expert \(expert))"))
         }
     }
 
-    static func states(_ n: Int, _ a: UnsafeMutablePointer<UnsafeMutablePointer<Thor__ExpertState>?>?) throws -> [ExpertKey: [String: Tensor]] {
+    static func states(_ n: Int, _ a: UnsafeMutablePointer<UnsafeMutablePointer<Thor__ExpertState>?>?, _ frames: TensorFrames) throws -> [ExpertKey: [String: Tensor]] {
         var r: [ExpertKey: [String: Tensor]] = [:]
         for i in 0..<n {
             guard let s = a![i] else { throw WireError.malformed("expert state \(i) is missing") }
@@ -105,7 +136,7 @@ extension WireCodec {
                 guard let nt = s.pointee.tensors[j] else { throw WireError.malformed("tensor \(j) of \(k) is missing") }
                 let name = string(nt.pointee.name)
                 guard tensors[name] == nil else { throw WireError.malformed("tensor \(name) of \(k) appears twice") }
-                tensors[name] = try tensor(nt.pointee.tensor, what: name)
+                tensors[name] = try tensor(nt.pointee.tensor, frames, what: name)
             }
             r[k] = tensors
         }
@@ -121,7 +152,7 @@ extension WireCodec {
         }
     }
 
-    static func body(_ e: Thor__Envelope) throws -> WireMessage {
+    static func body(_ e: Thor__Envelope, _ frames: TensorFrames) throws -> WireMessage {
         switch e.body_case {
         case THOR__ENVELOPE__BODY_REGISTER:
             let r = e.register_!.pointee
@@ -144,19 +175,19 @@ extension WireCodec {
         case THOR__ENVELOPE__BODY_FORWARD:
             let f = e.forward!.pointee
             return .forward(layer: Int(f.layer), training: f.training != 0,
-                            batches: try batches(f.n_batches, f.batches, what: "batch"),
+                            batches: try batches(f.n_batches, f.batches, frames, what: "batch"),
                             replyDType: try replyDType(f.reply_dtype))
         case THOR__ENVELOPE__BODY_FORWARD_REPLY:
             let f = e.forward_reply!.pointee
-            return .forwardReply(layer: Int(f.layer), outputs: try batches(f.n_outputs, f.outputs, what: "output"))
+            return .forwardReply(layer: Int(f.layer), outputs: try batches(f.n_outputs, f.outputs, frames, what: "output"))
         case THOR__ENVELOPE__BODY_BACKWARD:
             let b = e.backward!.pointee
-            return .backward(layer: Int(b.layer), gradients: try batches(b.n_gradients, b.gradients, what: "gradient"),
+            return .backward(layer: Int(b.layer), gradients: try batches(b.n_gradients, b.gradients, frames, what: "gradient"),
                              replyDType: try replyDType(b.reply_dtype))
         case THOR__ENVELOPE__BODY_BACKWARD_REPLY:
             let b = e.backward_reply!.pointee
             return .backwardReply(layer: Int(b.layer),
-                                  inputGradients: try batches(b.n_input_gradients, b.input_gradients, what: "input gradient"))
+                                  inputGradients: try batches(b.n_input_gradients, b.input_gradients, frames, what: "input gradient"))
         case THOR__ENVELOPE__BODY_GRAD_NORM:
             return .gradNormRequest
         case THOR__ENVELOPE__BODY_GRAD_NORM_REPORT:
@@ -178,16 +209,16 @@ extension WireCodec {
             return .exportRequest(keys: try keys(x.n_keys, x.keys))
         case THOR__ENVELOPE__BODY_EXPERT_STATES:
             let x = e.expert_states!.pointee
-            return .expertStates(try states(x.n_experts, x.experts))
+            return .expertStates(try states(x.n_experts, x.experts, frames))
         case THOR__ENVELOPE__BODY_IMPORT_STATE:
             let x = e.import_state!.pointee
-            return .importRequest(try states(x.n_experts, x.experts))
+            return .importRequest(try states(x.n_experts, x.experts, frames))
         case THOR__ENVELOPE__BODY_GRADIENTS_REQUEST:
             let x = e.gradients_request!.pointee
             return .gradientsRequest(keys: try keys(x.n_keys, x.keys))
         case THOR__ENVELOPE__BODY_APPLY_GRADIENTS:
             let x = e.apply_gradients!.pointee
-            return .applyGradients(try states(x.n_experts, x.experts))
+            return .applyGradients(try states(x.n_experts, x.experts, frames))
         case THOR__ENVELOPE__BODY_HEARTBEAT:
             let h = e.heartbeat!.pointee
             return .heartbeat(sequence: h.sequence, sentUnixNanos: h.sent_unix_nanos)
@@ -201,5 +232,20 @@ extension WireCodec {
         default:
             throw WireError.malformed("Envelope has no message body (body case \(e.body_case.rawValue))")
         }
+    }
+}
+
+extension WireCodec {
+    /// Decodes an encoded message in this process as a receiver would see it: each tensor
+    /// frame is first copied into a fresh buffer (so decoded tensors never alias the
+    /// encoded ones). For tests and tools; transports pass the received frames to
+    /// `decode(_:payloads:maxFrameBytes:)` instead.
+    public static func decode(_ frame: EncodedFrame, maxFrameBytes: Int = defaultMaxFrameBytes) throws -> Envelope {
+        let copies = frame.payloads.map { p -> WirePayload in
+            let m = MallocedBytes(count: p.bytes.count)
+            if p.bytes.count > 0 { memcpy(m.pointer, p.bytes.baseAddress!, p.bytes.count) }
+            return WirePayload(bytes: UnsafeRawBufferPointer(start: m.pointer, count: m.count), owner: m)
+        }
+        return try frame.withUnsafeBytes { try decode($0, payloads: copies, maxFrameBytes: maxFrameBytes) }
     }
 }

@@ -11,13 +11,42 @@ import Darwin
 #error("thor's wire format is little-endian; f32 tensors are sent as their in-memory bytes")
 #endif
 
-/// An encoded frame in a `malloc`ed buffer. Hand it to a transport with
-/// `take()` (the receiver frees it with `free`), or let it go and it is freed.
+/// The bytes of one tensor frame and the object that keeps them alive: the
+/// sent tensor itself (f32, sent in place), a `MallocedBytes` (bf16), or a
+/// received ZeroMQ frame.
+public struct WirePayload {
+    public let bytes: UnsafeRawBufferPointer
+    public let owner: AnyObject
+
+    public init(bytes: UnsafeRawBufferPointer, owner: AnyObject) { self.bytes = bytes; self.owner = owner }
+}
+
+/// A `malloc`ed buffer freed with its last reference.
+public final class MallocedBytes {
+    public let pointer: UnsafeMutableRawPointer
+    public let count: Int
+    public init(count: Int) { pointer = malloc(max(count, 1))!; self.count = count }
+    deinit { free(pointer) }
+}
+
+/// An encoded message: the Envelope frame in a `malloc`ed buffer, followed by
+/// its tensor frames (`payloads`, in frame-index order). Hand the Envelope frame
+/// to a transport with `take()` (the receiver frees it with `free`), or let it go
+/// and it is freed. f32 payloads are the message's tensors themselves: they must
+/// not be modified until sent.
 public final class EncodedFrame {
     public private(set) var pointer: UnsafeMutableRawPointer?
+    /// Bytes of the Envelope frame.
     public let count: Int
+    /// The tensor frames, frame index order.
+    public let payloads: [WirePayload]
 
-    init(pointer: UnsafeMutableRawPointer, count: Int) { self.pointer = pointer; self.count = count }
+    init(pointer: UnsafeMutableRawPointer, count: Int, payloads: [WirePayload]) {
+        self.pointer = pointer; self.count = count; self.payloads = payloads
+    }
+
+    /// Bytes of the Envelope frame and every tensor frame.
+    public var totalCount: Int { payloads.reduce(count) { $0 + $1.bytes.count } }
 
     /// Gives up ownership of the buffer (to be released with `free`).
     public func take() -> UnsafeMutableRawPointer {
@@ -26,12 +55,12 @@ public final class EncodedFrame {
         return p
     }
 
-    /// Calls `body` with the bytes (empty once taken), keeping the buffer alive meanwhile.
+    /// Calls `body` with the Envelope frame's bytes (empty once taken), keeping the buffer alive meanwhile.
     public func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
         try withExtendedLifetime(self) { try body(bytes) }
     }
 
-    /// The bytes (while not taken). The optimizer may free the frame right after
+    /// The Envelope frame's bytes (while not taken). The optimizer may free the frame right after
     /// its last use: prefer `withUnsafeBytes`.
     public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: pointer, count: pointer == nil ? 0 : count) }
 
@@ -41,6 +70,8 @@ public final class EncodedFrame {
 /// C memory for one encode: every struct, array and string is freed together.
 final class Arena {
     private var blocks: [UnsafeMutableRawPointer] = []
+    /// Tensor frames referenced so far (`Thor__Tensor.frame` indexes this).
+    var payloads: [WirePayload] = []
     deinit { for b in blocks { free(b) } }
 
     func raw(_ bytes: Int) -> UnsafeMutableRawPointer {
@@ -76,8 +107,9 @@ final class Arena {
 
 /// Encoding and decoding of `Envelope`s with protobuf-c.
 public enum WireCodec {
-    /// Packs `envelope`; tensors travel as `dtype` (bf16 is lossy). f32 tensor bytes
-    /// are read in place, so an encode costs about one copy of the tensor data.
+    /// Packs `envelope`; tensors travel as `dtype` (bf16 is lossy) in their own frames
+    /// (`EncodedFrame.payloads`). f32 tensors are not copied at all: each payload is the
+    /// tensor's own storage. bf16 payloads are converted into new buffers.
     public static func encode(_ envelope: Envelope, dtype: WireDType = .f32) -> EncodedFrame {
         let arena = Arena()
         // Tensors referenced by the C structs must outlive the pack: `envelope` holds them.
@@ -106,7 +138,7 @@ public enum WireCodec {
             }
             precondition(written == size && buffer.len == size && buffer.data == out.assumingMemoryBound(to: UInt8.self),
                          "protobuf-c packed \(written) of \(size) bytes")
-            return EncodedFrame(pointer: out, count: size)
+            return EncodedFrame(pointer: out, count: size, payloads: arena.payloads)
         }
     }
 
@@ -126,15 +158,14 @@ public enum WireCodec {
             p.pointee.n_shape = t.shape.count
             p.pointee.shape = shape
             p.pointee.dtype = cDType(dtype)
+            p.pointee.frame = UInt32(arena.payloads.count)
             switch dtype {
             case .f32:
-                p.pointee.data.len = t.count * 4
-                p.pointee.data.data = UnsafeMutableRawPointer(t.pointer).assumingMemoryBound(to: UInt8.self)
+                arena.payloads.append(WirePayload(bytes: UnsafeRawBufferPointer(start: t.pointer, count: t.count * 4), owner: t))
             case .bf16:
-                let out = arena.raw(t.count * 2)
-                TensorCodec.encodeBF16(t.pointer, count: t.count, into: out)
-                p.pointee.data.len = t.count * 2
-                p.pointee.data.data = out.assumingMemoryBound(to: UInt8.self)
+                let out = MallocedBytes(count: t.count * 2)
+                TensorCodec.encodeBF16(t.pointer, count: t.count, into: out.pointer)
+                arena.payloads.append(WirePayload(bytes: UnsafeRawBufferPointer(start: out.pointer, count: out.count), owner: out))
             }
         }
     }

@@ -2,7 +2,7 @@ import ThorTensor
 import ThorExperts
 
 /// The protocol version this build speaks (`Envelope.protocol_version`, Protos/thor.proto).
-public let thorProtocolVersion: UInt32 = 2
+public let thorProtocolVersion: UInt32 = 3
 
 /// Element type of tensors on the wire. Decoded tensors are always Float32.
 public enum WireDType: Sendable, Equatable, CaseIterable {

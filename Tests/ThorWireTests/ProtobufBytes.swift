@@ -17,11 +17,13 @@ struct ProtobufBytes {
     mutating func message(_ field: Int, _ m: ProtobufBytes) { bytes(field, m.bytes) }
 
     /// thor.Tensor with unpacked shape entries.
-    static func tensor(shape: [Int64], dtype: UInt64, data: [UInt8]) -> ProtobufBytes {
+    /// thor.Tensor { shape, dtype, data (inline: version 2 only), frame }.
+    static func tensor(shape: [Int64], dtype: UInt64, data: [UInt8] = [], frame: UInt64 = 0) -> ProtobufBytes {
         var t = ProtobufBytes()
         for d in shape { t.int(1, d) }
         t.uint(2, dtype)
-        t.bytes(3, data)
+        if !data.isEmpty { t.bytes(3, data) }
+        if frame != 0 { t.uint(4, frame) }
         return t
     }
 

@@ -12,8 +12,7 @@ final class WireCodecTests: XCTestCase {
     }
 
     func roundTrip(_ e: Envelope, dtype: WireDType = .f32) throws -> Envelope {
-        let frame = WireCodec.encode(e, dtype: dtype)
-        return try frame.withUnsafeBytes { try WireCodec.decode($0) }
+        try WireCodec.decode(WireCodec.encode(e, dtype: dtype))
     }
 
     func testForwardRoundTripIsBitExactInF32() throws {
@@ -92,9 +91,11 @@ final class WireCodecTests: XCTestCase {
         let batches = [ExpertBatch(expert: 1, tokens: x)]
         let f32 = WireCodec.encode(Envelope(requestID: 1, message: .forwardReply(layer: 0, outputs: batches)), dtype: .f32)
         let bf16 = WireCodec.encode(Envelope(requestID: 1, message: .forwardReply(layer: 0, outputs: batches)), dtype: .bf16)
-        // Half the tensor bytes, give or take the length prefixes and the dtype field.
-        XCTAssertTrue((x.count * 2...x.count * 2 + 8).contains(f32.count - bf16.count), "\(f32.count) vs \(bf16.count)")
-        guard case .forwardReply(_, let got) = try bf16.withUnsafeBytes({ try WireCodec.decode($0) }).message else { return XCTFail() }
+        // Half the tensor bytes; the Envelope frames differ only in the dtype field.
+        XCTAssertEqual(f32.payloads.map(\.bytes.count), [x.count * 4])
+        XCTAssertEqual(bf16.payloads.map(\.bytes.count), [x.count * 2])
+        XCTAssertEqual(f32.count, bf16.count)
+        guard case .forwardReply(_, let got) = try WireCodec.decode(bf16).message else { return XCTFail() }
         let expected = Tensor(copying: x)
         TensorCodec.roundToBF16(expected)
         XCTAssertTrue(got[0].tokens.bitwiseEqual(expected))
@@ -103,10 +104,10 @@ final class WireCodecTests: XCTestCase {
     }
 
     func testVersionMismatchIsNamedWithRequestID() {
-        let frame = WireCodec.encode(Envelope(requestID: 77, message: .ack, version: 3))
+        let frame = WireCodec.encode(Envelope(requestID: 77, message: .ack, version: 2))
         XCTAssertThrowsError(try frame.withUnsafeBytes { try WireCodec.decode($0) }) { e in
-            XCTAssertEqual(e as? WireError, .versionMismatch(received: 3, expected: thorProtocolVersion, requestID: 77))
-            XCTAssertTrue("\(e)".contains("version 3"), "\(e)")
+            XCTAssertEqual(e as? WireError, .versionMismatch(received: 2, expected: thorProtocolVersion, requestID: 77))
+            XCTAssertTrue("\(e)".contains("version 2"), "\(e)")
             XCTAssertEqual((e as? WireError)?.code, .versionMismatch)
         }
     }
@@ -122,8 +123,8 @@ final class WireCodecTests: XCTestCase {
             XCTAssertEqual((e as? WireError)?.code, .malformed)
             XCTAssertTrue("\(e)".contains("truncated"), "\(e)")
         }
-        XCTAssertThrowsError(try full.withUnsafeBytes { try WireCodec.decode($0, maxFrameBytes: 64) }) { e in
-            XCTAssertEqual(e as? WireError, .tooLarge(bytes: full.count, limit: 64))
+        XCTAssertThrowsError(try full.withUnsafeBytes { try WireCodec.decode($0, payloads: full.payloads, maxFrameBytes: 64) }) { e in
+            XCTAssertEqual(e as? WireError, .tooLarge(bytes: full.totalCount, limit: 64))
         }
         try [UInt8]().withUnsafeBytes { b in
             XCTAssertThrowsError(try WireCodec.decode(b)) { XCTAssertTrue("\($0)".contains("empty"), "\($0)") }
@@ -135,28 +136,71 @@ final class WireCodecTests: XCTestCase {
         }
     }
 
+    /// Tensor frames for a hand-made message (each its own malloc'ed, aligned buffer).
+    func payloads(_ frames: [[UInt8]]) -> [WirePayload] {
+        frames.map { f in
+            let m = MallocedBytes(count: f.count)
+            f.withUnsafeBytes { if $0.count > 0 { m.pointer.copyMemory(from: $0.baseAddress!, byteCount: $0.count) } }
+            return WirePayload(bytes: UnsafeRawBufferPointer(start: m.pointer, count: m.count), owner: m)
+        }
+    }
+
     func testBadTensorsAreNamed() throws {
-        func check(_ t: ProtobufBytes, _ needle: String, line: UInt = #line) throws {
-            let frame = ProtobufBytes.forwardEnvelope(requestID: 3, layer: 0, training: false, batches: [(2, t)])
+        func check(_ ts: [ProtobufBytes], frames: [[UInt8]], code: WireErrorCode = .badTensor, _ needle: String, line: UInt = #line) throws {
+            let frame = ProtobufBytes.forwardEnvelope(requestID: 3, layer: 0, training: false, batches: ts.map { (2, $0) })
             try frame.withUnsafeBytes { b in
-                XCTAssertThrowsError(try WireCodec.decode(b), line: line) { e in
-                    XCTAssertEqual((e as? WireError)?.code, .badTensor, "\(e)", line: line)
+                XCTAssertThrowsError(try WireCodec.decode(b, payloads: payloads(frames)), line: line) { e in
+                    XCTAssertEqual((e as? WireError)?.code, code, "\(e)", line: line)
                     XCTAssertTrue("\(e)".contains(needle), "\(e) should mention \(needle)", line: line)
                 }
             }
         }
-        try check(.tensor(shape: [2, 3], dtype: 1, data: [UInt8](repeating: 0, count: 20)), "20 bytes")
-        try check(.tensor(shape: [2, 3], dtype: 2, data: [UInt8](repeating: 0, count: 24)), "24 bytes")
-        try check(.tensor(shape: [2, -3], dtype: 1, data: []), "negative")
-        try check(.tensor(shape: [2, 3], dtype: 0, data: [UInt8](repeating: 0, count: 24)), "dtype")
-        try check(.tensor(shape: [2, 3], dtype: 9, data: [UInt8](repeating: 0, count: 24)), "dtype")
-        try check(.tensor(shape: [1 << 40, 1 << 40], dtype: 1, data: []), "too many elements")
-        // And a well-formed hand-made tensor decodes.
+        let zeros24 = [UInt8](repeating: 0, count: 24)
+        try check([.tensor(shape: [2, 3], dtype: 1)], frames: [[UInt8](repeating: 0, count: 20)], "20 bytes")
+        try check([.tensor(shape: [2, 3], dtype: 2)], frames: [zeros24], "24 bytes")
+        try check([.tensor(shape: [2, -3], dtype: 1)], frames: [[]], "negative")
+        try check([.tensor(shape: [2, 3], dtype: 0)], frames: [zeros24], "dtype")
+        try check([.tensor(shape: [2, 3], dtype: 9)], frames: [zeros24], "dtype")
+        try check([.tensor(shape: [1 << 40, 1 << 40], dtype: 1)], frames: [[]], "too many elements")
+        // Malformed multipart messages (protocol version 3): a missing frame, an index out of
+        // range, a frame used twice, a frame nobody references, inline (version 2) bytes.
+        try check([.tensor(shape: [2, 3], dtype: 1)], frames: [], "tensor frame 0 is out of range (the message has 0 tensor frames)")
+        try check([.tensor(shape: [2, 3], dtype: 1, frame: 5)], frames: [zeros24, zeros24], "tensor frame 5 is out of range")
+        try check([.tensor(shape: [2, 3], dtype: 1), .tensor(shape: [2, 3], dtype: 1)], frames: [zeros24, zeros24], "referenced twice")
+        try check([.tensor(shape: [2, 3], dtype: 1)], frames: [zeros24, zeros24], code: .malformed, "tensor frame 1 of 2 is not referenced")
+        try check([.tensor(shape: [2, 3], dtype: 1, data: zeros24)], frames: [], "inline")
+        // And a well-formed hand-made message decodes, tensors taken from their frames by index.
         let ok = ProtobufBytes.forwardEnvelope(requestID: 3, layer: 0, training: false,
-                                               batches: [(2, .tensor(shape: [1, 2], dtype: 1, data: [0, 0, 0x80, 0x3F, 0, 0, 0, 0x40]))])
+                                               batches: [(2, .tensor(shape: [1, 2], dtype: 1, frame: 1)),
+                                                         (4, .tensor(shape: [1, 1], dtype: 2, frame: 0))])
+        let frames = payloads([[0x80, 0x40], [0, 0, 0x80, 0x3F, 0, 0, 0, 0x40]])
         ok.withUnsafeBytes { b in
-            guard case .forward(_, _, let batches, _)? = try? WireCodec.decode(b).message else { return XCTFail("decode") }
+            guard case .forward(_, _, let batches, _)? = try? WireCodec.decode(b, payloads: frames).message else { return XCTFail("decode") }
             XCTAssertEqual(batches[0].tokens.array, [1, 2])
+            XCTAssertEqual(batches[1].tokens.array, [4])
+            // f32 is used in place: the tensor's storage is the received frame's bytes.
+            XCTAssertEqual(UnsafeRawPointer(batches[0].tokens.pointer), frames[1].bytes.baseAddress)
+        }
+    }
+
+    func testEncodeSendsF32TensorsInPlaceAndNumbersFramesInOrder() throws {
+        let a = tensor([3, 4], seed: 1), b = tensor([2, 4], seed: 2), w = tensor([4, 4], seed: 3)
+        let fwd = WireCodec.encode(Envelope(requestID: 1, message: .forward(layer: 0, training: true,
+            batches: [ExpertBatch(expert: 1, tokens: a), ExpertBatch(expert: 5, tokens: b)], replyDType: nil)))
+        XCTAssertEqual(fwd.payloads.map { $0.bytes.baseAddress }, [UnsafeRawPointer(a.pointer), UnsafeRawPointer(b.pointer)])
+        XCTAssertEqual(fwd.totalCount, fwd.count + (a.count + b.count) * 4)
+        XCTAssertLessThan(fwd.count, 64, "the Envelope frame holds no tensor bytes")
+        // Nested tensors (expert states) travel the same way and come back bit for bit.
+        let key = ExpertKey(layer: 1, expert: 2)
+        let states = WireCodec.encode(Envelope(requestID: 2, message: .importRequest([key: ["w1": w, "w2": a]])))
+        XCTAssertEqual(states.payloads.count, 2)
+        guard case .importRequest(let got) = try WireCodec.decode(states).message else { return XCTFail() }
+        XCTAssertTrue(got[key]!["w1"]!.bitwiseEqual(w))
+        XCTAssertTrue(got[key]!["w2"]!.bitwiseEqual(a))
+        XCTAssertNotEqual(got[key]!["w1"]!.pointer, w.pointer, "decode(EncodedFrame) copies, as a wire would")
+        // Dropping a payload (a missing frame) is refused.
+        XCTAssertThrowsError(try states.withUnsafeBytes { try WireCodec.decode($0, payloads: Array(states.payloads.prefix(1))) }) {
+            XCTAssertTrue("\($0)".contains("out of range"), "\($0)")
         }
     }
 }

@@ -58,8 +58,10 @@ typedef enum _Thor__ProtocolVersion {
    * 2: workers heartbeat unsolicited (request_id 0) while busy; routing id is
    *    "worker_id#incarnation"; Register carries session and committed_step;
    *    DUPLICATE_WORKER_ID refusals.
+   * 3: tensor bytes travel as their own ZeroMQ frames after the Envelope frame
+   *    (Tensor.frame indexes them); Tensor.data is no longer used.
    */
-  THOR__PROTOCOL_VERSION__PROTOCOL_VERSION_CURRENT = 2
+  THOR__PROTOCOL_VERSION__PROTOCOL_VERSION_CURRENT = 3
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(THOR__PROTOCOL_VERSION)
 } Thor__ProtocolVersion;
 /*
@@ -122,9 +124,12 @@ typedef enum _Thor__ErrorCode {
 /* --- messages --- */
 
 /*
- * A dense row-major tensor. len(data) == product(shape) * size(dtype).
- * Decoding adopts f32 `data` as the tensor's storage (no copy); bf16 is
- * widened into a new f32 buffer.
+ * A dense row-major tensor. Its bytes are not in the Envelope: they are the
+ * ZeroMQ frame `frame` of the tensor frames that follow the Envelope frame
+ * (0 = the first frame after it), of exactly product(shape) * size(dtype) bytes.
+ * Every tensor frame is referenced by exactly one Tensor. A received f32 frame
+ * is used in place as the tensor's storage (no copy); bf16 is widened into a
+ * new f32 buffer.
  */
 struct  Thor__Tensor
 {
@@ -132,11 +137,18 @@ struct  Thor__Tensor
   size_t n_shape;
   int64_t *shape;
   Thor__DType dtype;
+  /*
+   * protocol version 2 only; must be empty in version 3
+   */
   ProtobufCBinaryData data;
+  /*
+   * index of the tensor frame holding the bytes
+   */
+  uint32_t frame;
 };
 #define THOR__TENSOR__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&thor__tensor__descriptor) \
-    , 0,NULL, THOR__DTYPE__DTYPE_UNSPECIFIED, {0,NULL} }
+    , 0,NULL, THOR__DTYPE__DTYPE_UNSPECIFIED, {0,NULL}, 0 }
 
 
 struct  Thor__NamedTensor

@@ -81,7 +81,7 @@ struct BenchTrainCommand: ParsableCommand {
             for (i, model) in models.enumerated() {
                 let t0 = MonotonicClock.seconds()
                 steps[i] += 1
-                losses[i].append(try Self.trainStep(model, batch: batch, step: steps[i]))
+                losses[i].append(try Trainer.optimizerStep(model, on: batch, step: steps[i]).loss)
                 let t = MonotonicClock.seconds() - t0
                 if round > 0 { best[i] = min(best[i], t) }  // round 0 warms up
                 writeStandardError("thor bench train: \(cases[i].key) step \(steps[i]): \(String(format: "%.3f", t)) s")
@@ -109,23 +109,6 @@ struct BenchTrainCommand: ParsableCommand {
         report.set("blas_core", BLASCore.loaded)
         report.set("expert_threads", threads)
         try report.emit(json: output.json, csvPath: output.csv)
-    }
-
-    /// One optimizer step as `Trainer.trainStep(on:)` does it; returns the loss.
-    static func trainStep(_ model: TranslationModel, batch: Seq2SeqBatch, step: Int) throws -> Double {
-        let t = model.configuration.training
-        let ce = try model.network.forward(batch, training: true)
-        let loss = Double(ce.loss) + model.moe.auxiliaryLosses.weighted(by: model.configuration.losses)
-        try model.network.backward(lossScale: 1)
-        var squared = 0.0
-        for p in model.parameters { squared += Kernels.sumOfSquares(p.grad.pointer, count: p.count) }
-        let norms = try model.backend.squaredGradientNorms()
-        for key in norms.keys.sorted() { squared += norms[key]! }
-        let clip = Adam.clipScale(squaredNorm: squared, maxNorm: t.clipNorm)
-        let lr = Adam.inverseSquareRootRate(peak: t.learningRate, warmup: t.warmupSteps, step: step)
-        for p in model.parameters { Adam.update(p, learningRate: lr, clipScale: clip, step: step, settings: t.adam) }
-        try model.backend.step(learningRate: lr, clipScale: clip, step: step)
-        return loss
     }
 }
 

@@ -49,7 +49,7 @@ extension MoELayer {
         let dw = Tensor(shape: [dec.rows * dec.slots])
         var grads: [ExpertBatch] = []
         for (i, out) in k.combine.outputs.enumerated() {
-            let gi = Tensor(shape: out.shape)
+            let gi = Tensor(uninitializedShape: out.shape)  // every row is written below
             for (j, a) in (disp.start[i]..<disp.start[i + 1]).enumerated() {
                 let t = Int(disp.rows[a]), slot = Int(disp.slots[a])
                 let dyt = dy + t * d, o = out.pointer + j * d, gp = gi.pointer + j * d
