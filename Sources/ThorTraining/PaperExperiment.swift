@@ -104,10 +104,12 @@ public final class PaperExperiment {
         return c
     }
 
-    /// The configuration of one variant.
+    /// The configuration of one variant. The dense baseline has no routed experts, so it always
+    /// runs in-process (`cluster.workers = 0`): a worker would host nothing, and the run refuses it.
     public func configuration(of v: Variant) throws -> ThorConfiguration {
         var c = try Self.baseConfiguration(corpus: options.corpus, quick: options.quick).applying(overrides: options.overrides)
         c = try c.applying(overrides: v.overrides)
+        if c.routing.variant == .dense { c.cluster.workers = 0 }
         return c
     }
 
