@@ -36,7 +36,8 @@ final class ScalingModelTests: XCTestCase {
         // compute: mean rows 96, busiest 144 (> 96·2/2); 144 rows · 12·8·32 flops at 1e9/s.
         XCTAssertEqual(f[.wait]![0], 144 * 3072 / 1e9, accuracy: 1e-15)
         // wire: 4 exchanges · 2 · 1e-5 + 24576/1e9 + busiest bytes 24576/2·1.5 = 18432, half each way through the codec.
-        let wire = 4 * 2 * 1e-5 + 24576 / 1e9 + 18432 / 2 * (1 / 1e9 + 1 / 2e9)
+        let codec: Double = 18432.0 / 2 * (1 / 1e9 + 1 / 2e9)
+        let wire: Double = 8e-5 + 24576.0 / 1e9 + codec
         XCTAssertEqual(f[.wait]![1], wire, accuracy: 1e-15)
         // optimizer: 4·1e-5 + ceil(8 keys / 2 workers)·(2·8·32 + 8 + 32) params / 1e8.
         XCTAssertEqual(f[.optimizer]![0], 4e-5 + 4 * 552 / 1e8, accuracy: 1e-15)
@@ -48,7 +49,8 @@ final class ScalingModelTests: XCTestCase {
         model.coefficients[.wait] = [2, 3]
         model.coefficients[.other] = [1e-6]
         let p = try model.predict(w, link: .measured("ipc"))
-        XCTAssertEqual(p[.wait]!, 2 * 144 * 3072 / 1e9 + 3 * wire, accuracy: 1e-15)
+        let compute: Double = 144.0 * 3072 / 1e9
+        XCTAssertEqual(p[.wait]!, 2 * compute + 3 * wire, accuracy: 1e-15)
         XCTAssertEqual(p[.other]!, 12e-6, accuracy: 1e-18)
         XCTAssertEqual(try model.predictStep(w, link: .measured("ipc")), p.values.reduce(0, +), accuracy: 1e-15)
 
@@ -65,7 +67,8 @@ final class ScalingModelTests: XCTestCase {
         let f = try ScalingCostModel(rates: Self.rates).features(w, link: .given(link))
         let bytes = w.wireBytes
         let busiest = bytes / 8
-        let wire = 4 * 2 * 1e-5 + bytes / 4 / 1e9 + bytes * 3 / 4 / 12.5e9 + busiest / 2 * (1 / 1e9 + 1 / 2e9)
+        let codec: Double = busiest / 2 * (1 / 1e9 + 1 / 2e9)
+        let wire: Double = 8e-5 + bytes / 4 / 1e9 + bytes * 3 / 4 / 12.5e9 + codec
         XCTAssertEqual(f[.wait]![1], wire, accuracy: 1e-15)
     }
 

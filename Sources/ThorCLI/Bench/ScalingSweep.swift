@@ -91,9 +91,9 @@ enum ScalingSweep {
         let meanCoordinatorCPU = steps.reduce(0) { $0 + $1.coordinatorCPU } / Double(steps.count)
         return ScalingResult(
             key: c.key, label: c.label, configuration: c, repeats: repeats,
-            stepSeconds: best.total, medianStepSeconds: sorted[sorted.count / 2],
+            stepSeconds: best.total, medianStepSeconds: sorted[sorted.count / 2], meanStepSeconds: meanWall,
             tokensPerSecond: Double(c.batchTokens) / best.total, phases: best.phases,
-            meanStepSeconds: meanWall, coordinatorCPUSeconds: meanCoordinatorCPU, workerCPUSeconds: workerCPU,
+            coordinatorCPUSeconds: meanCoordinatorCPU, workerCPUSeconds: workerCPU,
             busyProcesses: c.workers, cores: cores, oversubscribed: c.workers > cores, workers: workerSamples,
             bytesSent: best.bytesSent, bytesReceived: best.bytesReceived, requests: best.requests,
             expertsPerToken: perToken, imbalance: workload.imbalance, load: load, loadAverage: loadAverage1(),
