@@ -19,7 +19,7 @@ struct ScalingResult: Codable {
     var meanStepSeconds: Double
     var tokensPerSecond: Double
     var phases: [ScalingPhase: Double]
-    var coordinatorCPUSeconds: Double, workerCPUSeconds: Double
+    var coordinatorCpuSeconds: Double, workerCpuSeconds: Double
     /// Processes computing at once during the experts' phase (the workers) and the cores.
     var busyProcesses: Int, cores: Int
     var oversubscribed: Bool
@@ -93,7 +93,7 @@ enum ScalingSweep {
             key: c.key, label: c.label, configuration: c, repeats: repeats,
             stepSeconds: best.total, medianStepSeconds: sorted[sorted.count / 2], meanStepSeconds: meanWall,
             tokensPerSecond: Double(c.batchTokens) / best.total, phases: best.phases,
-            coordinatorCPUSeconds: meanCoordinatorCPU, workerCPUSeconds: workerCPU,
+            coordinatorCpuSeconds: meanCoordinatorCPU, workerCpuSeconds: workerCPU,
             busyProcesses: c.workers, cores: cores, oversubscribed: c.workers > cores, workers: workerSamples,
             bytesSent: best.bytesSent, bytesReceived: best.bytesReceived, requests: best.requests,
             expertsPerToken: perToken, imbalance: workload.imbalance, load: load, loadAverage: loadAverage1(),
@@ -136,7 +136,7 @@ enum ScalingSweep {
         let cells = ["\"\(r.key)\"", "\(c.workers)", "\(c.experts)", "\(c.tokens)", "\(c.width)", c.transport, c.wireDType,
                      "\(c.replicas)", "\(r.repeats)", ms(r.stepSeconds), ms(r.medianStepSeconds), ms(r.meanStepSeconds), String(format: "%.1f", r.tokensPerSecond)]
             + ScalingPhase.allCases.map { ms(r.phases[$0] ?? 0) }
-            + [ms(r.coordinatorCPUSeconds), ms(r.workerCPUSeconds), "\(r.busyProcesses)", "\(r.cores)", "\(r.oversubscribed)",
+            + [ms(r.coordinatorCpuSeconds), ms(r.workerCpuSeconds), "\(r.busyProcesses)", "\(r.cores)", "\(r.oversubscribed)",
                "\(r.bytesSent)", "\(r.bytesReceived)", "\(r.requests)", String(format: "%.4f", r.expertsPerToken),
                String(format: "%.4f", r.imbalance), String(format: "%.2f", r.loadAverage)]
         try appendText(cells.joined(separator: ",") + "\n", to: csvPath)

@@ -141,7 +141,7 @@ struct ExperimentScalingCommand: ParsableCommand {
             let eta = elapsed / Double(i + 1) * Double(todo.count - i - 1)
             info(String(format: "[%d/%d] %@: %.1f ms/step, %.0f tokens/s, CPU %.2f× wall, load %.1f; ETA %d:%02d",
                         i + 1, todo.count, c.label, r.stepSeconds * 1000, r.tokensPerSecond,
-                        (r.coordinatorCPUSeconds + r.workerCPUSeconds) / r.meanStepSeconds, r.loadAverage, Int(eta) / 60, Int(eta) % 60))
+                        (r.coordinatorCpuSeconds + r.workerCpuSeconds) / r.meanStepSeconds, r.loadAverage, Int(eta) / 60, Int(eta) % 60))
         }
         // Results in this sweep's order first, then any others in the file.
         let keys = configurations.map(\.key)
@@ -177,8 +177,8 @@ struct ExperimentScalingCommand: ParsableCommand {
             func ms(_ s: Double) -> String { String(format: "%.2f", s * 1000) }
             var cells = ["ms": ms(r.stepSeconds), "median": ms(r.medianStepSeconds), "tokens/s": String(format: "%.0f", r.tokensPerSecond),
                          "speedup": one.map { String(format: "%.2f", r.tokensPerSecond / $0.tokensPerSecond) } ?? "",
-                         "coord CPU": ms(r.coordinatorCPUSeconds), "worker CPU": ms(r.workerCPUSeconds),
-                         "CPU/wall": String(format: "%.2f", (r.coordinatorCPUSeconds + r.workerCPUSeconds) / r.meanStepSeconds),
+                         "coord CPU": ms(r.coordinatorCpuSeconds), "worker CPU": ms(r.workerCpuSeconds),
+                         "CPU/wall": String(format: "%.2f", (r.coordinatorCpuSeconds + r.workerCpuSeconds) / r.meanStepSeconds),
                          "cores": r.oversubscribed ? "\(r.busyProcesses)>\(r.cores)!" : "\(r.busyProcesses)/\(r.cores)",
                          "MB/step": String(format: "%.2f", Double(r.bytesSent + r.bytesReceived) / 1e6),
                          "e/token": String(format: "%.2f", r.expertsPerToken), "imbal.": String(format: "%.2f", r.imbalance),
@@ -200,7 +200,7 @@ struct ExperimentScalingCommand: ParsableCommand {
                                     "transport": r.configuration.transport, "wire_dtype": r.configuration.wireDType,
                                     "replicas": r.configuration.replicas, "step_seconds": r.stepSeconds,
                                     "median_step_seconds": r.medianStepSeconds, "tokens_per_second": r.tokensPerSecond,
-                                    "mean_step_seconds": r.meanStepSeconds, "coordinator_cpu_seconds": r.coordinatorCPUSeconds, "worker_cpu_seconds": r.workerCPUSeconds,
+                                    "mean_step_seconds": r.meanStepSeconds, "coordinator_cpu_seconds": r.coordinatorCpuSeconds, "worker_cpu_seconds": r.workerCpuSeconds,
                                     "oversubscribed": r.oversubscribed, "bytes_per_step": r.bytesSent + r.bytesReceived,
                                     "experts_per_token": r.expertsPerToken, "imbalance": r.imbalance, "load_average": r.loadAverage,
                                     "phases": Dictionary(uniqueKeysWithValues: ScalingPhase.allCases.map { ($0.rawValue, r.phases[$0] ?? 0) }),
