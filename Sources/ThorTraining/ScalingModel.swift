@@ -143,6 +143,14 @@ public struct ScalingWorkload: Codable, Sendable, Equatable {
     /// Self-attention forward + backward flops: projections 8·n·d², scores and context 4·n·L·d,
     /// backward twice the forward.
     public var attentionFlops: Double { 3 * (8 * Double(tokens) * Double(modelDim * modelDim) + 4 * Double(tokens * length * modelDim)) }
+    /// Bytes of the gradients shipped to replicas per step (shipped-gradient replication): every
+    /// expert's primary sends its f32 gradients to the coordinator, which sends them to each of
+    /// its R − 1 replicas: 4·M·N·P·R bytes for R > 1 (P parameters per expert), 0 for R = 1.
+    public var replicaGradientBytes: Double {
+        guard replicas > 1 else { return 0 }
+        let perExpert = Double(2 * modelDim * hiddenDim + modelDim + hiddenDim)
+        return 4 * Double(moeLayers * experts) * perExpert * Double(replicas)
+    }
     /// Expert parameters the busiest worker updates (replicas included).
     public var parametersOnBusiestWorker: Double {
         let perExpert = Double(2 * modelDim * hiddenDim + modelDim + hiddenDim)
@@ -165,7 +173,7 @@ public struct ScalingCostModel: Codable, Sendable, Equatable {
         .encode: ["bytes_sent / encode_rate"],
         .wait: ["busiest worker compute (cores shared)", "exchanges · 2 · latency + bytes / bandwidth + busiest worker codec"],
         .decode: ["bytes_received / decode_rate"],
-        .optimizer: ["2 · 2 · latency + busiest worker Adam"],
+        .optimizer: ["2 · 2 · latency + busiest worker Adam + replica gradients shipped"],
         .other: ["requests"],
     ]
 
@@ -222,6 +230,8 @@ public struct ScalingCostModel: Codable, Sendable, Equatable {
         let workerCodec = busiestBytes / 2 * (1 / r.encodeBytesPerSecond + 1 / r.decodeBytesPerSecond)
         let wire = Double(2 * w.moeLayers) * 2 * latency + transfer + workerCodec
         let adam = w.parametersOnBusiestWorker / r.adamParametersPerSecond
+        let replicaBytes = w.replicaGradientBytes
+        let shipping = replicaBytes / remote.bandwidth + replicaBytes / 2 * (1 / r.encodeBytesPerSecond + 1 / r.decodeBytesPerSecond)
         return [
             .attention: [w.attentionFlops / attentionRate],
             .routing: [Double(w.moeLayers * w.tokens) * routing],
@@ -229,7 +239,7 @@ public struct ScalingCostModel: Codable, Sendable, Equatable {
             .encode: [half / r.encodeBytesPerSecond],
             .wait: [compute, wire],
             .decode: [half / r.decodeBytesPerSecond],
-            .optimizer: [2 * 2 * latency + adam],
+            .optimizer: [2 * 2 * latency + adam + shipping],
             .other: [Double(w.requests)],
         ]
     }

@@ -41,6 +41,14 @@ final class ScalingModelTests: XCTestCase {
         XCTAssertEqual(f[.wait]![1], wire, accuracy: 1e-15)
         // optimizer: 4·1e-5 + ceil(8 keys / 2 workers)·(2·8·32 + 8 + 32) params / 1e8.
         XCTAssertEqual(f[.optimizer]![0], 4e-5 + 4 * 552 / 1e8, accuracy: 1e-15)
+        // Two replicas: each expert's gradients (552 f32) go to the coordinator and on to the replica:
+        // 4·(2 layers · 4 experts)·552·2 bytes over the link and through the codec; Adam on ceil(16/2) experts.
+        var replicated = w
+        replicated.replicas = 2
+        let shipped: Double = 4 * 8 * 552 * 2
+        let fr = try ScalingCostModel(rates: Self.rates).features(replicated, link: .measured("ipc"))
+        let shipping: Double = shipped / 1e9 + shipped / 2 * (1 / 1e9 + 1 / 2e9)
+        XCTAssertEqual(fr[.optimizer]![0], 4e-5 + 8 * 552 / 1e8 + shipping, accuracy: 1e-15)
         // requests: (2·2 + 2) exchanges · 2 workers.
         XCTAssertEqual(f[.other]![0], 12)
 
