@@ -75,8 +75,15 @@ public enum SVGPlot {
     static func categoryLabels(_ f: Frame, _ categories: [String]) -> String {
         let slot = f.plotWidth / Double(max(categories.count, 1))
         var s = "<g class=\"categories\">\n"
+        // Labels wider than their slot are drawn slanted (ending under their slot's centre).
+        let slanted = Double(categories.map(\.count).max() ?? 0) * 6.5 > slot
         for (i, c) in categories.enumerated() {
-            s += "<text x=\"\(fmt(f.left + slot * (Double(i) + 0.5)))\" y=\"\(fmt(f.top + f.plotHeight + 18))\" text-anchor=\"middle\">\(escape(c))</text>\n"
+            let x = f.left + slot * (Double(i) + 0.5), y = f.top + f.plotHeight + (slanted ? 12 : 18)
+            if slanted {
+                s += "<text x=\"\(fmt(x))\" y=\"\(fmt(y))\" text-anchor=\"end\" font-size=\"10\" transform=\"rotate(-25 \(fmt(x)) \(fmt(y)))\">\(escape(c))</text>\n"
+            } else {
+                s += "<text x=\"\(fmt(x))\" y=\"\(fmt(y))\" text-anchor=\"middle\">\(escape(c))</text>\n"
+            }
         }
         return s + "</g>\n"
     }

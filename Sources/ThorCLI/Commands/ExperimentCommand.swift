@@ -9,7 +9,7 @@ struct ExperimentCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "experiment",
         abstract: "Run a sweep of training runs and write a report.",
-        subcommands: [ExperimentPaperCommand.self]
+        subcommands: [ExperimentPaperCommand.self, ExperimentScalingCommand.self, ExperimentPredictCommand.self]
     )
 }
 

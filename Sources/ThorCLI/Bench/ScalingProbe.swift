@@ -1,0 +1,216 @@
+import Foundation
+import ThorTensor
+import ThorExperts
+import ThorModel
+import ThorWire
+import ThorCluster
+import ThorTraining
+
+/// One configuration of `thor experiment scaling`.
+struct ScalingConfiguration: Codable, Hashable, Sendable {
+    var workers: Int, experts: Int, tokens: Int, width: Int
+    var transport: String, wireDType: String, replicas: Int
+
+    /// Fixed shape of every configuration: sentences of 32 positions, d_ff = 4d, 4 heads,
+    /// 2 encoder MoE layers (THOR top-p, p = 0.5, 4 tasks, task level on the first).
+    static let length = 32, heads = 4, moeLayers = 2, tasks = 4, threshold: Float = 0.5
+
+    var hiddenDim: Int { 4 * width }
+    var sentences: Int { max(1, tokens / Self.length) }
+    /// Tokens actually in the batch (whole sentences).
+    var batchTokens: Int { sentences * Self.length }
+    var wireBytesPerElement: Int { wireDType == "bf16" ? 2 : 4 }
+
+    /// Identifies the configuration in results.jsonl (resume skips keys already there).
+    var key: String {
+        "workers=\(workers) experts=\(experts) tokens=\(tokens) width=\(width) transport=\(transport) wire=\(wireDType) replicas=\(replicas)"
+    }
+    /// A short label for tables and plots.
+    var label: String {
+        var s = "W\(workers) N\(experts) n\(tokens) d\(width)"
+        if transport != "ipc" { s += " " + transport }
+        if wireDType != "f32" { s += " " + wireDType }
+        if replicas > 1 { s += " R\(replicas)" }
+        return s
+    }
+
+    var model: TransformerConfiguration {
+        TransformerConfiguration(vocabularySize: 8, modelDim: width, hiddenDim: hiddenDim, heads: Self.heads,
+                                 encoderLayers: Self.moeLayers, decoderLayers: 1, activation: .relu)
+    }
+    var routing: RoutingConfiguration {
+        RoutingConfiguration(variant: .thorTopP, experts: experts, threshold: Self.threshold, moeEvery: 1, tasks: Self.tasks)
+    }
+}
+
+/// Per-worker figures of one step. Today's worker replies carry no timings, so only the
+/// worker's CPU time (from /proc) is filled in; once replies carry decode, queue, compute and
+/// encode (the `phases` work), a `WorkerPhaseSource` reading them fills the rest and the
+/// sweep's `wait` splits into worker compute and wire.
+struct WorkerPhaseSample: Codable, Sendable {
+    var worker: String
+    var cpuSeconds: Double
+    var decode: Double?, queue: Double?, compute: Double?, encode: Double?
+}
+
+/// Where per-worker step figures come from (the adapter the richer per-reply timings plug into).
+protocol WorkerPhaseSource {
+    /// Called just before a step.
+    func begin()
+    /// The figures of the step since `begin`.
+    func end() -> [WorkerPhaseSample]
+}
+
+/// Worker CPU seconds from /proc/PID/stat (clock-tick resolution).
+final class ProcessCPUWorkerPhases: WorkerPhaseSource {
+    let workers: [(id: String, pid: Int32)]
+    private var start: [Double] = []
+    init(ids: [String], pids: [Int32]) { workers = Array(zip(ids, pids)).map { (id: $0.0, pid: $0.1) } }
+    func begin() { start = workers.map { processCPUSeconds(pid: $0.pid) } }
+    func end() -> [WorkerPhaseSample] {
+        workers.enumerated().map { i, w in
+            WorkerPhaseSample(worker: w.id, cpuSeconds: processCPUSeconds(pid: w.pid) - (i < start.count ? start[i] : 0))
+        }
+    }
+}
+
+/// An `ExpertBackend` wrapper recording the entry/exit time of the last call and the rows
+/// sent per (layer, expert) by the last forward of each layer.
+final class ScalingProbeBackend: ExpertBackend {
+    let inner: ExpertBackend
+    var spec: ExpertSpec { inner.spec }
+    private(set) var enter = 0.0, exit = 0.0
+    /// Rows of the last forward per layer and expert.
+    private(set) var rows: [Int: [Int: Int]] = [:]
+    init(_ inner: ExpertBackend) { self.inner = inner }
+
+    func forward(layer: Int, batches: [ExpertBatch], training: Bool) throws -> [Tensor] {
+        rows[layer] = Dictionary(batches.map { ($0.expert, $0.tokens.rows) }, uniquingKeysWith: +)
+        enter = now(); defer { exit = now() }
+        return try inner.forward(layer: layer, batches: batches, training: training)
+    }
+    func backward(layer: Int, gradients: [ExpertBatch]) throws -> [Tensor] {
+        enter = now(); defer { exit = now() }
+        return try inner.backward(layer: layer, gradients: gradients)
+    }
+    func squaredGradientNorms() throws -> [ExpertKey: Double] { try inner.squaredGradientNorms() }
+    func step(learningRate: Float, clipScale: Float, step: Int) throws {
+        try inner.step(learningRate: learningRate, clipScale: clipScale, step: step)
+    }
+    func zeroGradients() throws { try inner.zeroGradients() }
+    func exportState() throws -> [ExpertKey: [String: Tensor]] { try inner.exportState() }
+    func importState(_ state: [ExpertKey: [String: Tensor]]) throws { try inner.importState(state) }
+}
+
+/// One timed training step of the scaling model: self-attention → task level → 2 MoE layers,
+/// backward in reverse, then the experts' gradient norms and Adam step.
+struct ScalingStep {
+    var total = 0.0
+    var phases: [ScalingPhase: Double] = [:]
+    var coordinatorCPU = 0.0
+    var workers: [WorkerPhaseSample] = []
+    var bytesSent = 0, bytesReceived = 0, requests = 0
+    /// Kept assignments over both layers.
+    var assignments = 0
+}
+
+/// The scaling model's coordinator side with a backend (in process or remote).
+final class ScalingHarness {
+    let configuration: ScalingConfiguration
+    let probe: ScalingProbeBackend
+    let remote: RemoteExpertBackend?
+    let stack: MoEStack
+    let attention: MultiHeadAttention
+    let x: Tensor, dy: Tensor, layout: TokenLayout, shape: AttentionKernel.Shape
+    var rng = RandomGenerator(seed: 5)
+    var stepCount = 0
+
+    init(_ c: ScalingConfiguration, backend: ExpertBackend) throws {
+        configuration = c
+        probe = ScalingProbeBackend(backend)
+        remote = backend as? RemoteExpertBackend
+        stack = try MoEStack(model: c.model, routing: c.routing, losses: LossConfiguration(), backend: probe, seed: 1)
+        var g = RandomGenerator(seed: 3)
+        attention = MultiHeadAttention(name: "attention", dim: c.width, heads: ScalingConfiguration.heads, rng: &g)
+        let n = c.batchTokens
+        x = Tensor(shape: [n, c.width]); dy = Tensor(shape: [n, c.width])
+        var r = RandomGenerator(seed: 7)
+        r.fillNormal(x.pointer, count: x.count, std: 1)
+        r.fillNormal(dy.pointer, count: dy.count, std: 0.01)
+        layout = TokenLayout(side: .encoder, batchSize: c.sentences, length: ScalingConfiguration.length,
+                             mask: [Float](repeating: 1, count: n), taskLabels: (0..<c.sentences).map { $0 % ScalingConfiguration.tasks })
+        shape = AttentionKernel.Shape(batch: c.sentences, queryLength: ScalingConfiguration.length,
+                                      keyLength: ScalingConfiguration.length, dim: c.width, heads: ScalingConfiguration.heads, causal: false)
+    }
+
+    static func keys(_ c: ScalingConfiguration) -> [ExpertKey] {
+        MoEStack.expertKeys(model: c.model, routing: c.routing).filter { $0.layer < ScalingConfiguration.moeLayers }
+    }
+
+    /// One step, timed by phase.
+    func step(workers source: WorkerPhaseSource? = nil) throws -> ScalingStep {
+        var s = ScalingStep()
+        var p: [ScalingPhase: Double] = Dictionary(uniqueKeysWithValues: ScalingPhase.allCases.map { ($0, 0.0) })
+        var backendSeconds = 0.0
+        let before = remote?.counters ?? TransportCounters()
+        source?.begin()
+        let c0 = processCPUSeconds()
+        let t0 = now()
+        // Forward.
+        var t = now()
+        var h = attention.forward(query: x, keyValue: nil, shape: shape, keyMask: nil, dropout: 0, training: true, rng: &rng)
+        p[.attention]! += now() - t
+        t = now()
+        var l = layout
+        if let tl = stack.taskLevel { l.taskRepresentation = try tl.forward(h, layout: layout, training: true) }
+        p[.routing]! += now() - t
+        let moe = Array(stack.layers.prefix(ScalingConfiguration.moeLayers))
+        for layer in moe {
+            t = now()
+            h = try layer.forward(h, layout: l, training: true)
+            let e = now()
+            p[.routing]! += probe.enter - t; p[.combine]! += e - probe.exit; backendSeconds += probe.exit - probe.enter
+            s.assignments += layer.lastDecision?.keptAssignments ?? 0
+        }
+        // Backward.
+        var g = dy
+        var dr: Tensor? = nil
+        for layer in moe.reversed() {
+            t = now()
+            let grads = try layer.backward(g)
+            let e = now()
+            p[.combine]! += probe.enter - t; p[.routing]! += e - probe.exit; backendSeconds += probe.exit - probe.enter
+            g = grads.input
+            if let r = grads.taskRepresentation {
+                if let acc = dr { for i in 0..<acc.count { acc.pointer[i] += r.pointer[i] } } else { dr = r }
+            }
+        }
+        t = now()
+        if let tl = stack.taskLevel, let dr { try tl.backward(representationGradient: dr, into: g) }
+        p[.routing]! += now() - t
+        t = now()
+        blackHole(attention.backward(g))
+        p[.attention]! += now() - t
+        let mid = remote?.counters ?? TransportCounters()
+        p[.encode] = mid.encodeSeconds - before.encodeSeconds
+        p[.wait] = mid.waitSeconds - before.waitSeconds
+        p[.decode] = mid.decodeSeconds - before.decodeSeconds
+        p[.other] = max(0, backendSeconds - p[.encode]! - p[.wait]! - p[.decode]!)
+        if remote == nil { p[.wait] = backendSeconds; p[.other] = 0 }   // in process: the experts' compute
+        // Optimizer: norms and the Adam step on the experts.
+        t = now()
+        stepCount += 1
+        blackHole(try probe.squaredGradientNorms())
+        try probe.step(learningRate: 1e-5, clipScale: 1, step: stepCount)
+        p[.optimizer] = now() - t
+        s.total = now() - t0
+        s.coordinatorCPU = processCPUSeconds() - c0
+        s.workers = source?.end() ?? []
+        let after = remote?.counters ?? TransportCounters()
+        s.bytesSent = after.bytesSent - before.bytesSent
+        s.bytesReceived = after.bytesReceived - before.bytesReceived
+        s.requests = after.requests - before.requests
+        s.phases = p
+        return s
+    }
+}
