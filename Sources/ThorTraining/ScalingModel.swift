@@ -27,7 +27,7 @@ public enum ScalingPhase: String, CaseIterable, Codable, CodingKeyRepresentable,
 }
 
 /// One link between coordinator and workers.
-public struct LinkRate: Codable, Sendable, Equatable {
+public struct LinkModel: Codable, Sendable, Equatable {
     /// One-way latency of a small message, seconds.
     public var latency: Double
     /// Bytes per second of large messages.
@@ -35,7 +35,7 @@ public struct LinkRate: Codable, Sendable, Equatable {
     public init(latency: Double, bandwidth: Double) { self.latency = latency; self.bandwidth = bandwidth }
 
     /// Parses "100gbit,5us" (units: gbit, mbit, gbyte/gb, mbyte/mb per second; s, ms, us, ns).
-    public static func parse(_ text: String) throws -> LinkRate {
+    public static func parse(_ text: String) throws -> LinkModel {
         let parts = text.lowercased().split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
         guard parts.count == 2 else { throw ScalingModelError.badValue("link '\(text)': expected BANDWIDTH,LATENCY such as 100gbit,5us") }
         func number(_ s: String, _ units: [(String, Double)]) throws -> Double {
@@ -46,7 +46,7 @@ public struct LinkRate: Codable, Sendable, Equatable {
         }
         let bw = try number(parts[0], [("gbit", 1e9 / 8), ("mbit", 1e6 / 8), ("gbyte", 1e9), ("mbyte", 1e6), ("gb", 1e9), ("mb", 1e6)])
         let lat = try number(parts[1], [("ns", 1e-9), ("us", 1e-6), ("ms", 1e-3), ("s", 1)])
-        return LinkRate(latency: lat, bandwidth: bw)
+        return LinkModel(latency: lat, bandwidth: bw)
     }
 }
 
@@ -69,12 +69,12 @@ public struct ComponentRates: Codable, Sendable, Equatable {
     /// Adam: parameters updated per second on one core.
     public var adamParametersPerSecond: Double
     /// Measured links on this machine ("ipc", "tcp").
-    public var links: [String: LinkRate]
+    public var links: [String: LinkModel]
 
     public init(cores: Int, expertFlopsPerCore: [String: Double] = [:], attentionFlopsPerCore: [String: Double] = [:],
                 routingSecondsPerToken: [String: Double] = [:], combineSecondsPerAssignment: [String: Double] = [:],
                 encodeBytesPerSecond: Double, decodeBytesPerSecond: Double, adamParametersPerSecond: Double,
-                links: [String: LinkRate]) {
+                links: [String: LinkModel]) {
         self.cores = cores; self.expertFlopsPerCore = expertFlopsPerCore; self.attentionFlopsPerCore = attentionFlopsPerCore
         self.routingSecondsPerToken = routingSecondsPerToken; self.combineSecondsPerAssignment = combineSecondsPerAssignment
         self.encodeBytesPerSecond = encodeBytesPerSecond; self.decodeBytesPerSecond = decodeBytesPerSecond
@@ -192,7 +192,7 @@ public struct ScalingCostModel: Codable, Sendable, Equatable {
     /// The link of a workload: the named measured link, or an explicit one.
     public enum Link: Sendable, Equatable {
         case measured(String)
-        case given(LinkRate)
+        case given(LinkModel)
     }
 
     /// Each phase's features (seconds, except `other`: a count) for `w` over `link`.
@@ -205,7 +205,7 @@ public struct ScalingCostModel: Codable, Sendable, Equatable {
         let attentionRate = try r.rate(r.attentionFlopsPerCore, d, "attention rate")
         let routing = try r.rate(r.routingSecondsPerToken, ComponentRates.routingKey(modelDim: w.modelDim, experts: w.experts), "routing cost")
         let combine = try r.rate(r.combineSecondsPerAssignment, d, "combine cost")
-        let remote: LinkRate
+        let remote: LinkModel
         switch link {
         case .measured(let name):
             guard let l = r.links[name] else { throw ScalingModelError.missingRate("link \(name) was not measured") }

@@ -13,7 +13,7 @@ final class ScalingModelTests: XCTestCase {
         cores: 2, expertFlopsPerCore: ["8": 1e9], attentionFlopsPerCore: ["8": 2e9],
         routingSecondsPerToken: ["d=8,N=4": 1e-6], combineSecondsPerAssignment: ["8": 1e-7],
         encodeBytesPerSecond: 1e9, decodeBytesPerSecond: 2e9, adamParametersPerSecond: 1e8,
-        links: ["ipc": LinkRate(latency: 1e-5, bandwidth: 1e9), "tcp": LinkRate(latency: 2e-5, bandwidth: 5e8)])
+        links: ["ipc": LinkModel(latency: 1e-5, bandwidth: 1e9), "tcp": LinkModel(latency: 2e-5, bandwidth: 5e8)])
 
     func workload(workers: Int = 2, tokens: Int = 64, experts: Int = 4, imbalance: Double = 1.5) -> ScalingWorkload {
         ScalingWorkload(tokens: tokens, length: 16, modelDim: 8, hiddenDim: 32, experts: experts, moeLayers: 2, workers: workers,
@@ -71,7 +71,7 @@ final class ScalingModelTests: XCTestCase {
     func testNodesSplitTrafficBetweenIPCAndTheLink() throws {
         var w = workload(workers: 8, imbalance: 1)
         w.nodes = 4; w.coresPerNode = 2
-        let link = LinkRate(latency: 5e-6, bandwidth: 12.5e9)
+        let link = LinkModel(latency: 5e-6, bandwidth: 12.5e9)
         let f = try ScalingCostModel(rates: Self.rates).features(w, link: .given(link))
         let bytes = w.wireBytes
         let busiest = bytes / 8
@@ -118,12 +118,12 @@ final class ScalingModelTests: XCTestCase {
     }
 
     func testLinkParsing() throws {
-        let l = try LinkRate.parse("100gbit,5us")
+        let l = try LinkModel.parse("100gbit,5us")
         XCTAssertEqual(l.bandwidth, 12.5e9, accuracy: 1)
         XCTAssertEqual(l.latency, 5e-6, accuracy: 1e-15)
-        XCTAssertEqual(try LinkRate.parse("25GByte, 2ms").bandwidth, 25e9, accuracy: 1)
+        XCTAssertEqual(try LinkModel.parse("25GByte, 2ms").bandwidth, 25e9, accuracy: 1)
         for bad in ["100gbit", "fast,5us", "100gbit,5parsecs", "-1gbit,5us"] {
-            XCTAssertThrowsError(try LinkRate.parse(bad), bad)
+            XCTAssertThrowsError(try LinkModel.parse(bad), bad)
         }
     }
 
@@ -147,8 +147,8 @@ final class ScalingModelTests: XCTestCase {
         let coordinator = [ScalingPhase.attention, .routing, .combine, .encode, .decode, .other].reduce(0) { $0 + phases[$1]! }
         XCTAssertEqual(b.seconds, coordinator, accuracy: 1e-15)
         // A very slow link makes it the network.
-        let slow = ScalingBottleneck.of(phases: try model.predict(w, link: .given(LinkRate(latency: 1e-2, bandwidth: 1e6))),
-                                        features: try model.features(w, link: .given(LinkRate(latency: 1e-2, bandwidth: 1e6))),
+        let slow = ScalingBottleneck.of(phases: try model.predict(w, link: .given(LinkModel(latency: 1e-2, bandwidth: 1e6))),
+                                        features: try model.features(w, link: .given(LinkModel(latency: 1e-2, bandwidth: 1e6))),
                                         coefficients: model.coefficients)
         XCTAssertEqual(slow.name, "network")
     }

@@ -116,7 +116,7 @@ enum ScalingRateProbe {
 
     /// One-way latency (64-byte ping-pong, best round trip / 2) and bandwidth (4 MiB ping-pong:
     /// bytes / (best round trip / 2 − latency)) between two ZeroMQ PAIR sockets of this process.
-    static func linkRate(_ transport: LocalCluster.Transport) throws -> LinkRate {
+    static func linkRate(_ transport: LocalCluster.Transport) throws -> LinkModel {
         let context = try ZMQContext()
         let a = try Socket(context: context, type: .pair)
         defer { a.close() }
@@ -159,6 +159,6 @@ enum ScalingRateProbe {
         let latency = try roundTrip(64, 200) / 2
         let big = 4 << 20
         let half = try roundTrip(big, 12) / 2
-        return LinkRate(latency: latency, bandwidth: Double(big) / max(half - latency, 1e-9))
+        return LinkModel(latency: latency, bandwidth: Double(big) / max(half - latency, 1e-9))
     }
 }

@@ -46,11 +46,11 @@ struct ExperimentPredictCommand: ParsableCommand {
         if let e = expertsPerToken, !(e > 0) { throw ValidationError("--experts-per-token must be > 0") }
         if let i = imbalance, !(i >= 1) { throw ValidationError("--imbalance must be ≥ 1 (busiest over mean)") }
         if let c = coresPerNode, c < 1 { throw ValidationError("--cores-per-node must be ≥ 1") }
-        do { _ = try LinkRate.parse(link) } catch { throw ValidationError("--link: \(error)") }
+        do { _ = try LinkModel.parse(link) } catch { throw ValidationError("--link: \(error)") }
     }
 
     func run() throws {
-        let linkRate = try LinkRate.parse(link)
+        let linkRate = try LinkModel.parse(link)
         let n = experts ?? max(8, workers)
         var fitted: ScalingCostModel? = nil
         if let data = FileManager.default.contents(atPath: model) {
