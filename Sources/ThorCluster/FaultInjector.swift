@@ -78,11 +78,19 @@ public final class FaultInjector {
         fired = Array(repeating: false, count: faults.count)
     }
 
-    /// An injector for a local cluster (signals its children; in-process partitions).
+    /// An injector for a local cluster: it signals its children; partitions are real (the node's
+    /// link taken down, `LinkPartitions`) when the workers run on emulated nodes, else in-process
+    /// (`InjectedPartitions`).
     public convenience init(plan: FaultPlan, cluster: LocalCluster) {
+        let partitions: PartitionDriver
+        if let links = cluster.links {
+            partitions = LinkPartitions(links: links, node: { [weak cluster] w in cluster?.node(of: w) })
+        } else {
+            partitions = InjectedPartitions(coordinator: cluster.coordinator)
+        }
         self.init(faults: plan.resolved(workers: cluster.workerIDs),
                   processID: { [weak cluster] w in cluster.flatMap { $0.workerIDs.contains(w) ? $0.processID(of: w) : nil } },
-                  partitions: InjectedPartitions(coordinator: cluster.coordinator))
+                  partitions: partitions)
     }
 
     /// Makes this the coordinator's fault hook.

@@ -34,6 +34,9 @@ public final class LinkControl: @unchecked Sendable {
         }
     }
 
+    /// The emulated nodes' indices.
+    public var nodeIndices: Range<Int> { nodes.namespaces.indices }
+
     /// Takes `node`'s link down (`up: false`) or brings it back up.
     public func setLink(node: Int, up: Bool) throws {
         try check(node)
@@ -113,5 +116,29 @@ public final class LinkControl: @unchecked Sendable {
         pthread_mutex_lock(&mutex)
         defer { pthread_mutex_unlock(&mutex) }
         return dropping[node] ?? 0
+    }
+}
+
+/// The fault injector's partitions on emulated nodes: a cut takes the worker's node link down
+/// (`ip link set … down`, so every worker on that node is cut off, as when a rack switch fails)
+/// and brings it back up after the duration; `healAll` brings every link up.
+public final class LinkPartitions: PartitionDriver {
+    let links: LinkControl
+    let node: (String) -> Int?
+
+    public init(links: LinkControl, node: @escaping (String) -> Int?) {
+        self.links = links
+        self.node = node
+    }
+
+    public func cut(worker: String, seconds: Double) throws {
+        guard let n = node(worker) else {
+            throw NetworkSetupError.invalid("worker \(worker) runs on no emulated node")
+        }
+        try links.partition(node: n, for: seconds)
+    }
+
+    public func healAll() {
+        for n in links.nodeIndices { try? links.setLink(node: n, up: true) }
     }
 }

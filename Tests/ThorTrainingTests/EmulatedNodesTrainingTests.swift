@@ -182,6 +182,33 @@ final class EmulatedNodesTrainingTests: XCTestCase {
             .isDisjoint(with: names))
     }
 
+    /// A fault plan's partition on emulated nodes is real: the injector (`FaultInjector(plan:cluster:)`)
+    /// takes the worker's node link down, w1 is declared dead, and the run ends with the fault-free bits.
+    func testFaultPlanPartitionTakesTheNodesLinkDown() throws {
+        let expected = try reference(steps: 8)
+        let s = try Setup(emulated())
+        defer { s.runtime.shutdown() }
+        let cluster = try XCTUnwrap(s.runtime.cluster)
+        let links = try XCTUnwrap(cluster.links)
+        var events: [ClusterEvent] = []
+        s.runtime.onEvent = { events.append($0) }
+        let plan = FaultPlan(faults: [FaultSpec(kind: .partition, step: 3, phase: .forward, worker: "w1", durationSeconds: 2)])
+        let injector = FaultInjector(plan: plan, cluster: cluster)
+        XCTAssertTrue(injector.partitions is LinkPartitions, "emulated nodes get real partitions")
+        var linkWentDown = false
+        injector.onInjected = { f in
+            XCTAssertNil(f.skipped, "\(f)")
+            linkWentDown = (try? links.isLinkUp(node: cluster.node(of: f.worker)!)) == false
+        }
+        injector.install(on: cluster.coordinator)
+        while s.trainer.step < 8 { try s.trainer.trainStep() }
+        injector.finish()
+        XCTAssertTrue(linkWentDown, "the node's link was down right after the fault")
+        XCTAssertTrue(try links.isLinkUp(node: cluster.node(of: "w1")!), "healed")
+        XCTAssertFalse(events.filter { $0.kind == .workerLost && $0.worker == "w1" }.isEmpty, "w1 declared dead: \(events)")
+        assertBitwiseEqual(expected, try s.snapshot(), "run through a planned partition")
+    }
+
     /// 5 % of the packets on both links are dropped (iptables statistic match, both directions):
     /// TCP retransmits, and the run ends with the fault-free run's bits.
     func testFivePercentPacketLossEndsWithTheSameBits() throws {
