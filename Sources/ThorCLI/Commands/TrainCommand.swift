@@ -84,6 +84,12 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Expert placement over workers: round-robin or blocked.")
     var placement: String = "round-robin"
 
+    @Option(help: ArgumentHelp("Serve live metrics on this TCP port while training: GET /metrics answers in Prometheus' text format (step, losses, tokens/s, per-phase seconds, experts per token, expert load, worker liveness; see docs/configuration.md). 0 picks a free port (printed on stderr). A port in use is an error.", valueName: "port"))
+    var metricsPort: Int?
+
+    @Option(help: ArgumentHelp("The IPv4 address the metrics endpoint listens on (0.0.0.0: every interface).", valueName: "address"))
+    var metricsAddress: String = "127.0.0.1"
+
     @Flag(help: "Replace another run's files in --save-dir (without it such a directory is refused).")
     var overwrite = false
 
@@ -142,6 +148,9 @@ struct TrainCommand: ParsableCommand {
             throw ValidationError("--heartbeat-interval must be a positive number of seconds, got \(heartbeatInterval)")
         }
         guard heartbeatLiveness >= 1 else { throw ValidationError("--heartbeat-liveness must be at least 1, got \(heartbeatLiveness)") }
+        if let metricsPort, !(0...65535).contains(metricsPort) {
+            throw ValidationError("--metrics-port must be a TCP port (0–65535), got \(metricsPort)")
+        }
         guard restartBudget >= 0 else { throw ValidationError("--restart-budget must be ≥ 0, got \(restartBudget)") }
         guard let mode = ReplicationMode(rawValue: replication) else {
             throw ValidationError("--replication must be \(ReplicationMode.allCases.map(\.rawValue).joined(separator: " or ")), got '\(replication)'")
@@ -160,6 +169,8 @@ struct TrainCommand: ParsableCommand {
         options.bind = bind
         options.registrationTimeout = registrationTimeout
         options.evaluateAtEnd = !noEval
+        options.metricsPort = metricsPort
+        options.metricsAddress = metricsAddress
         let run = TrainingRun(options: options)
         if !noProgress {
             // One bar on stderr; info lines end its line first.
