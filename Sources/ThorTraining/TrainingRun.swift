@@ -99,6 +99,9 @@ public final class TrainingRun {
         let session = try prepare()
         defer { session.runtime.shutdown() }
         session.endpoint = endpoint
+        // The first window starts now (not with the workers' registration and Assign).
+        session.windowWorkers = session.runtime.remote?.coordinator.workerTotals ?? [:]
+        session.windowPhases = session.trainer.phases.totals
         publishMetrics(session)
         try installFaultHandling(session)
         let signals = TerminationSignals()

@@ -93,13 +93,14 @@ final class WorkerTimingsTests: XCTestCase {
         try coordinator.waitForWorkers(count: 1, timeout: 20)
         let timer = PhaseTimer()
         coordinator.phaseTimer = timer
+        let before = coordinator.workerTotals["old"] ?? WorkerTotals()  // the registration probe's heartbeat reply
         var rng = RandomGenerator(seed: 5)
         let batches = randomBatches(experts: 2, modelDim: 4, rng: &rng)
         let outcomes = try coordinator.exchangeTolerant([(worker: "old", message: .forward(layer: 0, training: false, batches: batches, replyDType: nil))],
                                                         operation: "Forward layer 0", phase: .forward, timeout: 20)
         guard case .forwardReply(_, let outs)? = outcomes[0].message else { return XCTFail("no ForwardReply: \(outcomes[0])") }
         assertBitwiseEqual(outs.map(\.tokens), batches.map(\.tokens), "echoed tokens")
-        let totals = try XCTUnwrap(coordinator.workerTotals["old"])
+        let totals = try XCTUnwrap(coordinator.workerTotals["old"]) - before
         XCTAssertEqual(totals.replies, 1)
         XCTAssertEqual(totals.timedReplies, 0)
         XCTAssertEqual(totals.timings, WorkerTimings())
