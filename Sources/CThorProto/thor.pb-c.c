@@ -1222,6 +1222,51 @@ void   thor__error__free_unpacked
   assert(message->base.descriptor == &thor__error__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   thor__worker_timings__init
+                     (Thor__WorkerTimings         *message)
+{
+  static const Thor__WorkerTimings init_value = THOR__WORKER_TIMINGS__INIT;
+  *message = init_value;
+}
+size_t thor__worker_timings__get_packed_size
+                     (const Thor__WorkerTimings *message)
+{
+  assert(message->base.descriptor == &thor__worker_timings__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t thor__worker_timings__pack
+                     (const Thor__WorkerTimings *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &thor__worker_timings__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t thor__worker_timings__pack_to_buffer
+                     (const Thor__WorkerTimings *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &thor__worker_timings__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Thor__WorkerTimings *
+       thor__worker_timings__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Thor__WorkerTimings *)
+     protobuf_c_message_unpack (&thor__worker_timings__descriptor,
+                                allocator, len, data);
+}
+void   thor__worker_timings__free_unpacked
+                     (Thor__WorkerTimings *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &thor__worker_timings__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   thor__envelope__init
                      (Thor__Envelope         *message)
 {
@@ -2727,7 +2772,97 @@ const ProtobufCMessageDescriptor thor__error__descriptor =
   (ProtobufCMessageInit) thor__error__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor thor__envelope__field_descriptors[23] =
+static const ProtobufCFieldDescriptor thor__worker_timings__field_descriptors[5] =
+{
+  {
+    "decode_seconds",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_DOUBLE,
+    0,   /* quantifier_offset */
+    offsetof(Thor__WorkerTimings, decode_seconds),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "queue_seconds",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_DOUBLE,
+    0,   /* quantifier_offset */
+    offsetof(Thor__WorkerTimings, queue_seconds),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "compute_seconds",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_DOUBLE,
+    0,   /* quantifier_offset */
+    offsetof(Thor__WorkerTimings, compute_seconds),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "compute_cpu_seconds",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_DOUBLE,
+    0,   /* quantifier_offset */
+    offsetof(Thor__WorkerTimings, compute_cpu_seconds),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "encode_seconds",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_DOUBLE,
+    0,   /* quantifier_offset */
+    offsetof(Thor__WorkerTimings, encode_seconds),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned thor__worker_timings__field_indices_by_name[] = {
+  3,   /* field[3] = compute_cpu_seconds */
+  2,   /* field[2] = compute_seconds */
+  0,   /* field[0] = decode_seconds */
+  4,   /* field[4] = encode_seconds */
+  1,   /* field[1] = queue_seconds */
+};
+static const ProtobufCIntRange thor__worker_timings__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 5 }
+};
+const ProtobufCMessageDescriptor thor__worker_timings__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "thor.WorkerTimings",
+  "WorkerTimings",
+  "Thor__WorkerTimings",
+  "thor",
+  sizeof(Thor__WorkerTimings),
+  5,
+  thor__worker_timings__field_descriptors,
+  thor__worker_timings__field_indices_by_name,
+  1,  thor__worker_timings__number_ranges,
+  (ProtobufCMessageInit) thor__worker_timings__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor thor__envelope__field_descriptors[24] =
 {
   {
     "protocol_version",
@@ -3005,6 +3140,18 @@ static const ProtobufCFieldDescriptor thor__envelope__field_descriptors[23] =
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "timings",
+    40,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Thor__Envelope, timings),
+    &thor__worker_timings__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned thor__envelope__field_indices_by_name[] = {
   19,   /* field[19] = ack */
@@ -3029,13 +3176,15 @@ static const unsigned thor__envelope__field_indices_by_name[] = {
   3,   /* field[3] = session */
   18,   /* field[18] = shutdown */
   12,   /* field[12] = step */
+  23,   /* field[23] = timings */
   13,   /* field[13] = zero_gradients */
 };
-static const ProtobufCIntRange thor__envelope__number_ranges[2 + 1] =
+static const ProtobufCIntRange thor__envelope__number_ranges[3 + 1] =
 {
   { 1, 0 },
   { 10, 4 },
-  { 0, 23 }
+  { 40, 23 },
+  { 0, 24 }
 };
 const ProtobufCMessageDescriptor thor__envelope__descriptor =
 {
@@ -3045,10 +3194,10 @@ const ProtobufCMessageDescriptor thor__envelope__descriptor =
   "Thor__Envelope",
   "thor",
   sizeof(Thor__Envelope),
-  23,
+  24,
   thor__envelope__field_descriptors,
   thor__envelope__field_indices_by_name,
-  2,  thor__envelope__number_ranges,
+  3,  thor__envelope__number_ranges,
   (ProtobufCMessageInit) thor__envelope__init,
   NULL,NULL,NULL    /* reserved[123] */
 };

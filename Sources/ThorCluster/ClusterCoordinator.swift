@@ -21,6 +21,23 @@ public struct TransportCounters: Sendable, Equatable {
     public init() {}
 }
 
+/// One worker's own timings summed over its replies (running totals; see `WorkerTimings`).
+public struct WorkerTotals: Sendable, Equatable {
+    public var timings = WorkerTimings()
+    /// Replies received from it, and how many of them carried timings.
+    public var replies = 0
+    public var timedReplies = 0
+    public init() {}
+
+    public static func - (a: WorkerTotals, b: WorkerTotals) -> WorkerTotals {
+        var d = WorkerTotals()
+        d.timings = a.timings - b.timings
+        d.replies = a.replies - b.replies
+        d.timedReplies = a.timedReplies - b.timedReplies
+        return d
+    }
+}
+
 /// What became of one request of a fault-tolerant exchange.
 public enum ExchangeOutcome {
     /// The worker's reply (possibly an `Error` reply).
@@ -66,6 +83,10 @@ public final class ClusterCoordinator {
     public private(set) var workerIDs: [String] = []
     /// Time and bytes of every exchange so far.
     public var counters = TransportCounters()
+    /// Where forward and backward exchanges record encode / send / wait / decode (nil: nowhere).
+    public var phaseTimer: PhaseTimer?
+    /// Each worker's own timings (carried by its replies), summed since the coordinator started.
+    public private(set) var workerTotals: [String: WorkerTotals] = [:]
     /// Called for each newly registered worker (and each new incarnation of one).
     public var onRegistration: ((Registration) -> Void)?
     /// Called when a worker is declared dead.
@@ -261,6 +282,10 @@ public final class ClusterCoordinator {
         var attempts: [UInt64: Int] = [:]
         var held: [(at: Double, id: UInt64)] = []  // delayed by the injector
         var t0 = monotonicSeconds()
+        let phases: (encode: Phase, send: Phase, wait: Phase, decode: Phase)? =
+            phase == .forward ? (.encode, .send, .wait, .decode)
+            : phase == .backward ? (.encodeBackward, .sendBackward, .waitBackward, .decodeBackward) : nil
+        var sendSeconds = 0.0
         /// Encodes and sends request `i` as `id`; false when the worker is unreachable (then declared dead).
         func send(_ i: Int, id: UInt64, action: FaultAction) throws -> Bool {
             let r = requests[i]
@@ -271,6 +296,8 @@ public final class ClusterCoordinator {
                                          dtype: dtype)
             if action == .corrupt, let p = frame.pointer { FaultInjector.corrupt(UnsafeMutableRawBufferPointer(start: p, count: frame.count)) }
             counters.bytesSent += frame.totalCount
+            let sendStart = monotonicSeconds()
+            defer { sendSeconds += monotonicSeconds() - sendStart }
             do {
                 try socket.send([Frame(route)] + frame.zmqFrames())
             } catch let e as ZMQError where e.code == EHOSTUNREACH {
@@ -308,14 +335,23 @@ public final class ClusterCoordinator {
         }
         counters.requests += requests.count
         counters.encodeSeconds += monotonicSeconds() - t0
+        if let phases, let timer = phaseTimer {
+            timer.add(phases.encode, monotonicSeconds() - t0 - sendSeconds)
+            timer.add(phases.send, sendSeconds)
+        }
         t0 = monotonicSeconds()
         let limit = timeout ?? deadlines.deadline(for: operation)
         let deadline = t0 + limit
         var decodeSeconds = 0.0
         let waitStart = t0
         defer {
-            counters.waitSeconds += monotonicSeconds() - waitStart - decodeSeconds
+            let wait = monotonicSeconds() - waitStart - decodeSeconds
+            counters.waitSeconds += wait
             counters.decodeSeconds += decodeSeconds
+            if let phases, let timer = phaseTimer {
+                timer.add(phases.wait, wait)
+                timer.add(phases.decode, decodeSeconds)
+            }
         }
         var nextBeat = t0 + heartbeatInterval
         while !pending.isEmpty {
@@ -518,7 +554,15 @@ public final class ClusterCoordinator {
             return Received(any: true, reply: nil, refusedBy: worker)
         }
         guard envelope.requestID != 0, pending[envelope.requestID] != nil else { return .handled }  // a beat, stale or duplicate
+        if phaseTimer?.isEnabled ?? true { recordTimings(envelope.timings, of: worker) }
         return Received(any: true, reply: (envelope.requestID, worker, envelope.message, seconds))
+    }
+
+    private func recordTimings(_ timings: WorkerTimings?, of worker: String) {
+        var totals = workerTotals[worker] ?? WorkerTotals()
+        totals.replies += 1
+        if let t = timings { totals.timings = totals.timings + t; totals.timedReplies += 1 }
+        workerTotals[worker] = totals
     }
 
     /// Sends a Heartbeat to every live registered worker at once and waits for all echoes;

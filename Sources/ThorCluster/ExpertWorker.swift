@@ -242,8 +242,10 @@ public final class ExpertWorker: @unchecked Sendable {
             default: break
             }
         }
-        // Not for us to answer here: queue it for the compute thread (zero-copy over inproc).
-        try pipe.send(frames)
+        // Not for us to answer here: queue it for the compute thread (zero-copy over inproc),
+        // with its arrival time (8 bytes, last frame) for the reply's queue timing.
+        var arrival = MonotonicClock.seconds().bitPattern.littleEndian
+        try pipe.send(frames + [withUnsafeBytes(of: &arrival) { Frame(copying: $0) }])
         return nil
     }
 
@@ -254,9 +256,14 @@ public final class ExpertWorker: @unchecked Sendable {
         try? pipe.setHighWaterMarks(send: 0, receive: 0)
         guard (try? pipe.connect(endpoint)) != nil else { return }
         while !status.stop {
-            guard let frames = try? pipe.receive(timeout: 0.2) else { continue }
+            guard var frames = try? pipe.receive(timeout: 0.2) else { continue }
             if status.stop { return }
-            let (reply, _) = handle(frames, cachingReplies: true)
+            // The I/O thread appended the arrival time (8 bytes) as the last frame of every message.
+            var arrival: Double? = nil
+            if let last = frames.popLast(), last.count == 8 {
+                arrival = Double(bitPattern: UInt64(littleEndian: last.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }))
+            }
+            let (reply, _) = handle(frames, arrivedAt: arrival, cachingReplies: true)
             try? pipe.send(reply?.zmqFrames() ?? [Frame()])
         }
     }
@@ -268,7 +275,13 @@ public final class ExpertWorker: @unchecked Sendable {
     /// Answers one received message (the frames after the ROUTER's routing id):
     /// the reply to send, and an exit reason when the worker should stop.
     /// A bad message gets an Error reply and changes no state.
-    public func handle(_ frames: [Frame]) -> (EncodedFrame?, WorkerExit?) { handle(frames, cachingReplies: false) }
+    ///
+    /// Replies to requests that computed (Forward, Backward, GradNorm, Gradients, Step, Zero,
+    /// Export, Import, Apply) carry this worker's `WorkerTimings` of the request; `arrivedAt`
+    /// (a `MonotonicClock` reading on the I/O thread) gives its queue time (0 without it).
+    public func handle(_ frames: [Frame], arrivedAt: Double? = nil) -> (EncodedFrame?, WorkerExit?) {
+        handle(frames, arrivedAt: arrivedAt, cachingReplies: false)
+    }
 
     /// The last few replies by (session, request id), so a request the coordinator sends again
     /// (it lost the reply, or the request took longer than it expected) is answered without being
@@ -276,14 +289,27 @@ public final class ExpertWorker: @unchecked Sendable {
     private var recentReplies: [(session: UInt64, id: UInt64, message: WireMessage, dtype: WireDType)] = []
     static let recentReplyCount = 4
 
-    func handle(_ frames: [Frame], cachingReplies: Bool) -> (EncodedFrame?, WorkerExit?) {
+    func handle(_ frames: [Frame], arrivedAt: Double?, cachingReplies: Bool) -> (EncodedFrame?, WorkerExit?) {
+        let start = MonotonicClock.seconds()
+        var timings = WorkerTimings(queue: arrivedAt.map { max(0, start - $0) } ?? 0)
+        var computeStart = start, cpuStart = 0.0
         var session: UInt64 = 0
+        func remember(_ id: UInt64, _ m: WireMessage, _ dtype: WireDType) {
+            guard cachingReplies, id != 0 else { return }
+            recentReplies.append((session, id, m, dtype))
+            if recentReplies.count > Self.recentReplyCount { recentReplies.removeFirst() }
+        }
         func reply(_ id: UInt64, _ m: WireMessage, dtype: WireDType = .f32) -> EncodedFrame {
-            if cachingReplies, id != 0 {
-                recentReplies.append((session, id, m, dtype))
-                if recentReplies.count > Self.recentReplyCount { recentReplies.removeFirst() }
-            }
+            remember(id, m, dtype)
             return WireCodec.encode(Envelope(requestID: id, sender: options.workerID, message: m), dtype: dtype)
+        }
+        /// A computed request's reply, with the timings up to now (encode measured while packing).
+        func timed(_ id: UInt64, _ m: WireMessage, dtype: WireDType = .f32) -> EncodedFrame {
+            remember(id, m, dtype)
+            timings.compute = MonotonicClock.seconds() - computeStart
+            timings.computeCPU = processCPUSeconds() - cpuStart
+            return WireCodec.encode(Envelope(requestID: id, sender: options.workerID, message: m), dtype: dtype,
+                                    measuringEncodeOf: timings)
         }
         let envelope: Envelope
         do {
@@ -295,6 +321,9 @@ public final class ExpertWorker: @unchecked Sendable {
             return (reply(0, .error(code: .internal, message: "\(error)")), nil)
         }
         let id = envelope.requestID
+        computeStart = MonotonicClock.seconds()
+        timings.decode = computeStart - start
+        cpuStart = processCPUSeconds()
         if envelope.session != 0, envelope.sender == "coordinator" { status.session = envelope.session }
         session = envelope.session
         if cachingReplies, id != 0, let r = recentReplies.last(where: { $0.session == session && $0.id == id }) {
@@ -312,21 +341,21 @@ public final class ExpertWorker: @unchecked Sendable {
                 try checkSize(batches, "Forward")
                 let outs = try assigned().forward(layer: layer, batches: batches, training: training)
                 let result = zip(batches, outs).map { ExpertBatch(expert: $0.expert, tokens: $1) }
-                return (reply(id, .forwardReply(layer: layer, outputs: result), dtype: dtype ?? .f32), nil)
+                return (timed(id, .forwardReply(layer: layer, outputs: result), dtype: dtype ?? .f32), nil)
             case .backward(let layer, let gradients, let dtype):
                 try checkSize(gradients, "Backward")
                 let outs = try assigned().backward(layer: layer, gradients: gradients)
                 let result = zip(gradients, outs).map { ExpertBatch(expert: $0.expert, tokens: $1) }
-                return (reply(id, .backwardReply(layer: layer, inputGradients: result), dtype: dtype ?? .f32), nil)
+                return (timed(id, .backwardReply(layer: layer, inputGradients: result), dtype: dtype ?? .f32), nil)
             case .gradNormRequest:
-                return (reply(id, .gradNormReport(try assigned().squaredGradientNorms())), nil)
+                return (timed(id, .gradNormReport(try assigned().squaredGradientNorms())), nil)
             case .step(let lr, let clip, let step):
                 try assigned().step(learningRate: lr, clipScale: clip, step: step)
                 status.committedStep = step
-                return (reply(id, .ack), nil)
+                return (timed(id, .ack), nil)
             case .zeroGradients:
                 try assigned().zeroGradients()
-                return (reply(id, .ack), nil)
+                return (timed(id, .ack), nil)
             case .exportRequest(let keys):
                 let h = try assigned()
                 var all = h.exportState()
@@ -334,12 +363,12 @@ public final class ExpertWorker: @unchecked Sendable {
                     for k in keys where all[k] == nil { throw ExpertBackendError.unknownExpert(k) }
                     all = all.filter { keys.contains($0.key) }
                 }
-                return (reply(id, .expertStates(all)), nil)
+                return (timed(id, .expertStates(all)), nil)
             case .importRequest(let state):
                 try options.limits.check(state)
                 try assigned().importState(state)
                 status.hosted = host?.keys ?? []
-                return (reply(id, .ack), nil)
+                return (timed(id, .ack), nil)
             case .gradientsRequest(let keys):
                 let h = try assigned()
                 var out: [ExpertKey: [String: Tensor]] = [:]
@@ -347,10 +376,10 @@ public final class ExpertWorker: @unchecked Sendable {
                     guard let e = h.experts[k] else { throw ExpertBackendError.unknownExpert(k) }
                     out[k] = Dictionary(uniqueKeysWithValues: e.parameters.map { ($0.name, Tensor(copying: $0.grad)) })
                 }
-                return (reply(id, .expertStates(out)), nil)
+                return (timed(id, .expertStates(out)), nil)
             case .applyGradients(let state):
                 try applyGradients(state, to: try assigned())
-                return (reply(id, .ack), nil)
+                return (timed(id, .ack), nil)
             case .heartbeat(let seq, _):
                 // request id 0: a liveness beat, not a request.
                 if id == 0 { return (nil, nil) }
@@ -418,6 +447,13 @@ public final class ExpertWorker: @unchecked Sendable {
         placementEpoch = a.placementEpoch
         log("assigned \(a.keys.count) experts: \(a.keys.map(\.description).joined(separator: " "))")
     }
+}
+
+/// CPU seconds of this process so far (all threads: expert threads, OpenBLAS's).
+func processCPUSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
 }
 
 /// A request a worker refuses (not an expert-compute error).

@@ -28,6 +28,10 @@ public final class Trainer {
     public private(set) var batches: TrainingBatches
     /// Optimizer steps done so far.
     public private(set) var step: Int
+    /// Seconds per phase of the steps so far (running totals; see `Phase`). The MoE layers and
+    /// the cluster coordinator record their sections into it; the trainer the passes' rest,
+    /// the gradient norm and the optimizer step. Timing never changes a result.
+    public let phases = PhaseTimer()
 
     /// Starts at step 0, or continues from `checkpoint` (weights, moments, data position, RNG).
     public init(model: TranslationModel, data: TranslationData, checkpoint: RunCheckpoint? = nil) throws {
@@ -44,6 +48,9 @@ public final class Trainer {
             }
             step = checkpoint.state.step
         }
+        for layer in model.moe.layers { layer.phaseTimer = phases }
+        model.moe.taskLevel?.phaseTimer = phases
+        (model.backend as? RemoteExpertBackend)?.coordinator.phaseTimer = phases
     }
 
     /// Everything a checkpoint needs besides the weights.
@@ -146,7 +153,7 @@ public final class Trainer {
 
     /// One optimizer step on `batch`.
     public func trainStep(on batch: Seq2SeqBatch) throws -> StepResult {
-        let result = try Self.optimizerStep(model, on: batch, step: step + 1) { self.committing = $0 }
+        let result = try Self.optimizerStep(model, on: batch, step: step + 1, phases: phases) { self.committing = $0 }
         step = result.step
         return result
     }
@@ -154,11 +161,16 @@ public final class Trainer {
     /// One optimizer step of `model` on `batch` as step number `next` (counting from 1):
     /// forward, backward, the global gradient norm, clipping, the schedule and Adam on the
     /// experts (the commit point; `committing` is told when it starts and ends) and then on
-    /// the coordinator. What `trainStep(on:)` runs, and `thor bench train` measures.
+    /// the coordinator. What `trainStep(on:)` runs, and `thor bench train` measures. The pass's
+    /// attention (the part not timed inside the MoE layers), gradient norm and optimizer go to `phases`.
     public static func optimizerStep(_ model: TranslationModel, on batch: Seq2SeqBatch, step next: Int,
+                                     phases: PhaseTimer = PhaseTimer(),
                                      committing: (Bool) -> Void = { _ in }) throws -> StepResult {
         let t = model.configuration.training
+        var clock = MonotonicClock.seconds()
+        var sections = phases.sectionSeconds()
         let ce = try model.network.forward(batch, training: true)
+        clock = phases.recordResidual(.attention, passStart: clock, sectionsBefore: sections)
         let aux = model.moe.auxiliaryLosses
         let total = Double(ce.loss) + aux.weighted(by: model.configuration.losses)
         guard total.isFinite else {
@@ -166,7 +178,9 @@ public final class Trainer {
             try model.zeroGradients()
             throw TrainingError.nonFinite(step: next, quantity: "loss (\(total))", tensor: culprit)
         }
+        sections = phases.sectionSeconds(backward: true)
         try model.network.backward(lossScale: 1)
+        clock = phases.recordResidual(.attentionBackward, passStart: clock, sectionsBefore: sections)
         // Global gradient norm: coordinator parameters in order, then experts in key order,
         // so the sum is the same whatever the placement.
         var squared = 0.0
@@ -183,6 +197,7 @@ public final class Trainer {
             throw TrainingError.nonFinite(step: next, quantity: "gradient norm (\(squared.squareRoot()))",
                                           tensor: "first non-finite: \(culprit)")
         }
+        clock = phases.add(.gradientNorm, since: clock)
         let clip = Adam.clipScale(squaredNorm: squared, maxNorm: t.clipNorm)
         let lr = Adam.inverseSquareRootRate(peak: t.learningRate, warmup: t.warmupSteps, step: next)
         // The experts' optimizer step is the commit point; the coordinator's own Adam runs
@@ -193,9 +208,25 @@ public final class Trainer {
         for p in model.parameters {
             Adam.update(p, learningRate: lr, clipScale: clip, step: next, settings: t.adam)
         }
+        phases.add(.optimizer, since: clock)
         let tokens = Int(batch.sourceMask.reduce(0, +) + batch.targetMask.reduce(0, +))
         return StepResult(step: next, loss: total, translationLoss: Double(ce.loss), auxiliary: aux,
                           gradientNorm: squared.squareRoot(), learningRate: lr, clipScale: clip, tokens: tokens)
+    }
+}
+
+extension PhaseTimer {
+    /// The sum of the sections timed inside a forward (or backward) pass so far.
+    func sectionSeconds(backward: Bool = false) -> Double {
+        Phase.forwardSections.reduce(0) { $0 + self[backward ? $1.backward : $1] }
+    }
+
+    /// Adds to `residual` the pass's time not taken by its timed sections; returns now.
+    func recordResidual(_ residual: Phase, passStart: Double, sectionsBefore: Double) -> Double {
+        let now = MonotonicClock.seconds()
+        let inside = sectionSeconds(backward: residual == .attentionBackward) - sectionsBefore
+        add(residual, max(0, now - passStart - inside))
+        return now
     }
 }
 

@@ -36,6 +36,10 @@ public final class TrainingRun {
         public var liveness = ExpertRuntime.Liveness()
         /// Faults to inject (`--fault-plan`; nil: none). Needs workers (not `cluster.workers` = 0).
         public var faultPlan: FaultPlan?
+        /// Serve live metrics (Prometheus text format, `GET /metrics`) on this port (nil: don't; 0: any free port).
+        public var metricsPort: Int?
+        /// The address the metrics endpoint listens on (IPv4; loopback by default).
+        public var metricsAddress = "127.0.0.1"
         public init(configuration: ThorConfiguration) { self.configuration = configuration }
     }
 
@@ -78,6 +82,8 @@ public final class TrainingRun {
     public private(set) var lastInjector: FaultInjector?
     /// Replicas per expert of the last `run()`.
     public private(set) var lastReplicas: Int?
+    /// Called once the metrics endpoint listens (with it), before the run starts.
+    public var onMetricsEndpoint: ((MetricsEndpoint) -> Void)?
 
     public init(options: Options) { self.options = options }
 
@@ -94,8 +100,24 @@ public final class TrainingRun {
     }
 
     public func run() throws -> Summary {
+        // First, so a port in use fails before anything started or was written.
+        let endpoint = try options.metricsPort.map {
+            do { return try MetricsEndpoint(address: options.metricsAddress, port: $0) } catch let e as MetricsEndpointError {
+                throw TrainingError.invalidConfiguration("--metrics-port: \(e.description)")
+            }
+        }
+        defer { endpoint?.stop() }
+        if let endpoint {
+            info("metrics: http://\(endpoint.address):\(endpoint.port)/metrics")
+            onMetricsEndpoint?(endpoint)
+        }
         let session = try prepare()
         defer { session.runtime.shutdown() }
+        session.endpoint = endpoint
+        // The first window starts now (not with the workers' registration and Assign).
+        session.windowWorkers = session.runtime.remote?.coordinator.workerTotals ?? [:]
+        session.windowPhases = session.trainer.phases.totals
+        publishMetrics(session)
         try installFaultHandling(session)
         let injector = try installFaultInjector(session)
         lastInjector = injector
@@ -140,6 +162,14 @@ public final class TrainingRun {
         var interrupted = false
         /// The policy for experts with no replica left (kept alive for the run).
         var recovery: ExpertLossRecovery?
+        /// Live metrics (`--metrics-port`).
+        var endpoint: MetricsEndpoint?
+        /// Phase and worker totals at the start of the log window.
+        var windowPhases = PhaseTotals()
+        var windowWorkers: [String: WorkerTotals] = [:]
+        /// The last window's mean phase seconds per step, and expert load.
+        var phasesPerStep: PhaseTotals?
+        var expertLoad: [[Double]]?
 
         struct Window {
             var tokens = 0, loss = 0.0, steps = 0
@@ -260,6 +290,7 @@ public final class TrainingRun {
         s.window.loss += r.loss; s.window.steps += 1
         let t = s.training, now = s.trainer.step
         if now % t.logInterval == 0 || now == t.maxSteps { try logWindow(s, r) }
+        publishMetrics(s)
         onStep?(Progress(step: now, maxSteps: t.maxSteps, result: r, tokensPerSecond: s.tokensPerSecond,
                          expertsPerToken: s.expertsPerToken))
         if t.devInterval > 0, now % t.devInterval == 0, now < t.maxSteps { try evaluateOnDev(s) }
@@ -270,7 +301,9 @@ public final class TrainingRun {
     func logWindow(_ s: Session, _ r: StepResult) throws {
         let rate = Double(s.window.tokens) / max(s.window.clock.seconds, 1e-9)
         s.tokensPerSecond = rate
-        s.expertsPerToken = s.model.moe.takeStatistics()?.expertsPerToken()
+        let statistics = s.model.moe.takeStatistics()
+        s.expertsPerToken = statistics?.expertsPerToken()
+        s.expertLoad = statistics?.load
         s.model.moe.startCollectingStatistics()
         var rec: [String: Any] = [
             "split": "train", "step": s.trainer.step, "loss": s.window.loss / Double(s.window.steps),
@@ -283,6 +316,7 @@ public final class TrainingRun {
         if let v = r.auxiliary.tokenBalance { rec["l_tok_lb"] = v }
         if let v = r.auxiliary.dynamic { rec["l_dyn"] = v }
         markReplay(s, &rec)
+        addPhaseSummary(s, to: &rec)
         try s.metrics?.write(rec)
         s.window = Session.Window()
     }
@@ -363,6 +397,8 @@ public final class TrainingRun {
 
     /// BLEU, loss, experts per token and task accuracy on (a spread of) the dev set.
     func evaluateOnDev(_ s: Session) throws {
+        s.trainer.phases.isEnabled = false  // the phases are the training steps'
+        defer { s.trainer.phases.isEnabled = true }
         let dev = try Evaluator.evaluate(s.model, tokenizer: s.data.tokenizer, corpus: s.data.dev, pairs: s.data.devPairs,
                                          indices: Evaluator.spread(count: s.data.dev.pairs.count,
                                                                    limit: s.configuration.evaluation.devSentences),
@@ -380,6 +416,8 @@ public final class TrainingRun {
     /// Writes `checkpoint-STEP` and points `checkpoint-last` at it.
     func save(_ s: Session) throws {
         guard let dir = options.saveDirectory else { return }
+        s.trainer.phases.isEnabled = false  // the phases (and workers' timings) are the training steps'
+        defer { s.trainer.phases.isEnabled = true }
         let fm = FileManager.default
         let path = dir + "/checkpoint-\(s.trainer.step)"
         try s.trainer.saveCheckpoint(to: path)
@@ -402,6 +440,7 @@ public final class TrainingRun {
                               expertsPerToken: s.expertsPerToken, test: nil, lastCheckpoint: s.lastCheckpoint,
                               interrupted: s.interrupted)
         guard options.evaluateAtEnd && !s.interrupted else { return summary }
+        s.trainer.phases.isEnabled = false
         let test = try Evaluator.evaluate(s.model, tokenizer: s.data.tokenizer, corpus: s.data.test, pairs: s.data.testPairs,
                                           options: s.decoding)
         var rec = test.record
@@ -413,5 +452,64 @@ public final class TrainingRun {
                           + "\(workers == 0 ? "in-process experts" : "\(workers) expert workers"))"))
         result(String(format: "training: %.0f tokens/s (source + target, non-pad) over %.0f s", trainRate, elapsed))
         return summary
+    }
+}
+
+extension TrainingRun {
+    /// The log window's phases into a metrics record: `step_s` (wall seconds per step),
+    /// `phase_s` (coordinator seconds per step by phase) and, with workers, `worker_phase_s`
+    /// (per worker: its own decode, queue, compute, compute_cpu, encode seconds per step, and
+    /// `replies` per step). Means over the window's steps.
+    func addPhaseSummary(_ s: Session, to rec: inout [String: Any]) {
+        let steps = Double(max(1, s.window.steps))
+        rec["step_s"] = s.window.clock.seconds / steps
+        let now = s.trainer.phases.totals
+        let window = now - s.windowPhases
+        s.windowPhases = now
+        s.phasesPerStep = PhaseTotals(seconds: window.seconds.map { $0 / steps })
+        rec["phase_s"] = s.phasesPerStep!.byName
+        guard let coordinator = s.runtime.remote?.coordinator else { return }
+        let totals = coordinator.workerTotals
+        var workers: [String: Any] = [:]
+        for (w, t) in totals {
+            let d = t - (s.windowWorkers[w] ?? WorkerTotals())
+            workers[w] = ["decode": d.timings.decode / steps, "queue": d.timings.queue / steps,
+                          "compute": d.timings.compute / steps, "compute_cpu": d.timings.computeCPU / steps,
+                          "encode": d.timings.encode / steps, "replies": Double(d.replies) / steps,
+                          "timed_replies": Double(d.timedReplies) / steps]
+        }
+        s.windowWorkers = totals
+        rec["worker_phase_s"] = workers
+    }
+
+    /// Publishes the run's current figures to the metrics endpoint (when serving).
+    func publishMetrics(_ s: Session) {
+        guard let endpoint = s.endpoint else { return }
+        var m = MetricsExposition()
+        m.step = s.trainer.step
+        m.maxSteps = s.training.maxSteps
+        if let r = s.last {
+            m.losses["total"] = r.loss
+            m.losses["l_mt"] = r.translationLoss
+            if let v = r.auxiliary.task { m.losses["l_task"] = v }
+            if let v = r.auxiliary.taskBalance { m.losses["l_task_lb"] = v }
+            if let v = r.auxiliary.tokenBalance { m.losses["l_tok_lb"] = v }
+            if let v = r.auxiliary.dynamic { m.losses["l_dyn"] = v }
+            m.gradientNorm = r.gradientNorm
+            m.learningRate = Double(r.learningRate)
+        }
+        m.tokensTotal = s.totalTokens
+        m.tokensPerSecond = s.tokensPerSecond
+        m.expertsPerToken = s.expertsPerToken
+        m.phases = s.trainer.phases.totals
+        m.phasesPerStep = s.phasesPerStep
+        m.expertLoad = s.expertLoad
+        if let c = s.runtime.remote?.coordinator {
+            m.workerTotals = c.workerTotals
+            m.workers = c.workerIDs.compactMap { id in
+                c.registrations[id].map { (id: id, up: c.isAlive(id), incarnation: $0.incarnation) }
+            }
+        }
+        endpoint.publish(m.text)
     }
 }

@@ -47,8 +47,13 @@ extension WireCodec {
         if let unused = frames.used.firstIndex(of: false) {
             throw WireError.malformed("tensor frame \(unused) of \(payloads.count) is not referenced by any tensor")
         }
+        var timings: WorkerTimings? = nil
+        if let t = env.timings?.pointee {
+            timings = WorkerTimings(decode: t.decode_seconds, queue: t.queue_seconds, compute: t.compute_seconds,
+                                    computeCPU: t.compute_cpu_seconds, encode: t.encode_seconds)
+        }
         return Envelope(requestID: env.request_id, sender: string(env.sender), session: env.session,
-                        message: message, version: env.protocol_version)
+                        message: message, version: env.protocol_version, timings: timings)
     }
 
     static func string(_ p: UnsafeMutablePointer<CChar>?) -> String {

@@ -120,6 +120,14 @@ public enum WireCodec {
             e.pointee.sender = arena.string(envelope.sender)
             e.pointee.session = envelope.session
             setBody(e, envelope.message, arena, dtype)
+            if let t = envelope.timings {
+                e.pointee.timings = arena.make(Thor__WorkerTimings.self) { p in
+                    thor__worker_timings__init(p)
+                    p.pointee.decode_seconds = t.decode; p.pointee.queue_seconds = t.queue
+                    p.pointee.compute_seconds = t.compute; p.pointee.compute_cpu_seconds = t.computeCPU
+                    p.pointee.encode_seconds = t.encode
+                }
+            }
             let size = thor__envelope__get_packed_size(e)
             let out = malloc(max(size, 1))!
             // pack_to_buffer, not pack: protobuf-c's `pack` writes each nested message after a
@@ -141,6 +149,30 @@ public enum WireCodec {
             return EncodedFrame(pointer: out, count: size, payloads: arena.payloads)
         }
     }
+
+    /// Packs a worker's reply carrying `timings` with `timings.encode` set to the time this
+    /// very encode took (from the call until the bytes are packed): the frame is packed with a
+    /// placeholder, then the 8 bytes of `encode_seconds` — the last field of the last field of
+    /// the Envelope, so the frame's last 8 bytes — are overwritten with the measured value.
+    public static func encode(_ envelope: Envelope, dtype: WireDType = .f32, measuringEncodeOf timings: WorkerTimings) -> EncodedFrame {
+        let start = MonotonicClock.seconds()
+        var e = envelope
+        var t = timings
+        t.encode = placeholderEncodeSeconds  // non-zero: proto3 packs it, 9 bytes (tag + fixed64)
+        e.timings = t
+        let frame = encode(e, dtype: dtype)
+        guard let p = frame.pointer, frame.count >= 9 else { return frame }
+        let tagOffset = frame.count - 9
+        // Field 5, wire type 1 (64-bit): tag byte 0x29; the placeholder's bits follow.
+        precondition(p.load(fromByteOffset: tagOffset, as: UInt8.self) == 0x29
+                     && p.loadUnaligned(fromByteOffset: tagOffset + 1, as: UInt64.self) == placeholderEncodeSeconds.bitPattern.littleEndian,
+                     "WorkerTimings.encode_seconds is not the frame's last field")
+        let seconds = MonotonicClock.seconds() - start
+        p.storeBytes(of: seconds.bitPattern.littleEndian, toByteOffset: tagOffset + 1, as: UInt64.self)
+        return frame
+    }
+
+    private static let placeholderEncodeSeconds = 1.0
 
     static func cDType(_ d: WireDType?) -> Thor__DType {
         switch d {

@@ -137,6 +137,38 @@ public enum WireMessage: @unchecked Sendable {
     }
 }
 
+/// A worker's own timings of one request, carried by its reply (`WorkerTimings` in
+/// Protos/thor.proto). Seconds on the worker's monotonic clock; `computeCPU` is the process
+/// CPU time while computing (all its threads, so it can exceed `compute`).
+public struct WorkerTimings: Sendable, Equatable {
+    /// Unpacking the request.
+    public var decode: Double
+    /// From the request's arrival on the worker's I/O thread to its compute thread picking it up.
+    public var queue: Double
+    /// Serving the request (expert forward/backward, norms, the optimizer step).
+    public var compute: Double
+    /// Process CPU seconds used while computing.
+    public var computeCPU: Double
+    /// Packing the reply (measured while packing it: patched into the packed frame).
+    public var encode: Double
+
+    public init(decode: Double = 0, queue: Double = 0, compute: Double = 0, computeCPU: Double = 0, encode: Double = 0) {
+        self.decode = decode; self.queue = queue; self.compute = compute; self.computeCPU = computeCPU; self.encode = encode
+    }
+
+    /// Field-wise sum (totals over requests).
+    public static func + (a: WorkerTimings, b: WorkerTimings) -> WorkerTimings {
+        WorkerTimings(decode: a.decode + b.decode, queue: a.queue + b.queue, compute: a.compute + b.compute,
+                      computeCPU: a.computeCPU + b.computeCPU, encode: a.encode + b.encode)
+    }
+
+    /// Field-wise difference (a window of running totals).
+    public static func - (a: WorkerTimings, b: WorkerTimings) -> WorkerTimings {
+        WorkerTimings(decode: a.decode - b.decode, queue: a.queue - b.queue, compute: a.compute - b.compute,
+                      computeCPU: a.computeCPU - b.computeCPU, encode: a.encode - b.encode)
+    }
+}
+
 /// One frame of the protocol: routing metadata and a body.
 public struct Envelope: @unchecked Sendable {
     public var version: UInt32
@@ -147,11 +179,13 @@ public struct Envelope: @unchecked Sendable {
     /// Coordinator incarnation.
     public var session: UInt64
     public var message: WireMessage
+    /// A worker reply's timings of its request (nil: not sent, e.g. by an older worker).
+    public var timings: WorkerTimings?
 
     public init(requestID: UInt64, sender: String = "", session: UInt64 = 0, message: WireMessage,
-                version: UInt32 = thorProtocolVersion) {
+                version: UInt32 = thorProtocolVersion, timings: WorkerTimings? = nil) {
         self.version = version; self.requestID = requestID; self.sender = sender
-        self.session = session; self.message = message
+        self.session = session; self.message = message; self.timings = timings
     }
 }
 

@@ -42,6 +42,7 @@ typedef struct Thor__Heartbeat Thor__Heartbeat;
 typedef struct Thor__Shutdown Thor__Shutdown;
 typedef struct Thor__Ack Thor__Ack;
 typedef struct Thor__Error Thor__Error;
+typedef struct Thor__WorkerTimings Thor__WorkerTimings;
 typedef struct Thor__Envelope Thor__Envelope;
 
 
@@ -545,6 +546,41 @@ struct  Thor__Error
     , THOR__ERROR_CODE__ERROR_CODE_UNSPECIFIED, (char *)protobuf_c_empty_string }
 
 
+/*
+ * A worker's own timings of the request a reply answers (seconds, its monotonic clock;
+ * CPU time from CLOCK_PROCESS_CPUTIME_ID). Optional: a reply without them (an older
+ * worker) is still valid. `encode_seconds` has the highest number so protobuf-c packs it
+ * last: the worker patches its 8 bytes after packing the reply it measures.
+ */
+struct  Thor__WorkerTimings
+{
+  ProtobufCMessage base;
+  /*
+   * unpacking the request
+   */
+  double decode_seconds;
+  /*
+   * arrival on the I/O thread -> compute thread picks it up
+   */
+  double queue_seconds;
+  /*
+   * serving it (expert forward/backward, norms, Adam)
+   */
+  double compute_seconds;
+  /*
+   * process CPU time during compute (all its threads)
+   */
+  double compute_cpu_seconds;
+  /*
+   * packing this reply
+   */
+  double encode_seconds;
+};
+#define THOR__WORKER_TIMINGS__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&thor__worker_timings__descriptor) \
+    , 0, 0, 0, 0, 0 }
+
+
 typedef enum {
   THOR__ENVELOPE__BODY__NOT_SET = 0,
   THOR__ENVELOPE__BODY_REGISTER = 10,
@@ -591,6 +627,11 @@ struct  Thor__Envelope
    * coordinator incarnation (several / restarted coordinators)
    */
   uint64_t session;
+  /*
+   * Worker replies: the worker's timings of the request (absent from older workers and
+   * from coordinator frames). Numbered above the body so it is packed last.
+   */
+  Thor__WorkerTimings *timings;
   Thor__Envelope__BodyCase body_case;
   union {
     Thor__Register *register_;
@@ -616,7 +657,7 @@ struct  Thor__Envelope
 };
 #define THOR__ENVELOPE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&thor__envelope__descriptor) \
-    , 0, 0, (char *)protobuf_c_empty_string, 0, THOR__ENVELOPE__BODY__NOT_SET, {0} }
+    , 0, 0, (char *)protobuf_c_empty_string, 0, NULL, THOR__ENVELOPE__BODY__NOT_SET, {0} }
 
 
 /* Thor__Tensor methods */
@@ -1132,6 +1173,25 @@ Thor__Error *
 void   thor__error__free_unpacked
                      (Thor__Error *message,
                       ProtobufCAllocator *allocator);
+/* Thor__WorkerTimings methods */
+void   thor__worker_timings__init
+                     (Thor__WorkerTimings         *message);
+size_t thor__worker_timings__get_packed_size
+                     (const Thor__WorkerTimings   *message);
+size_t thor__worker_timings__pack
+                     (const Thor__WorkerTimings   *message,
+                      uint8_t             *out);
+size_t thor__worker_timings__pack_to_buffer
+                     (const Thor__WorkerTimings   *message,
+                      ProtobufCBuffer     *buffer);
+Thor__WorkerTimings *
+       thor__worker_timings__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   thor__worker_timings__free_unpacked
+                     (Thor__WorkerTimings *message,
+                      ProtobufCAllocator *allocator);
 /* Thor__Envelope methods */
 void   thor__envelope__init
                      (Thor__Envelope         *message);
@@ -1234,6 +1294,9 @@ typedef void (*Thor__Ack_Closure)
 typedef void (*Thor__Error_Closure)
                  (const Thor__Error *message,
                   void *closure_data);
+typedef void (*Thor__WorkerTimings_Closure)
+                 (const Thor__WorkerTimings *message,
+                  void *closure_data);
 typedef void (*Thor__Envelope_Closure)
                  (const Thor__Envelope *message,
                   void *closure_data);
@@ -1274,6 +1337,7 @@ extern const ProtobufCMessageDescriptor thor__heartbeat__descriptor;
 extern const ProtobufCMessageDescriptor thor__shutdown__descriptor;
 extern const ProtobufCMessageDescriptor thor__ack__descriptor;
 extern const ProtobufCMessageDescriptor thor__error__descriptor;
+extern const ProtobufCMessageDescriptor thor__worker_timings__descriptor;
 extern const ProtobufCMessageDescriptor thor__envelope__descriptor;
 
 PROTOBUF_C__END_DECLS

@@ -102,6 +102,12 @@ struct TrainCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Inject the faults of this plan (JSON: kill, hang, delay, drop, corrupt, partition at a step and phase, or random from a seed; see docs/reliability.md). Off without it. Every fault is logged to stderr and metrics.jsonl.", valueName: "file"))
     var faultPlan: String?
 
+    @Option(help: ArgumentHelp("Serve live metrics on this TCP port while training: GET /metrics answers in Prometheus' text format (step, losses, tokens/s, per-phase seconds, experts per token, expert load, worker liveness; see docs/configuration.md). 0 picks a free port (printed on stderr). A port in use is an error.", valueName: "port"))
+    var metricsPort: Int?
+
+    @Option(help: ArgumentHelp("The IPv4 address the metrics endpoint listens on (0.0.0.0: every interface).", valueName: "address"))
+    var metricsAddress: String = "127.0.0.1"
+
     @Flag(help: "Replace another run's files in --save-dir (without it such a directory is refused).")
     var overwrite = false
 
@@ -164,6 +170,9 @@ struct TrainCommand: ParsableCommand {
         guard heartbeatLiveness >= 1 else { throw ValidationError("--heartbeat-liveness must be at least 1, got \(heartbeatLiveness)") }
         // Like --bind, keys describe this deployment, not the run: they stay out of the saved configuration.
         let security = try CoordinatorKeyOptions.security(bind: bind, serverKey: serverKey, allowedKeys: allowedKeys, insecure: insecure)
+        if let metricsPort, !(0...65535).contains(metricsPort) {
+            throw ValidationError("--metrics-port must be a TCP port (0–65535), got \(metricsPort)")
+        }
         guard restartBudget >= 0 else { throw ValidationError("--restart-budget must be ≥ 0, got \(restartBudget)") }
         guard let mode = ReplicationMode(rawValue: replication) else {
             throw ValidationError("--replication must be \(ReplicationMode.allCases.map(\.rawValue).joined(separator: " or ")), got '\(replication)'")
@@ -186,6 +195,8 @@ struct TrainCommand: ParsableCommand {
         if let faultPlan {
             do { options.faultPlan = try FaultPlan(contentsOf: faultPlan) } catch { throw ValidationError("--fault-plan: \(error)") }
         }
+        options.metricsPort = metricsPort
+        options.metricsAddress = metricsAddress
         let run = TrainingRun(options: options)
         if !noProgress {
             // One bar on stderr; info lines end its line first.

@@ -18,9 +18,13 @@ extension MoELayer {
     func dispatchAndCombine(_ x: Tensor, decision: RoutingDecision, layout: TokenLayout,
                             training: Bool) throws -> CombinedExperts {
         let d = modelDim
+        var t = MonotonicClock.seconds()
         let dispatch = ExpertDispatch(decision, experts: routing.experts)
         let batches = dispatch.experts.indices.map { ExpertBatch(expert: dispatch.experts[$0], tokens: dispatch.gather($0, from: x.pointer, dim: d)) }
+        t = phaseTimer?.add(.gather, since: t) ?? t
         let outputs = batches.isEmpty ? [] : try backend.forward(layer: ordinal, batches: batches, training: training)
+        t = phaseTimer?.add(.experts, since: t) ?? t
+        defer { phaseTimer?.add(.combine, since: t) }
         guard outputs.count == batches.count else {
             throw MoEError.wrongShape("\(name): backend returned \(outputs.count) outputs for \(batches.count) batches")
         }
@@ -45,6 +49,7 @@ extension MoELayer {
     /// into `dx` [rows, d]; returns it with `dw` = `∂L/∂w` = `∂L/∂y · E(h)` per selection slot.
     func backwardThroughExperts(_ gradOutput: Tensor, cache k: Cache) throws -> (dx: Tensor, dw: Tensor) {
         let d = modelDim, dec = k.decision, disp = k.combine.dispatch, dy = gradOutput.pointer
+        var t = MonotonicClock.seconds()
         let dx = Tensor(shape: [k.x.rows, d])
         let dw = Tensor(shape: [dec.rows * dec.slots])
         var grads: [ExpertBatch] = []
@@ -60,7 +65,10 @@ extension MoELayer {
             }
             grads.append(ExpertBatch(expert: disp.experts[i], tokens: gi))
         }
+        t = phaseTimer?.add(.gatherBackward, since: t) ?? t
         let dxs = grads.isEmpty ? [] : try backend.backward(layer: ordinal, gradients: grads)
+        t = phaseTimer?.add(.expertsBackward, since: t) ?? t
+        defer { phaseTimer?.add(.combineBackward, since: t) }
         for (i, g) in dxs.enumerated() {
             for (j, a) in (disp.start[i]..<disp.start[i + 1]).enumerated() {
                 Kernels.add(g.pointer + j * d, into: dx.pointer + Int(disp.rows[a]) * d, count: d)

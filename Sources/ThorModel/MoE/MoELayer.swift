@@ -38,6 +38,8 @@ public final class MoELayer: FeedForwardSublayer {
     public let sharedExperts: [DenseFeedForward]
     /// Where routing statistics go while collection is on.
     public let collector: RoutingStatisticsCollector?
+    /// Where the pass's sections are timed (routing, gather, experts, combine; nil: not timed).
+    public var phaseTimer: PhaseTimer?
 
     /// Loss values of the last training forward.
     public private(set) var lastLosses = LayerLosses()
@@ -113,6 +115,7 @@ public final class MoELayer: FeedForwardSublayer {
         let mask = Tensor(shape: [nRows], values: layout.mask)
         let mp = UnsafePointer(mask.pointer)
 
+        let routingStart = MonotonicClock.seconds()
         // Task level: r [B, d] (given), q and the candidates
         let r = try taskRepresentation(layout)
         let taskRouting = routeTasks(r)
@@ -123,6 +126,7 @@ public final class MoELayer: FeedForwardSublayer {
         if training, let cf = routing.capacityFactor { Selection.applyCapacity(decision, factor: cf, experts: routing.experts) }
         // Loss values (gradients are applied in backward)
         if training { lastLosses = auxiliaryLosses(taskRouting: taskRouting, p: p, decision: decision, mask: mp) }
+        phaseTimer?.add(.routing, since: routingStart)
         // Dispatch, experts, combine in ascending expert id
         let combine = try dispatchAndCombine(x, decision: decision, layout: layout, training: training)
 
@@ -149,6 +153,8 @@ public final class MoELayer: FeedForwardSublayer {
 
         // Experts and shared experts: ∂L/∂x through them, ∂L/∂w per slot
         let (dx, dw) = try backwardThroughExperts(gradOutput, cache: k)
+        let routingStart = MonotonicClock.seconds()
+        defer { phaseTimer?.add(.routingBackward, since: routingStart) }
 
         let dr: Tensor? = k.r.map { Tensor(shape: $0.shape) }
         if let router, let p = k.p {

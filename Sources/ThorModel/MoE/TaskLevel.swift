@@ -32,6 +32,8 @@ public enum MoEError: Error, CustomStringConvertible, Equatable {
 public final class TaskLevel {
     public let modelDim: Int
     public let tasks: Int
+    /// Where the predictor's forward and backward are timed (as `routing`; nil: not timed).
+    public var phaseTimer: PhaseTimer?
     public let kind: TaskRepresentation
     /// The encoder layer whose FFN sub-block input the predictor reads (the first encoder MoE layer).
     public let encoderLayer: Int
@@ -84,6 +86,8 @@ public final class TaskLevel {
     /// `r` [B, d]. Training needs gold labels (for `L_task`); the gold variant always needs them.
     @discardableResult
     public func forward(_ x: Tensor, layout: TokenLayout, training: Bool) throws -> Tensor {
+        let start = MonotonicClock.seconds()
+        defer { phaseTimer?.add(.routing, since: start) }
         let b = layout.batchSize, len = layout.length, d = modelDim, t = tasks
         guard x.rows == layout.rows, x.columns == d else {
             throw MoEError.wrongShape("task level input \(x.shape), layout has \(layout.rows) rows of width \(d)")
@@ -142,6 +146,8 @@ public final class TaskLevel {
     /// Backward of the predictor and `E_task`, given `dr` = `∂L/∂r` [B, d] summed over every
     /// MoE layer, including `α · ∂L_task`; adds `∂L/∂x` of the max-pool into `dx` [B·L, d].
     public func backward(representationGradient dr: Tensor, into dx: Tensor) throws {
+        let start = MonotonicClock.seconds()
+        defer { phaseTimer?.add(.routingBackward, since: start) }
         guard pendingBackward, let u = pooled, let rows = poolRows, let p = probabilities
         else { throw MoEError.noPendingForward("task level") }
         let b = u.rows, d = modelDim, t = tasks
