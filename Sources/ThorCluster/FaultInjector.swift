@@ -95,7 +95,7 @@ public final class FaultInjector {
 
     /// Makes this the coordinator's fault hook.
     public func install(on coordinator: ClusterCoordinator) {
-        coordinator.faultHook = { [unowned self] point in self.action(at: point) }
+        coordinator.faultHook = { [weak self] point in self?.action(at: point) ?? .none }
     }
 
     /// Faults not fired (their step and phase never came, e.g. a run shorter than the plan).
