@@ -13,9 +13,10 @@ final class WorkerTimingsTests: XCTestCase {
 
     func send(_ worker: ExpertWorker, _ message: WireMessage, arrivedAt: Double? = nil) throws -> Envelope {
         let frame = WireCodec.encode(Envelope(requestID: 5, sender: "coordinator", message: message))
-        let (out, exit) = worker.handle([frame.withUnsafeBytes { Frame(copying: $0) }], arrivedAt: arrivedAt)
+        let (out, exit) = worker.handle(frame.zmqFrames(), arrivedAt: arrivedAt)
         XCTAssertNil(exit)
-        return try XCTUnwrap(out).withUnsafeBytes { try WireCodec.decode($0) }
+        let reply = try XCTUnwrap(out)
+        return try reply.withUnsafeBytes { try WireCodec.decode($0, payloads: reply.payloads) }
     }
 
     func testComputeRepliesCarryTheWorkersTimings() throws {
@@ -64,7 +65,7 @@ final class WorkerTimingsTests: XCTestCase {
                 try dealer.connect(endpoint)
                 func send(_ e: Envelope) throws {
                     let f = WireCodec.encode(e)
-                    try dealer.send([Frame(adoptingMalloced: f.take(), count: f.count)])
+                    try dealer.send(f.zmqFrames())
                 }
                 try send(Envelope(requestID: 0, sender: "old", message: .register(registration)))
                 var beat = MonotonicClock.seconds()
@@ -74,12 +75,12 @@ final class WorkerTimingsTests: XCTestCase {
                         try send(Envelope(requestID: 0, sender: "old", message: .heartbeat(sequence: 1, sentUnixNanos: 0)))
                     }
                     guard let frames = try dealer.receive(timeout: 0.05) else { continue }
-                    let e = try frames[0].withUnsafeBytes { try WireCodec.decode($0) }
+                    let e = try WireCodec.decode(frames: frames[...])
                     switch e.message {
                     case .heartbeat(let seq, _) where e.requestID != 0:
                         try send(Envelope(requestID: e.requestID, sender: "old", message: .heartbeat(sequence: seq, sentUnixNanos: 0)))
                     case .forward(let layer, _, let batches, _):
-                        // Echo the tokens, no timings (what a protocol-2 worker without them sends).
+                        // Echo the tokens, no timings (what a worker without them sends).
                         try send(Envelope(requestID: e.requestID, sender: "old", message: .forwardReply(layer: layer, outputs: batches)))
                     default: break
                     }

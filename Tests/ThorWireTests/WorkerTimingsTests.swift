@@ -11,7 +11,7 @@ final class WorkerTimingsTests: XCTestCase {
                         timings: timings)
     }
 
-    func decode(_ frame: EncodedFrame) throws -> Envelope { try frame.withUnsafeBytes { try WireCodec.decode($0) } }
+    func decode(_ frame: EncodedFrame) throws -> Envelope { try frame.withUnsafeBytes { try WireCodec.decode($0, payloads: frame.payloads) } }
 
     func assertSameReply(_ e: Envelope, file: StaticString = #filePath, line: UInt = #line) {
         XCTAssertEqual(e.requestID, 9, file: file, line: line)
@@ -46,7 +46,7 @@ final class WorkerTimingsTests: XCTestCase {
         var bytes = Array(frame.bytes)
         bytes += [0xC9, 0x02]  // tag: field 41, wire type 1 (64-bit)
         withUnsafeBytes(of: (3.5).bitPattern.littleEndian) { bytes += $0 }
-        let back = try bytes.withUnsafeBytes { try WireCodec.decode($0) }
+        let back = try bytes.withUnsafeBytes { try WireCodec.decode($0, payloads: frame.payloads) }
         XCTAssertNil(back.timings)
         assertSameReply(back)
     }
