@@ -265,8 +265,13 @@ public struct ScalingCostModel: Codable, Sendable, Equatable {
         public var workload: ScalingWorkload
         public var link: Link
         public var phases: [ScalingPhase: Double]
-        public init(workload: ScalingWorkload, link: Link, phases: [ScalingPhase: Double]) {
-            self.workload = workload; self.link = link; self.phases = phases
+        /// The part of `wait` the busiest worker spent on the requests (its own decode, queue,
+        /// compute and encode, from the timings on its replies); the rest of `wait` is the wire.
+        /// When every observation has it, `wait`'s compute and wire coefficients are fitted
+        /// separately, each on its own part; otherwise jointly on the whole `wait`.
+        public var waitCompute: Double?
+        public init(workload: ScalingWorkload, link: Link, phases: [ScalingPhase: Double], waitCompute: Double? = nil) {
+            self.workload = workload; self.link = link; self.phases = phases; self.waitCompute = waitCompute
         }
         public var step: Double { phases.values.reduce(0, +) }
     }
@@ -281,6 +286,18 @@ public struct ScalingCostModel: Codable, Sendable, Equatable {
             let k = featureNames[p]!.count
             guard observations.count >= k else {
                 throw ScalingModelError.notEnoughData("\(observations.count) observations cannot fit \(k) coefficients of \(p.rawValue)")
+            }
+            if p == .wait, observations.allSatisfy({ $0.waitCompute != nil }) {
+                // Split measured: θ_comp on the workers' part, θ_wire on the rest (same weights).
+                var comp: [[Double]] = [], compY: [Double] = [], wire: [[Double]] = [], wireY: [Double] = []
+                for (o, f) in zip(observations, features) {
+                    let wgt = 1 / max(o.step, 1e-12)
+                    let c = min(o.waitCompute!, o.phases[.wait] ?? 0)
+                    comp.append([f[.wait]![0] * wgt]); compY.append(c * wgt)
+                    wire.append([f[.wait]![1] * wgt]); wireY.append(((o.phases[.wait] ?? 0) - c) * wgt)
+                }
+                model.coefficients[p] = nonNegativeLeastSquares(comp, compY) + nonNegativeLeastSquares(wire, wireY)
+                continue
             }
             var rows: [[Double]] = [], ys: [Double] = []
             for (o, f) in zip(observations, features) {

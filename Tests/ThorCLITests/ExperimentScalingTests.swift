@@ -59,6 +59,22 @@ final class ExperimentScalingTests: XCTestCase {
         // Results: 2 JSON lines and a CSV with a header and 2 rows; rates and the fitted model.
         let lines = try String(contentsOfFile: out + "/results.jsonl", encoding: .utf8).split(separator: "\n")
         XCTAssertEqual(lines.count, 2)
+        // Each worker's own timings came back on its replies: compute > 0, and `wait` splits into
+        // the busiest worker's time and the wire (the two add up to wait).
+        for line in lines {
+            let r = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+            let workers = try XCTUnwrap(r["workers"] as? [[String: Any]])
+            XCTAssertFalse(workers.isEmpty)
+            for w in workers {
+                XCTAssertGreaterThan(try XCTUnwrap(w["compute"] as? Double), 0, "\(w)")
+                for k in ["decode", "queue", "encode"] { XCTAssertGreaterThanOrEqual(try XCTUnwrap(w[k] as? Double), 0, k) }
+            }
+            let wait = try XCTUnwrap((r["phases"] as? [String: Any])?["wait"] as? Double)
+            let compute = try XCTUnwrap(r["wait_compute"] as? Double), wire = try XCTUnwrap(r["wait_wire"] as? Double)
+            XCTAssertGreaterThan(compute, 0)
+            XCTAssertGreaterThanOrEqual(wire, 0)
+            XCTAssertEqual(compute + wire, wait, accuracy: 1e-9)
+        }
         let csv = try String(contentsOfFile: out + "/results.csv", encoding: .utf8).split(separator: "\n")
         XCTAssertEqual(csv.count, 3)
         XCTAssertTrue(csv[0].hasPrefix("key,workers,experts,tokens,width,transport,wire_dtype,replicas"), String(csv[0]))

@@ -107,6 +107,28 @@ final class ScalingModelTests: XCTestCase {
         }
     }
 
+    func testMeasuredWaitSplitFitsComputeAndWireSeparately() throws {
+        // Wait measured as compute 1.5 × f_comp and wire 0.5 × f_wire: the split fit recovers both
+        // each on its own part of wait.
+        let model = ScalingCostModel(rates: Self.rates)
+        var observations: [ScalingCostModel.Observation] = []
+        for (workers, tokens) in [(2, 64), (2, 128), (4, 256)] {
+            let w = workload(workers: workers, tokens: tokens, imbalance: 1.2)
+            let f = try model.features(w, link: .measured("ipc"))[.wait]!
+            var phases = try model.predict(w, link: .measured("ipc"))
+            phases[.wait] = 1.5 * f[0] + 0.5 * f[1]
+            observations.append(ScalingCostModel.Observation(workload: w, link: .measured("ipc"), phases: phases, waitCompute: 1.5 * f[0]))
+        }
+        let fitted = try ScalingCostModel.fit(observations, rates: Self.rates)
+        XCTAssertEqual(fitted.coefficients[.wait]![0], 1.5, accuracy: 1e-9)
+        XCTAssertEqual(fitted.coefficients[.wait]![1], 0.5, accuracy: 1e-9)
+        // One observation without the split: back to the joint fit on the whole wait.
+        observations[0].waitCompute = nil
+        observations[0].phases[.wait]! *= 1.3
+        let joint = try ScalingCostModel.fit(observations, rates: Self.rates)
+        XCTAssertNotEqual(joint.coefficients[.wait]!, fitted.coefficients[.wait]!)
+    }
+
     func testNonNegativeLeastSquaresKeepsCoefficientsNonNegative() {
         // y = 2·x0 − 1·x1 unconstrained; with θ ≥ 0 the best is θ1 = 0 and θ0 fitted alone.
         let a: [[Double]] = [[1, 1], [2, 1], [3, 2], [4, 3]]

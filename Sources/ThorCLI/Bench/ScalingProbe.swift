@@ -43,14 +43,19 @@ struct ScalingConfiguration: Codable, Hashable, Sendable {
     }
 }
 
-/// Per-worker figures of one step. Today's worker replies carry no timings, so only the
-/// worker's CPU time (from /proc) is filled in; once replies carry decode, queue, compute and
-/// encode (the `phases` work), a `WorkerPhaseSource` reading them fills the rest and the
-/// sweep's `wait` splits into worker compute and wire.
+/// Per-worker figures of one step: the worker's CPU seconds (from /proc) and its own decode,
+/// queue, compute and encode seconds summed over the step's requests (from the timings on its
+/// replies; nil when nothing read them).
 struct WorkerPhaseSample: Codable, Sendable {
     var worker: String
     var cpuSeconds: Double
     var decode: Double?, queue: Double?, compute: Double?, encode: Double?
+
+    /// Seconds the worker spent on the requests (decode + queue + compute + encode), if known.
+    var busy: Double? {
+        guard let d = decode, let q = queue, let c = compute, let e = encode else { return nil }
+        return d + q + c + e
+    }
 }
 
 /// Where per-worker step figures come from (the adapter the richer per-reply timings plug into).
@@ -70,6 +75,24 @@ final class ProcessCPUWorkerPhases: WorkerPhaseSource {
     func end() -> [WorkerPhaseSample] {
         workers.enumerated().map { i, w in
             WorkerPhaseSample(worker: w.id, cpuSeconds: processCPUSeconds(pid: w.pid) - (i < start.count ? start[i] : 0))
+        }
+    }
+}
+
+/// The workers' own timings: deltas of the coordinator's `workerTotals` (summed from every
+/// reply's `WorkerTimings`) between `begin` and `end`. CPU seconds are left 0 (the /proc
+/// source measures them over longer windows).
+final class CoordinatorWorkerPhases: WorkerPhaseSource {
+    let coordinator: ClusterCoordinator
+    let ids: [String]
+    private var start: [String: WorkerTotals] = [:]
+    init(coordinator: ClusterCoordinator, ids: [String]) { self.coordinator = coordinator; self.ids = ids }
+    func begin() { start = coordinator.workerTotals }
+    func end() -> [WorkerPhaseSample] {
+        let now = coordinator.workerTotals
+        return ids.map { id in
+            let t = ((now[id] ?? WorkerTotals()) - (start[id] ?? WorkerTotals())).timings
+            return WorkerPhaseSample(worker: id, cpuSeconds: 0, decode: t.decode, queue: t.queue, compute: t.compute, encode: t.encode)
         }
     }
 }
@@ -147,7 +170,8 @@ final class ScalingHarness {
         MoEStack.expertKeys(model: c.model, routing: c.routing).filter { $0.layer < ScalingConfiguration.moeLayers }
     }
 
-    /// One step, timed by phase.
+    /// One step, timed by phase. `source` is ended after the experts' forward and backward
+    /// exchanges, before the optimizer, so its figures cover the same requests as `wait`.
     func step(workers source: WorkerPhaseSource? = nil) throws -> ScalingStep {
         var s = ScalingStep()
         var p: [ScalingPhase: Double] = Dictionary(uniqueKeysWithValues: ScalingPhase.allCases.map { ($0, 0.0) })
@@ -192,6 +216,7 @@ final class ScalingHarness {
         blackHole(attention.backward(g))
         p[.attention]! += now() - t
         let mid = remote?.counters ?? TransportCounters()
+        s.workers = source?.end() ?? []
         p[.encode] = mid.encodeSeconds - before.encodeSeconds
         p[.wait] = mid.waitSeconds - before.waitSeconds
         p[.decode] = mid.decodeSeconds - before.decodeSeconds
@@ -205,7 +230,6 @@ final class ScalingHarness {
         p[.optimizer] = now() - t
         s.total = now() - t0
         s.coordinatorCPU = processCPUSeconds() - c0
-        s.workers = source?.end() ?? []
         let after = remote?.counters ?? TransportCounters()
         s.bytesSent = after.bytesSent - before.bytesSent
         s.bytesReceived = after.bytesReceived - before.bytesReceived

@@ -23,7 +23,12 @@ struct ScalingResult: Codable {
     /// Processes computing at once during the experts' phase (the workers) and the cores.
     var busyProcesses: Int, cores: Int
     var oversubscribed: Bool
+    /// Per worker: CPU seconds per timed step, and its own decode/queue/compute/encode seconds
+    /// in the best step's expert exchanges (from the timings on its replies).
     var workers: [WorkerPhaseSample]
+    /// The best step's `wait` split: the busiest worker's decode + queue + compute + encode, and
+    /// the rest (latency, transfer, the coordinator's socket I/O). Nil in results from before.
+    var waitCompute: Double?, waitWire: Double?
     var bytesSent: Int, bytesReceived: Int, requests: Int
     var expertsPerToken: Double, imbalance: Double
     /// Share of each MoE layer's routed rows per worker: [layer][worker].
@@ -38,7 +43,7 @@ enum ScalingSweep {
     static let csvColumns = ["key", "workers", "experts", "tokens", "width", "transport", "wire_dtype", "replicas", "repeats",
                              "step_ms", "median_step_ms", "mean_step_ms", "tokens_per_s"] + ScalingPhase.allCases.map { $0.rawValue + "_ms" }
         + ["coordinator_cpu_ms", "worker_cpu_ms", "busy_processes", "cores", "oversubscribed", "bytes_sent", "bytes_received",
-           "requests", "experts_per_token", "imbalance", "load_average"]
+           "requests", "experts_per_token", "imbalance", "load_average", "wait_compute_ms", "wait_wire_ms"]
 
     /// Measures one configuration on real worker processes: one warm-up step, then `repeats` timed steps.
     static func measure(_ c: ScalingConfiguration, repeats: Int, cores: Int) throws -> ScalingResult {
@@ -54,17 +59,23 @@ enum ScalingSweep {
         remote.wireDType = c.wireDType == "bf16" ? .bf16 : .f32
         let harness = try ScalingHarness(c, backend: remote)
         let source: WorkerPhaseSource = ProcessCPUWorkerPhases(ids: cluster.workerIDs, pids: cluster.processIDs)
+        let timings = CoordinatorWorkerPhases(coordinator: cluster.coordinator, ids: cluster.workerIDs)
         _ = try harness.step()
         var steps: [ScalingStep] = []
         var load = [[Double]](repeating: [Double](repeating: 0, count: c.workers), count: ScalingConfiguration.moeLayers)
         // Worker CPU over all timed steps (/proc counts clock ticks: one step is often shorter than a tick).
         source.begin()
         for _ in 0..<max(1, repeats) {
-            steps.append(try harness.step())
+            steps.append(try harness.step(workers: timings))
         }
-        let workerSamples = source.end().map { w -> WorkerPhaseSample in
-            var m = w; m.cpuSeconds /= Double(max(1, repeats)); return m
+        let best = steps.min { $0.total < $1.total }!
+        let cpu = Dictionary(source.end().map { ($0.worker, $0.cpuSeconds / Double(max(1, repeats))) }, uniquingKeysWith: +)
+        let workerSamples = best.workers.map { w -> WorkerPhaseSample in
+            var m = w; m.cpuSeconds = cpu[w.worker] ?? 0; return m
         }
+        let busiest = workerSamples.compactMap(\.busy).max()
+        let wait = best.phases[.wait] ?? 0
+        let waitCompute = busiest.map { min($0, wait) }
         // Rows per worker and layer (the last step's routing; every step routes the same batch).
         var rowsPerWorker = [Double](repeating: 0, count: c.workers)
         for layer in 0..<ScalingConfiguration.moeLayers {
@@ -77,7 +88,6 @@ enum ScalingSweep {
                 rowsPerWorker[w] += Double(n)
             }
         }
-        let best = steps.min { $0.total < $1.total }!
         let sorted = steps.map(\.total).sorted()
         let mean = rowsPerWorker.reduce(0, +) / Double(c.workers)
         let perToken = Double(best.assignments) / Double(c.batchTokens * ScalingConfiguration.moeLayers)
@@ -95,6 +105,7 @@ enum ScalingSweep {
             tokensPerSecond: Double(c.batchTokens) / best.total, phases: best.phases,
             coordinatorCpuSeconds: meanCoordinatorCPU, workerCpuSeconds: workerCPU,
             busyProcesses: c.workers, cores: cores, oversubscribed: c.workers > cores, workers: workerSamples,
+            waitCompute: waitCompute, waitWire: waitCompute.map { wait - $0 },
             bytesSent: best.bytesSent, bytesReceived: best.bytesReceived, requests: best.requests,
             expertsPerToken: perToken, imbalance: workload.imbalance, load: load, loadAverage: loadAverage1(),
             workload: workload, date: ISO8601DateFormatter().string(from: Date()))
@@ -138,7 +149,8 @@ enum ScalingSweep {
             + ScalingPhase.allCases.map { ms(r.phases[$0] ?? 0) }
             + [ms(r.coordinatorCpuSeconds), ms(r.workerCpuSeconds), "\(r.busyProcesses)", "\(r.cores)", "\(r.oversubscribed)",
                "\(r.bytesSent)", "\(r.bytesReceived)", "\(r.requests)", String(format: "%.4f", r.expertsPerToken),
-               String(format: "%.4f", r.imbalance), String(format: "%.2f", r.loadAverage)]
+               String(format: "%.4f", r.imbalance), String(format: "%.2f", r.loadAverage),
+               r.waitCompute.map(ms) ?? "", r.waitWire.map(ms) ?? ""]
         try appendText(cells.joined(separator: ",") + "\n", to: csvPath)
     }
 
@@ -161,7 +173,8 @@ enum ScalingSweep {
     }
 
     static func observation(_ r: ScalingResult) -> ScalingCostModel.Observation {
-        ScalingCostModel.Observation(workload: r.workload, link: .measured(r.configuration.transport), phases: r.phases)
+        ScalingCostModel.Observation(workload: r.workload, link: .measured(r.configuration.transport), phases: r.phases,
+                                     waitCompute: r.waitCompute)
     }
 
     /// Holds out every third configuration (the 2nd, 5th, … in sweep order), fits on the rest,
