@@ -66,3 +66,17 @@ func assertSameState(_ a: [ExpertKey: [String: Tensor]], _ b: [ExpertKey: [Strin
         }
     }
 }
+
+/// The exit status of `pid` once it exits within `seconds` (negative: killed by that signal;
+/// nil: still running, then killed and reaped).
+func exitStatus(_ pid: pid_t, within seconds: Double) -> Int32? {
+    var status: Int32 = 0
+    let end = MonotonicClock.seconds() + seconds
+    while MonotonicClock.seconds() < end {
+        if waitpid(pid, &status, WNOHANG) == pid { return status & 0x7f == 0 ? (status >> 8) & 0xff : -(status & 0x7f) }
+        usleep(10_000)
+    }
+    kill(pid, SIGKILL)
+    waitpid(pid, &status, 0)
+    return nil
+}

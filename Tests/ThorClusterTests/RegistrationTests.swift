@@ -13,19 +13,6 @@ final class RegistrationTests: XCTestCase {
                                ["worker", "--connect", endpoint, "--id", id, "--parent-pid", String(getpid())])
     }
 
-    /// The exit status of `pid` once it exits within `seconds` (nil: still running, then killed).
-    func exitStatus(_ pid: pid_t, within seconds: Double) -> Int32? {
-        var status: Int32 = 0
-        let end = monotonicSeconds() + seconds
-        while monotonicSeconds() < end {
-            if waitpid(pid, &status, WNOHANG) == pid { return status & 0x7f == 0 ? (status >> 8) & 0xff : -(status & 0x7f) }
-            usleep(10_000)
-        }
-        kill(pid, SIGKILL)
-        waitpid(pid, &status, 0)
-        return nil
-    }
-
     func testDuplicateIdIsRefusedByNameAndTheFirstKeepsServing() throws {
         let c = try ClusterCoordinator(bind: "tcp://127.0.0.1:*")
         let first = try spawnWorker(c.endpoint, id: "dup")

@@ -27,19 +27,6 @@ final class SecureLinkTests: XCTestCase {
         }
     }
 
-    /// The exit status of `pid` once it exits within `seconds` (nil: still running, then killed).
-    func exitStatus(_ pid: pid_t, within seconds: Double) -> Int32? {
-        var status: Int32 = 0
-        let end = monotonicSeconds() + seconds
-        while monotonicSeconds() < end {
-            if waitpid(pid, &status, WNOHANG) == pid { return status & 0x7f == 0 ? (status >> 8) & 0xff : -(status & 0x7f) }
-            usleep(10_000)
-        }
-        kill(pid, SIGKILL)
-        waitpid(pid, &status, 0)
-        return nil
-    }
-
     func testOnlyAllowedKeysRegisterAndTheAdmittedWorkerComputesTheSameBits() throws {
         try XCTSkipUnless(ZMQContext.has("curve"), "libzmq without CURVE")
         XCTAssertEqual(mkdir(scratch + "/allowed", 0o700), 0)

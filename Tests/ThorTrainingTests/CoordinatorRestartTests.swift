@@ -10,7 +10,7 @@ import Glibc
 
 /// `kill -9` of the coordinator (`thor train`): no orphans, and `--resume` with the same
 /// still-running workers (they re-register with the new session) ends bit-identical.
-final class CoordinatorRestartTests: XCTestCase {
+final class CoordinatorRestartTests: XCTestCase, ThorProcessTest {
     var scratch = ""
     var children: [pid_t] = []
 
@@ -22,40 +22,6 @@ final class CoordinatorRestartTests: XCTestCase {
     override func tearDown() {
         for p in children { kill(p, SIGKILL); var s: Int32 = 0; waitpid(p, &s, 0) }
         try? FileManager.default.removeItem(atPath: scratch)
-    }
-
-    func thor(_ args: [String], log: String) throws -> pid_t {
-        // stdout/stderr to a file: the test reads them on failure.
-        let sh = "exec \"$0\" \"$@\" > \(log) 2>&1"
-        let pid = try LocalCluster.spawn("/bin/sh", ["-c", sh, try LocalCluster.locateThorBinary()] + args)
-        children.append(pid)
-        return pid
-    }
-
-    func wait(_ pid: pid_t, seconds: Double) -> Int32? {
-        var status: Int32 = 0
-        let end = monotonicSeconds() + seconds
-        while monotonicSeconds() < end {
-            if waitpid(pid, &status, WNOHANG) == pid {
-                children.removeAll { $0 == pid }
-                return status & 0x7f == 0 ? (status >> 8) & 0xff : -(status & 0x7f)
-            }
-            usleep(10_000)
-        }
-        return nil
-    }
-
-    func log(_ name: String) -> String { (try? String(contentsOfFile: scratch + "/" + name, encoding: .utf8)) ?? "" }
-
-    /// Every tensor of a checkpoint (coordinator and experts) and its state.json.
-    func contents(_ dir: String) throws -> ([String: [UInt32]], String) {
-        var tensors: [String: [UInt32]] = [:]
-        let files = ["coordinator.safetensors"] + (try FileManager.default.contentsOfDirectory(atPath: dir + "/experts")).map { "experts/" + $0 }
-        for f in files {
-            let st = try SafeTensorsFile.read(path: dir + "/" + f)
-            for n in st.names { tensors[n] = try st.tensor(n).array.map(\.bitPattern) }
-        }
-        return (tensors, try String(contentsOfFile: dir + "/state.json", encoding: .utf8))
     }
 
     func freePort() throws -> Int {

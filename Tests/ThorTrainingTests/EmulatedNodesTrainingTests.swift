@@ -11,7 +11,7 @@ import Glibc
 /// Training over emulated nodes (workers in network namespaces behind veth links): the same
 /// bits as the local run, also through a real partition and real packet loss, and no
 /// namespace left behind, also when a test fails or the run is stopped by a signal.
-final class EmulatedNodesTrainingTests: XCTestCase {
+final class EmulatedNodesTrainingTests: XCTestCase, ThorProcessTest {
     var scratch = ""
     var children: [pid_t] = []
 
@@ -38,40 +38,6 @@ final class EmulatedNodesTrainingTests: XCTestCase {
         try NetworkTools.run(ip, ["netns", "list"]).split(separator: "\n")
             .compactMap { $0.split(separator: " ").first.map(String.init) }
             .filter { $0.hasPrefix("thor-\(pid)x") }
-    }
-
-    func thor(_ args: [String], log: String) throws -> pid_t {
-        let sh = "exec \"$0\" \"$@\" > \(log) 2>&1"
-        let pid = try LocalCluster.spawn("/bin/sh", ["-c", sh, try LocalCluster.locateThorBinary()] + args)
-        children.append(pid)
-        return pid
-    }
-
-    /// The exit status (negative: killed by that signal), or nil after `seconds`.
-    func wait(_ pid: pid_t, seconds: Double) -> Int32? {
-        var status: Int32 = 0
-        let end = monotonicSeconds() + seconds
-        while monotonicSeconds() < end {
-            if waitpid(pid, &status, WNOHANG) == pid {
-                children.removeAll { $0 == pid }
-                return status & 0x7f == 0 ? (status >> 8) & 0xff : -(status & 0x7f)
-            }
-            usleep(10_000)
-        }
-        return nil
-    }
-
-    func log(_ name: String) -> String { (try? String(contentsOfFile: scratch + "/" + name, encoding: .utf8)) ?? "" }
-
-    /// Every tensor of a checkpoint (coordinator and experts, as bit patterns) and its state.json.
-    func contents(_ dir: String) throws -> ([String: [UInt32]], String) {
-        var tensors: [String: [UInt32]] = [:]
-        let files = ["coordinator.safetensors"] + (try FileManager.default.contentsOfDirectory(atPath: dir + "/experts")).map { "experts/" + $0 }
-        for f in files {
-            let st = try SafeTensorsFile.read(path: dir + "/" + f)
-            for n in st.names { tensors[n] = try st.tensor(n).array.map(\.bitPattern) }
-        }
-        return (tensors, try String(contentsOfFile: dir + "/state.json", encoding: .utf8))
     }
 
     func configFile(steps: Int) throws -> String {
