@@ -111,6 +111,30 @@ final class ExperimentScalingTests: XCTestCase {
         XCTAssertTrue(["coordinator", "expert compute", "network", "optimizer"].contains(pred["bottleneck"] as? String ?? ""), "\(pred)")
     }
 
+    /// `--transport netns` runs each worker on its own emulated node (a network namespace behind a
+    /// veth link): the sweep measures that link's rate for the cost model and records the runs.
+    func testSweepOverEmulatedNodes() throws {
+        guard getuid() == 0 else { throw XCTSkip("emulated nodes need root") }
+        guard ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"].contains(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+            throw XCTSkip("emulated nodes need `ip` (Debian package iproute2)")
+        }
+        let out = scratch + "/netns"
+        let r = try Thor.run(["experiment", "scaling", "--workers", "1,2", "--experts", "4", "--tokens", "64", "--width", "16",
+                              "--repeats", "1", "--transport", "netns", "--out", out, "--json"], timeout: 120)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let lines = try String(contentsOfFile: out + "/results.jsonl", encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(lines.count, 2)
+        for line in lines {
+            let o = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+            XCTAssertEqual((o["configuration"] as? [String: Any])?["transport"] as? String, "netns", "\(o)")
+            XCTAssertGreaterThan(try XCTUnwrap(o["median_step_seconds"] as? Double), 0)
+        }
+        let rates = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/rates.json"))) as? [String: Any])
+        let link = try XCTUnwrap((rates["links"] as? [String: Any])?["netns"] as? [String: Double], "the netns link was measured: \(rates)")
+        XCTAssertGreaterThan(try XCTUnwrap(link["bandwidth"]), 0)
+        XCTAssertGreaterThan(try XCTUnwrap(link["latency"]), 0)
+    }
+
     func testBadSweepInputIsRefusedByName() throws {
         let out = scratch + "/bad"
         for (args, message) in [(["--wire-dtype", "f16"], "unknown dtype 'f16'"), (["--transport", "udp"], "unknown transport 'udp'"),

@@ -14,6 +14,18 @@ struct ScalingConfiguration: Codable, Hashable, Sendable {
     /// Fixed shape of every configuration: sentences of 32 positions, d_ff = 4d, 4 heads,
     /// 2 encoder MoE layers (THOR top-p, p = 0.5, 4 tasks, task level on the first).
     static let length = 32, heads = 4, moeLayers = 2, tasks = 4, threshold: Float = 0.5
+    /// The transport that puts each worker on its own emulated node (docs/emulated-nodes.md).
+    static let emulatedNodesTransport = "netns"
+
+    /// A local cluster for this configuration: `netns` runs each worker in its own network
+    /// namespace (tcp over veth links, removed at shutdown); else ipc or tcp on this host.
+    func makeCluster() throws -> LocalCluster {
+        if transport == Self.emulatedNodesTransport {
+            return try LocalCluster(workers: workers, transport: .tcp, threadsPerWorker: 1,
+                                    emulatedNodes: EmulatedNodes.Options(nodes: workers))
+        }
+        return try LocalCluster(workers: workers, transport: LocalCluster.Transport(rawValue: transport)!, threadsPerWorker: 1)
+    }
 
     var hiddenDim: Int { 4 * width }
     var sentences: Int { max(1, tokens / Self.length) }

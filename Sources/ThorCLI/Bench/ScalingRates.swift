@@ -28,6 +28,11 @@ enum ScalingRateProbe {
         for t in LocalCluster.Transport.allCases where r.links[t.rawValue] == nil {
             r.links[t.rawValue] = try linkRate(t)
         }
+        let netns = ScalingConfiguration.emulatedNodesTransport
+        if configurations.contains(where: { $0.transport == netns }), r.links[netns] == nil {
+            info("measuring the emulated-node link (veth between network namespaces)")
+            r.links[netns] = try emulatedNodeLinkRate()
+        }
         for c in configurations {
             let d = String(c.width)
             if r.expertFlopsPerCore[d] == nil {
@@ -131,9 +136,33 @@ enum ScalingRateProbe {
             try a.bind("tcp://127.0.0.1:*")
         }
         defer { if let directory { try? FileManager.default.removeItem(atPath: directory) } }
+        return try pingPong(a, name: transport.rawValue, echoContext: context, namespace: nil)
+    }
+
+    /// The same ping-pong across an emulated node's link: the echo runs on a thread that joined
+    /// the node's network namespace (setns) before making its own ZeroMQ context, so its I/O
+    /// thread's tcp connection crosses the veth link and the bridge.
+    static func emulatedNodeLinkRate() throws -> LinkModel {
+        let nodes = try EmulatedNodes(EmulatedNodes.Options(nodes: 1))
+        defer { nodes.remove() }
+        let context = try ZMQContext()
+        let a = try Socket(context: context, type: .pair)
+        defer { a.close() }
+        try a.bind("tcp://\(nodes.coordinatorAddress):*")
+        return try pingPong(a, name: ScalingConfiguration.emulatedNodesTransport, echoContext: nil, namespace: nodes.namespaces[0])
+    }
+
+    /// Ping-pong between `a` (bound) and an echo thread (in `namespace`, with its own context, when given).
+    static func pingPong(_ a: Socket, name: String, echoContext: ZMQContext?, namespace: String?) throws -> LinkModel {
         let endpoint = try a.lastEndpoint()
         let echo = Thread {
-            guard let b = try? Socket(context: context, type: .pair) else { return }
+            if let namespace {
+                let fd = open("/run/netns/\(namespace)", O_RDONLY)
+                guard fd >= 0, joinNetworkNamespace(fd) else { if fd >= 0 { close(fd) }; return }
+                close(fd)
+            }
+            guard let context = echoContext ?? (try? ZMQContext()),
+                  let b = try? Socket(context: context, type: .pair) else { return }
             defer { b.close() }
             guard (try? b.connect(endpoint)) != nil else { return }
             while let frames = try? b.receive(timeout: 10) {
@@ -150,7 +179,7 @@ enum ScalingRateProbe {
                 let t0 = now()
                 try a.send([Frame(payload)])
                 guard let reply = try a.receive(timeout: 10), reply.first?.count == bytes else {
-                    throw ClusterError.launch("link probe over \(transport.rawValue): no echo")
+                    throw ClusterError.launch("link probe over \(name): no echo")
                 }
                 if i > 0 { best = min(best, now() - t0) }
             }
@@ -161,4 +190,12 @@ enum ScalingRateProbe {
         let half = try roundTrip(big, 12) / 2
         return LinkModel(latency: latency, bandwidth: Double(big) / max(half - latency, 1e-9))
     }
+}
+
+/// `setns(fd, CLONE_NEWNET)` for the calling thread (Glibc's Swift module does not export `setns`).
+func joinNetworkNamespace(_ fd: Int32) -> Bool {
+    typealias SetNS = @convention(c) (Int32, Int32) -> Int32
+    guard let symbol = dlsym(nil, "setns") else { return false }  // nil: RTLD_DEFAULT
+    let cloneNewNet: Int32 = 0x4000_0000
+    return unsafeBitCast(symbol, to: SetNS.self)(fd, cloneNewNet) == 0
 }

@@ -50,7 +50,7 @@ enum ScalingSweep {
         let saved = BLASThreads.current
         BLASThreads.set(1)
         defer { BLASThreads.set(saved) }
-        let cluster = try LocalCluster(workers: c.workers, transport: LocalCluster.Transport(rawValue: c.transport)!, threadsPerWorker: 1)
+        let cluster = try c.makeCluster()
         defer { cluster.shutdown() }
         let keys = ScalingHarness.keys(c)
         let placement = try Placement(keys: keys, workers: cluster.workerIDs, strategy: .roundRobin, replicas: c.replicas)

@@ -45,7 +45,7 @@ struct ExperimentScalingCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Experts per MoE layer.", valueName: "list")) var experts: String?
     @Option(help: ArgumentHelp("Tokens per batch (whole sentences of 32).", valueName: "list")) var tokens: String?
     @Option(help: ArgumentHelp("Model width d (a multiple of 4; d_ff = 4d).", valueName: "list")) var width: String?
-    @Option(help: ArgumentHelp("Transports: ipc, tcp.", valueName: "list")) var transport: String?
+    @Option(help: ArgumentHelp("Transports: ipc, tcp, netns (each worker on its own emulated node: a network namespace joined by a veth link, tcp across it; needs root).", valueName: "list")) var transport: String?
     @Option(name: .customLong("wire-dtype"), help: ArgumentHelp("Tensor dtypes on the wire: f32, bf16.", valueName: "list"))
     var wireDType: String?
     @Option(help: ArgumentHelp("Replicas of every expert (≤ workers; larger combinations are skipped).", valueName: "list"))
@@ -101,8 +101,16 @@ struct ExperimentScalingCommand: ParsableCommand {
         guard e.allSatisfy({ $0 >= 2 }) else { throw ValidationError("--experts needs ≥ 2 experts per layer, got \(e)") }
         guard d.allSatisfy({ $0 % ScalingConfiguration.heads == 0 }) else { throw ValidationError("--width must be multiples of \(ScalingConfiguration.heads), got \(d)") }
         guard n.allSatisfy({ $0 >= ScalingConfiguration.length }) else { throw ValidationError("--tokens must be ≥ \(ScalingConfiguration.length) (one sentence), got \(n)") }
-        for x in t where LocalCluster.Transport(rawValue: x) == nil {
-            throw ValidationError("--transport: unknown transport '\(x)' (ipc or tcp)")
+        for x in t where LocalCluster.Transport(rawValue: x) == nil && x != ScalingConfiguration.emulatedNodesTransport {
+            throw ValidationError("--transport: unknown transport '\(x)' (ipc, tcp or netns)")
+        }
+        if t.contains(ScalingConfiguration.emulatedNodesTransport) {
+            do { try NetworkTools.checkPrivilege(purpose: "--transport netns (emulated nodes)") } catch {
+                throw ValidationError("--transport netns: \(error)")
+            }
+            guard NetworkTools().locate("ip") != nil else {
+                throw ValidationError("--transport netns needs `ip` (Debian package iproute2)")
+            }
         }
         for x in dt where !["f32", "bf16"].contains(x) { throw ValidationError("--wire-dtype: unknown dtype '\(x)' (f32 or bf16)") }
         guard reps >= 1 else { throw ValidationError("--repeats must be ≥ 1, got \(reps)") }
