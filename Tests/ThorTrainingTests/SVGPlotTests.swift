@@ -7,19 +7,6 @@ import ThorTraining
 
 /// The report's hand-written SVG charts are well-formed XML whatever the series names and values.
 final class SVGPlotTests: XCTestCase {
-    func elements(_ svg: String, named name: String) throws -> [XMLElement] {
-        let doc = try XMLDocument(data: Data(svg.utf8), options: [])
-        var found: [XMLElement] = []
-        func walk(_ e: XMLElement) {
-            if e.localName == name { found.append(e) }
-            for case let c as XMLElement in e.children ?? [] { walk(c) }
-        }
-        walk(try XCTUnwrap(doc.rootElement()))
-        return found
-    }
-
-    func attribute(_ e: XMLElement, _ name: String) -> String? { e.attributes?.first { $0.name == name }?.stringValue }
-
     func testNamesAreEscapedAndMissingValuesSkipped() throws {
         let series = [SVGPlot.Series(name: "a<b & \"c\"", values: [1.5, nil, 3]),
                       SVGPlot.Series(name: "dense", values: [nil, nil, nil])]

@@ -177,18 +177,6 @@ final class ScalingModelTests: XCTestCase {
 
     // MARK: plots
 
-    func elements(_ svg: String, named name: String) throws -> [XMLElement] {
-        let doc = try XMLDocument(data: Data(svg.utf8), options: [])
-        var found: [XMLElement] = []
-        func walk(_ e: XMLElement) {
-            if e.localName == name { found.append(e) }
-            for case let c as XMLElement in e.children ?? [] { walk(c) }
-        }
-        walk(try XCTUnwrap(doc.rootElement()))
-        return found
-    }
-    func attribute(_ e: XMLElement, _ name: String) -> String? { e.attributes?.first { $0.name == name }?.stringValue }
-
     func testStackedBarsStackSegmentsInSeriesOrder() throws {
         let svg = SVGPlot.stackedBars(title: "phases", yLabel: "ms", categories: ["a", "b"], series: [
             SVGPlot.Series(name: "attention", values: [2, 1]), SVGPlot.Series(name: "wait <x>", values: [3, nil])])
