@@ -281,6 +281,8 @@ public final class ClusterCoordinator {
         var sentAt: [UInt64: Double] = [:]
         var attempts: [UInt64: Int] = [:]
         var held: [(at: Double, id: UInt64)] = []  // delayed by the injector
+        var replyFaults: [UInt64: FaultAction] = [:]  // the injector's faults on replies, by request id
+        var heldReplies: [(at: Double, reply: (UInt64, String, WireMessage, Double))] = []
         var t0 = monotonicSeconds()
         let phases: (encode: Phase, send: Phase, wait: Phase, decode: Phase)? =
             phase == .forward ? (.encode, .send, .wait, .decode)
@@ -326,12 +328,13 @@ public final class ClusterCoordinator {
             nextRequestID += 1
             let action = faultHook?(FaultPoint(step: currentStep, phase: phase, layer: layer, worker: r.worker, operation: operation)) ?? .none
             pending[id] = i
+            if action != .none, action.sendsRequest { replyFaults[id] = action }
             if case .delay(let seconds) = action {
                 held.append((at: monotonicSeconds() + seconds, id: id))
                 sentAt[id] = .infinity
                 continue
             }
-            _ = try send(i, id: id, action: action)
+            _ = try send(i, id: id, action: action.sendsRequest ? .none : action)
         }
         counters.requests += requests.count
         counters.encodeSeconds += monotonicSeconds() - t0
@@ -370,9 +373,27 @@ public final class ClusterCoordinator {
             held.removeAll { $0.at <= now }
             // Drain everything queued before judging liveness: after a long busy stretch of the
             // coordinator, a worker's recent beats may sit behind other frames.
-            var wait = min(deadline - now, heartbeatInterval / 2, (held.map(\.at).min() ?? .infinity) - now)
-            while case let received = try receiveOne(timeout: max(0, wait), pending: pending), received.any {
+            var wait = min(deadline - now, heartbeatInterval / 2, (held.map(\.at).min() ?? .infinity) - now,
+                           (heldReplies.map(\.at).min() ?? .infinity) - now)
+            // Replies the injector held back are read when their time comes (if still wanted).
+            var due = heldReplies.filter { $0.at <= now }.map(\.reply)
+            heldReplies.removeAll { $0.at <= now }
+            func next() throws -> Received {
+                if !due.isEmpty { return Received(any: true, reply: due.removeFirst()) }
+                return try receiveOne(timeout: max(0, wait), pending: pending,
+                                      damaging: Set(replyFaults.filter { $0.value == .corruptReply }.keys))
+            }
+            while case let received = try next(), received.any {
                 wait = 0
+                if let worker = received.undecodableFrom {
+                    // A frame of this worker arrived damaged (perhaps a reply): ask again for what it
+                    // owes; a request it already applied is answered from its reply cache.
+                    for (id, i) in pending where requests[i].worker == worker {
+                        if replyFaults[id] == .corruptReply { replyFaults[id] = nil }
+                        if attempts[id, default: 0] < maxResends { try resend(id, why: "a frame from it could not be decoded") }
+                    }
+                    continue
+                }
                 if let worker = received.refusedBy {
                     // The worker could not read a frame (it names no request): resend what it was sent.
                     onRefusedFrame?(worker, operation)
@@ -381,7 +402,14 @@ public final class ClusterCoordinator {
                     }
                     continue
                 }
-                guard let (id, worker, message, seconds) = received.reply else { continue }
+                guard let (id, worker, message, seconds) = received.reply, pending[id] != nil else { continue }
+                switch replyFaults.removeValue(forKey: id) {
+                case .dropReply?: continue  // lost: the retry timer asks again
+                case .delayReply(let s)?:
+                    heldReplies.append((at: monotonicSeconds() + s, reply: (id, worker, message, seconds)))
+                    continue
+                default: break
+                }
                 decodeSeconds += seconds
                 let i = pending[id]!
                 guard worker == requests[i].worker else {
@@ -508,13 +536,18 @@ public final class ClusterCoordinator {
         var reply: (UInt64, String, WireMessage, Double)?
         /// A worker that answered a frame it could not decode (an Error naming no request).
         var refusedBy: String? = nil
+        /// A worker whose frame this coordinator could not decode (damaged on the way).
+        var undecodableFrom: String? = nil
         static let nothing = Received(any: false, reply: nil)
         static let handled = Received(any: true, reply: nil)
     }
 
     /// Receives one frame: registrations and beats are recorded; replies to `pending`
-    /// ids are returned with their decode time; anything else is dropped.
-    private func receiveOne(timeout: Double, pending: [UInt64: Int]) throws -> Received {
+    /// ids are returned with their decode time; anything else is dropped. A frame from a
+    /// worker in service that cannot be decoded is reported (`undecodableFrom`). Replies to
+    /// the ids in `damaging` are damaged on arrival, before decoding (the fault injector's
+    /// corrupt reply: `FaultInjector.corrupt` on the header frame, as on a request).
+    private func receiveOne(timeout: Double, pending: [UInt64: Int], damaging: Set<UInt64> = []) throws -> Received {
         let frames: [Frame]
         do {
             guard let f = try socket.receive(timeout: timeout) else { return .nothing }
@@ -526,7 +559,16 @@ public final class ClusterCoordinator {
         let route = frames[0].string
         counters.bytesReceived += frames.dropFirst().reduce(0) { $0 + $1.count }
         let t0 = monotonicSeconds()
-        guard let envelope = try? WireCodec.decode(frames: frames.dropFirst(), maxFrameBytes: maxFrameBytes) else { return .handled }
+        var decoded = try? WireCodec.decode(frames: frames.dropFirst(), maxFrameBytes: maxFrameBytes)
+        if let e = decoded, damaging.contains(e.requestID) {
+            let header = Frame(copying: frames[1].bytes)
+            FaultInjector.corrupt(UnsafeMutableRawBufferPointer(mutating: header.bytes))
+            decoded = try? WireCodec.decode(frames: [header] + frames.dropFirst(2), maxFrameBytes: maxFrameBytes)
+        }
+        guard let envelope = decoded else {
+            if let worker = workerByRoute[route], !isCut(worker), lost[worker] == nil { return Received(any: true, reply: nil, undecodableFrom: worker) }
+            return .handled
+        }
         let seconds = monotonicSeconds() - t0
         if case .register(let r) = envelope.message {
             guard r.routingID == route, !r.workerID.isEmpty, !isCut(r.workerID) else { return .handled }

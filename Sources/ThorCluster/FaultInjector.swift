@@ -58,7 +58,7 @@ public final class InjectedPartitions: PartitionDriver {
 /// The runtime's fault injector (off unless a plan is given): installed as the coordinator's
 /// `faultHook`, it fires each planned fault at the first request matching its step, phase
 /// and (if given) layer and worker: kill (SIGKILL), hang (SIGSTOP, SIGCONT after the
-/// duration), delay, drop or corrupt the request, or partition the worker. Each fault fires
+/// duration), delay, drop or corrupt the request or its reply, or partition the worker. Each fault fires
 /// once and is reported to `onInjected`. Use from the coordinator's thread.
 public final class FaultInjector {
     public let faults: [FaultSpec]
@@ -124,6 +124,7 @@ public final class FaultInjector {
             case .drop: result = .drop
             case .corrupt: result = .corrupt
             }
+            if f.direction == .reply { result = result.onReply }
             let e = InjectedFault(spec: f, worker: worker, step: point.step, phase: point.phase, layer: point.layer,
                                   operation: point.operation, injectedAt: monotonicSeconds(), index: i, skipped: skipped)
             injected.append(e)

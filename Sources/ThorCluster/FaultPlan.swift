@@ -38,6 +38,40 @@ public enum FaultAction: Sendable, Equatable {
     case corrupt
     /// Hold the request this many seconds before sending it (the coordinator keeps serving beats meanwhile).
     case delay(Double)
+    /// Send the request, then lose its reply (the worker applied it: the coordinator's retry
+    /// timer resends it, and the worker must answer from its reply cache, not apply it again).
+    case dropReply
+    /// Send the request, then damage its reply on arrival so that it cannot be decoded (the
+    /// coordinator asks again at once; the worker answers from its reply cache).
+    case corruptReply
+    /// Send the request, then hold its reply this many seconds before reading it.
+    case delayReply(Double)
+
+    /// The same fault on the reply instead of the request (`none` and reply faults unchanged).
+    public var onReply: FaultAction {
+        switch self {
+        case .drop: return .dropReply
+        case .corrupt: return .corruptReply
+        case .delay(let s): return .delayReply(s)
+        default: return self
+        }
+    }
+
+    /// Whether the request itself goes out untouched (the fault, if any, acts on its reply).
+    public var sendsRequest: Bool {
+        switch self {
+        case .none, .dropReply, .corruptReply, .delayReply: return true
+        default: return false
+        }
+    }
+}
+
+/// Which message of an exchange a message fault (delay, drop, corrupt) hits.
+public enum FaultDirection: String, Sendable, CaseIterable, Codable {
+    /// The coordinator's request, on its way to the worker.
+    case request
+    /// The worker's reply, on its way back (after the worker applied the request).
+    case reply
 }
 
 // MARK: - The fault plan file
@@ -48,11 +82,11 @@ public enum FaultKind: String, Sendable, CaseIterable, Codable {
     case kill
     /// SIGSTOP the worker process for `duration_s`, then SIGCONT.
     case hang
-    /// Hold the request `delay_ms` milliseconds before sending it.
+    /// Hold the request (with `direction: reply`, its reply) `delay_ms` milliseconds.
     case delay
-    /// Lose the request.
+    /// Lose the request (with `direction: reply`, its reply).
     case drop
-    /// Flip bytes of the request's frame so that it cannot be decoded.
+    /// Flip bytes of the request's frame (with `direction: reply`, the reply's) so that it cannot be decoded.
     case corrupt
     /// Cut the worker off from the coordinator both ways for `duration_s` (see `PartitionDriver`).
     case partition
@@ -71,17 +105,20 @@ public struct FaultSpec: Sendable, Equatable, CustomStringConvertible {
     public var worker: String?
     /// Seconds a hang or partition lasts.
     public var durationSeconds: Double
-    /// Milliseconds a delayed request is held.
+    /// Milliseconds a delayed message is held.
     public var delayMilliseconds: Double
+    /// The message a delay, drop or corrupt hits (worker faults ignore it).
+    public var direction: FaultDirection
 
     public init(kind: FaultKind, step: Int, phase: FaultPhase, layer: Int? = nil, worker: String? = nil,
-                durationSeconds: Double = 1, delayMilliseconds: Double = 200) {
+                durationSeconds: Double = 1, delayMilliseconds: Double = 200, direction: FaultDirection = .request) {
         self.kind = kind; self.step = step; self.phase = phase; self.layer = layer; self.worker = worker
-        self.durationSeconds = durationSeconds; self.delayMilliseconds = delayMilliseconds
+        self.durationSeconds = durationSeconds; self.delayMilliseconds = delayMilliseconds; self.direction = direction
     }
 
     public var description: String {
         var s = "\(kind.rawValue)"
+        if direction == .reply && !kind.targetsWorker { s += " reply" }
         if let worker { s += " \(worker)" }
         s += " at step \(step) \(phase.rawValue)"
         if let layer { s += " layer \(layer)" }
@@ -192,13 +229,17 @@ public struct FaultPlan: Sendable, Equatable {
                 let at = "faults[\(i)]"
                 guard case .object(let o) = item else { throw FaultPlanError(field: at, message: "must be an object, got \(item.typeName)") }
                 let f = Fields(o, at: at)
-                try f.only(["kind", "step", "phase", "layer", "worker", "duration_s", "delay_ms"])
+                try f.only(["kind", "step", "phase", "layer", "worker", "duration_s", "delay_ms", "direction"])
                 let kind = try f.enumerated("kind", FaultKind.self, required: true)!
                 let spec = FaultSpec(kind: kind, step: try f.int("step", min: 1, required: true)!,
                                      phase: try f.enumerated("phase", FaultPhase.self) ?? .forward,
                                      layer: try f.int("layer", min: 0), worker: try f.string("worker"),
                                      durationSeconds: try f.number("duration_s", min: 0.01, max: 600) ?? 1,
-                                     delayMilliseconds: try f.number("delay_ms", min: 0, max: 600_000) ?? 200)
+                                     delayMilliseconds: try f.number("delay_ms", min: 0, max: 600_000) ?? 200,
+                                     direction: try f.enumerated("direction", FaultDirection.self) ?? .request)
+                if kind.targetsWorker, o["direction"] != nil {
+                    throw FaultPlanError(field: at + ".direction", message: "only delay, drop and corrupt hit one message (this fault is \(kind.rawValue), which acts on the worker)")
+                }
                 if kind != .hang && kind != .partition, o["duration_s"] != nil {
                     throw FaultPlanError(field: at + ".duration_s", message: "only hang and partition last a duration (this fault is \(kind.rawValue))")
                 }

@@ -219,7 +219,8 @@ extension ChaosExperiment.Report {
         var lines = ["scenario \(scenario): \(workers) workers, \(replicas) replicas per expert, \(steps) steps",
                      row(["fault", "detect_s", "recover_s", "rejoin_s", "redone", "bitwise"])]
         for f in faults {
-            var name = "\(f.fault.spec.kind.rawValue) \(f.fault.worker) @\(f.fault.step) \(f.fault.phase.rawValue)"
+            let kind = f.fault.spec.kind.rawValue + (f.fault.spec.direction == .reply && !f.fault.spec.kind.targetsWorker ? " reply" : "")
+            var name = "\(kind) \(f.fault.worker) @\(f.fault.step) \(f.fault.phase.rawValue)"
             if let l = f.fault.layer { name += " L\(l)" }
             if f.fault.skipped != nil { name += " (skipped)" }
             lines.append(row([name, s(f.detectionSeconds), s(f.recoverySeconds), s(f.rejoinSeconds), "\(f.stepsRedone)",
@@ -248,6 +249,7 @@ extension ChaosExperiment.Report {
                                         "rejoin_s": n(f.rejoinSeconds), "steps_redone": f.stepsRedone, "events": f.events]
                 if let l = f.fault.layer { o["layer"] = l }
                 if let k = f.fault.skipped { o["skipped"] = k }
+                if !f.fault.spec.kind.targetsWorker { o["direction"] = f.fault.spec.direction.rawValue }
                 return o
             },
         ]

@@ -376,6 +376,7 @@ public final class TrainingRun {
                                       "phase": f.phase.rawValue, "worker": f.worker, "operation": f.operation]
             if let l = f.layer { rec["layer"] = l }
             if let k = f.skipped { rec["skipped"] = k }
+            if !f.spec.kind.targetsWorker { rec["direction"] = f.spec.direction.rawValue }
             try? s?.metrics?.write(rec)
             self?.onFault?(f)
         }

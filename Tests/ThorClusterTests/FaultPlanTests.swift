@@ -33,6 +33,33 @@ final class FaultPlanTests: XCTestCase {
         XCTAssertEqual(p.faults[4].phase, .forward, "phase defaults to forward")
         XCTAssertEqual(p.faults[1].durationSeconds, 0.5)
         XCTAssertEqual(p.name, "all"); XCTAssertEqual(p.workers, 3); XCTAssertEqual(p.steps, 8)
+        XCTAssertTrue(p.faults.allSatisfy { $0.direction == .request }, "message faults hit the request unless told")
+    }
+
+    /// `direction: reply` moves a delay, drop or corrupt onto the worker's reply: the injector
+    /// lets the request through and tells the coordinator what to do with the reply.
+    func testReplyFaultsParseAndActOnTheReply() throws {
+        let p = try plan("""
+        {"faults": [{"kind": "drop", "step": 2, "phase": "step", "worker": "w0", "direction": "reply"},
+                    {"kind": "corrupt", "step": 3, "phase": "backward", "direction": "reply"},
+                    {"kind": "delay", "step": 4, "delay_ms": 700, "direction": "reply"},
+                    {"kind": "drop", "step": 5, "direction": "request"}]}
+        """)
+        XCTAssertEqual(p.faults.map(\.direction), [.reply, .reply, .reply, .request])
+        XCTAssertEqual(p.faults[0].description, "drop reply w0 at step 2 step")
+        let injector = FaultInjector(faults: p.faults, processID: { _ in nil }, partitions: nil)
+        func at(_ step: Int, _ phase: FaultPhase) -> FaultAction {
+            injector.action(at: FaultPoint(step: step, phase: phase, layer: nil, worker: "w0", operation: "op"))
+        }
+        XCTAssertEqual(at(2, .step), .dropReply)
+        XCTAssertEqual(at(3, .backward), .corruptReply)
+        XCTAssertEqual(at(4, .forward), .delayReply(0.7))
+        XCTAssertEqual(at(5, .forward), .drop)
+        XCTAssertEqual(at(2, .step), .none, "each fault fires once")
+        XCTAssertTrue(FaultAction.dropReply.sendsRequest && FaultAction.none.sendsRequest)
+        XCTAssertFalse(FaultAction.drop.sendsRequest || FaultAction.corrupt.sendsRequest || FaultAction.delay(1).sendsRequest)
+        assertRefused(#"{"faults": [{"kind": "kill", "step": 2, "direction": "reply"}]}"#, field: "faults[0].direction", "acts on the worker")
+        assertRefused(#"{"faults": [{"kind": "drop", "step": 2, "direction": "back"}]}"#, field: "faults[0].direction", "must be one of request, reply")
     }
 
     func testBadPlansAreRefusedNamingTheField() {

@@ -109,6 +109,24 @@ final class FaultInjectionTests: XCTestCase {
         XCTAssertEqual(r.faults.filter { $0.detectionSeconds != nil }.count, 2)
     }
 
+    /// Faults on the way back: the worker has applied the request when its reply is lost,
+    /// damaged or late. The coordinator asks again with the same request id and the worker
+    /// answers from its reply cache: a Step applied twice would change Adam's state, and the
+    /// run would not be bitwise equal to the fault-free one.
+    func testLostDamagedAndLateRepliesAreAskedForAgainAndNeverAppliedTwice() throws {
+        let r = try survive("replies", [
+            FaultSpec(kind: .drop, step: 2, phase: .step, worker: "w0", direction: .reply),
+            FaultSpec(kind: .corrupt, step: 3, phase: .backward, worker: "w1", direction: .reply),
+            FaultSpec(kind: .delay, step: 4, phase: .step, worker: "w2", delayMilliseconds: 1_500, direction: .reply)])
+        for f in r.faults {
+            XCTAssertTrue(f.events.contains { $0.hasPrefix("resend \(f.fault.worker)") }, "\(f.fault): \(f.events)")
+            XCTAssertLessThanOrEqual(try XCTUnwrap(f.detectionSeconds, "\(f.fault): \(f.events)"), 1.5)
+        }
+        let damaged = try XCTUnwrap(r.faults.first { $0.fault.spec.kind == .corrupt })
+        XCTAssertTrue(damaged.events.contains { $0.contains("could not be decoded") }, "asked again at once: \(damaged.events)")
+        XCTAssertFalse(try events("replies").contains { $0["event"] as? String == "worker-lost" }, "no worker is lost over a reply")
+    }
+
     func testPartitionedWorkerIsDeclaredDeadThenRejoins() throws {
         let r = try survive("partition", [FaultSpec(kind: .partition, step: 2, phase: .forward, worker: "w1", durationSeconds: 1.2)])
         let f = try XCTUnwrap(r.faults.first)

@@ -116,7 +116,7 @@ struct ChaosCommand: ParsableCommand {
 
 /// The built-in scenarios of `thor chaos --scenario` (their files are in cluster/scenarios/).
 enum ChaosScenarios {
-    static let names = ["kill-forward", "kill-random", "hang", "delay", "drop", "corrupt", "partition", "mixed"]
+    static let names = ["kill-forward", "kill-random", "hang", "delay", "drop", "corrupt", "replies", "partition", "mixed"]
 
     static func plan(_ name: String, seed: UInt64, steps: Int) -> FaultPlan? {
         let mid = max(2, min(steps - 1, 3))
@@ -143,6 +143,11 @@ enum ChaosScenarios {
             p = FaultPlan(faults: [FaultSpec(kind: .corrupt, step: mid, phase: .backward),
                                    FaultSpec(kind: .corrupt, step: mid, phase: .step)])
             p.description = "damage the first backward request and the first optimizer-step request of step \(mid)"
+        case "replies":
+            p = FaultPlan(faults: [FaultSpec(kind: .drop, step: mid, phase: .step, direction: .reply),
+                                   FaultSpec(kind: .corrupt, step: mid, phase: .backward, direction: .reply),
+                                   FaultSpec(kind: .delay, step: mid, phase: .forward, delayMilliseconds: 1_500, direction: .reply)])
+            p.description = "lose the first optimizer-step reply, damage the first backward reply and hold the first forward reply 1.5 s, of step \(mid)"
         case "partition":
             p = FaultPlan(faults: [FaultSpec(kind: .partition, step: mid, phase: .forward, worker: "w1", durationSeconds: 1.5)])
             p.description = "cut worker w1 off both ways for 1.5 s from the forward pass of step \(mid)"
