@@ -308,16 +308,16 @@ public struct ScalingCostModel: Codable, Sendable, Equatable {
 
     /// Fits every phase's coefficients to `observations` by non-negative least squares on the
     /// relative residuals (each observation weighs the same whatever its size). Needs at least
-    /// as many observations as the phase has features.
+    /// 2 observations; with fewer observations than a phase has features, the non-negative
+    /// least squares keeps the best subset of them (the others 0).
     public static func fit(_ observations: [Observation], rates: ComponentRates) throws -> ScalingCostModel {
         var model = ScalingCostModel(rates: rates)
         let features = try observations.map { try model.features($0.workload, link: $0.link) }
+        guard observations.count >= 2 else {
+            throw ScalingModelError.notEnoughData("\(observations.count) observation(s): the fit needs at least 2 configurations")
+        }
         let split = observations.allSatisfy({ $0.waitCompute != nil })
         for p in ScalingPhase.allCases {
-            let k = split && p == .wait ? max(computeFeatures, featureNames[p]!.count - computeFeatures + 1) : featureNames[p]!.count
-            guard observations.count >= k else {
-                throw ScalingModelError.notEnoughData("\(observations.count) observations cannot fit \(k) coefficients of \(p.rawValue)")
-            }
             if split && p == .encode { continue }  // fitted with wait's wire part, below
             if split && p == .wait {
                 // The workers' own time measured: the compute coefficients on the workers' part of

@@ -19,12 +19,18 @@ struct ScalingConfiguration: Codable, Hashable, Sendable {
 
     /// A local cluster for this configuration: `netns` runs each worker in its own network
     /// namespace (tcp over veth links, removed at shutdown); else ipc or tcp on this host.
+    /// Heartbeat intervals a worker may stay silent: 20 × 0.25 s, not the default 3. The sweep
+    /// times steps, it does not test fault handling, and on an overloaded shared machine a worker
+    /// process can go unscheduled for longer than 0.75 s.
+    static let heartbeatLiveness = 20
+
     func makeCluster() throws -> LocalCluster {
         if transport == Self.emulatedNodesTransport {
-            return try LocalCluster(workers: workers, transport: .tcp, threadsPerWorker: 1,
+            return try LocalCluster(workers: workers, transport: .tcp, threadsPerWorker: 1, heartbeatLiveness: Self.heartbeatLiveness,
                                     emulatedNodes: EmulatedNodes.Options(nodes: workers))
         }
-        return try LocalCluster(workers: workers, transport: LocalCluster.Transport(rawValue: transport)!, threadsPerWorker: 1)
+        return try LocalCluster(workers: workers, transport: LocalCluster.Transport(rawValue: transport)!, threadsPerWorker: 1,
+                                heartbeatLiveness: Self.heartbeatLiveness)
     }
 
     var hiddenDim: Int { 4 * width }
