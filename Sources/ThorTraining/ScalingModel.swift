@@ -270,12 +270,16 @@ public struct ScalingCostModel: Codable, Sendable, Equatable {
         ]
     }
 
-    /// Predicted seconds per phase.
+    /// Predicted seconds per phase. A model whose coefficients do not match this version's
+    /// features (a cost-model.json from an older version) is refused, naming the phase.
     public func predict(_ w: ScalingWorkload, link: Link) throws -> [ScalingPhase: Double] {
         let f = try features(w, link: link)
         var out: [ScalingPhase: Double] = [:]
         for p in ScalingPhase.allCases {
             let c = coefficients[p] ?? [], x = f[p] ?? []
+            guard c.count == x.count else {
+                throw ScalingModelError.badValue("cost model: \(c.count) coefficient(s) for \(p.rawValue), this version has \(x.count) features (a model from an older version: run `thor experiment scaling` again to refit it)")
+            }
             out[p] = zip(c, x).reduce(0) { $0 + $1.0 * $1.1 }
         }
         return out

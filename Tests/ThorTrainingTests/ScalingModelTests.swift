@@ -72,6 +72,12 @@ final class ScalingModelTests: XCTestCase {
         XCTAssertEqual(p[.wait]!, 2 * compute + 0.5 * shared + 3 * wire + 4 * 8e-5, accuracy: 1e-15)
         XCTAssertEqual(p[.other]!, 12e-6, accuracy: 1e-18)
         XCTAssertEqual(try model.predictStep(w, link: .measured("ipc")), p.values.reduce(0, +), accuracy: 1e-15)
+        // A model from an older version (2 wait coefficients) is refused, naming the phase.
+        var old2 = model
+        old2.coefficients[.wait] = [1, 1]
+        XCTAssertThrowsError(try old2.predict(w, link: .measured("ipc"))) { e in
+            XCTAssertTrue("\(e)".contains("2 coefficient(s) for wait, this version has 4 features"), "\(e)")
+        }
 
         // More workers than cores: the busiest worker has 48 rows, but the 192 rows share 2 cores.
         let crowded = try ScalingCostModel(rates: Self.rates).features(workload(workers: 4, imbalance: 1), link: .measured("ipc"))
