@@ -70,15 +70,20 @@ public struct ComponentRates: Codable, Sendable, Equatable {
     public var adamParametersPerSecond: Double
     /// Measured links on this machine ("ipc", "tcp").
     public var links: [String: LinkModel]
+    /// Coordinator seconds to encode and send one request over each measured link (the socket
+    /// path: WireCodec header packing + the ZeroMQ send call of a multipart message, best case).
+    /// Nil in rates measured before it existed (then 0).
+    public var sendSecondsPerMessage: [String: Double]?
 
     public init(cores: Int, expertFlopsPerCore: [String: Double] = [:], attentionFlopsPerCore: [String: Double] = [:],
                 routingSecondsPerToken: [String: Double] = [:], combineSecondsPerAssignment: [String: Double] = [:],
                 encodeBytesPerSecond: Double, decodeBytesPerSecond: Double, adamParametersPerSecond: Double,
-                links: [String: LinkModel]) {
+                links: [String: LinkModel], sendSecondsPerMessage: [String: Double]? = nil) {
         self.cores = cores; self.expertFlopsPerCore = expertFlopsPerCore; self.attentionFlopsPerCore = attentionFlopsPerCore
         self.routingSecondsPerToken = routingSecondsPerToken; self.combineSecondsPerAssignment = combineSecondsPerAssignment
         self.encodeBytesPerSecond = encodeBytesPerSecond; self.decodeBytesPerSecond = decodeBytesPerSecond
         self.adamParametersPerSecond = adamParametersPerSecond; self.links = links
+        self.sendSecondsPerMessage = sendSecondsPerMessage
     }
 
     public static func routingKey(modelDim: Int, experts: Int) -> String { "d=\(modelDim),N=\(experts)" }
@@ -136,8 +141,12 @@ public struct ScalingWorkload: Codable, Sendable, Equatable {
     public var wireBytes: Double { 4 * assignments * Double(modelDim * wireBytesPerElement) }
     /// Request/reply exchanges per step: forward and backward of each MoE layer, norms, step.
     public var exchanges: Int { 2 * moeLayers + 2 }
+    /// Workers hosting experts: each exchange sends one request to each.
+    public var hosts: Int { min(workers, experts * replicas) }
     /// Requests per step: each exchange addresses every worker (at most one per expert host).
-    public var requests: Int { exchanges * min(workers, experts * replicas) }
+    public var requests: Int { exchanges * hosts }
+    /// Requests of the experts' forward and backward exchanges (the optimizer's two are apart).
+    public var expertRequests: Int { 2 * moeLayers * hosts }
     /// Flops of one expert row forward + backward: 6 GEMMs of 2·d·d_ff.
     public var flopsPerRow: Double { 12 * Double(modelDim * hiddenDim) }
     /// Self-attention forward + backward flops: projections 8·n·d², scores and context 4·n·L·d,
@@ -152,6 +161,8 @@ public struct ScalingWorkload: Codable, Sendable, Equatable {
         return 4 * Double(moeLayers * experts) * perExpert * Double(replicas)
     }
     /// Expert parameters the busiest worker updates (replicas included).
+    /// Parameters of one expert: 2·d·d_ff + d + d_ff.
+    public var parametersPerExpert: Double { Double(2 * modelDim * hiddenDim + modelDim + hiddenDim) }
     public var parametersOnBusiestWorker: Double {
         let perExpert = Double(2 * modelDim * hiddenDim + modelDim + hiddenDim)
         let keys = Double(moeLayers * experts * replicas)
@@ -170,18 +181,25 @@ public struct ScalingCostModel: Codable, Sendable, Equatable {
         .attention: ["attention_flops / attention_rate"],
         .routing: ["M · n · routing_seconds_per_token"],
         .combine: ["assignments · combine_seconds_per_assignment"],
-        .encode: ["bytes_sent / encode_rate"],
-        .wait: ["busiest worker compute (cores shared)", "exchanges · 2 · latency + bytes / bandwidth + busiest worker codec"],
+        .encode: ["expert requests · send_seconds_per_message + bytes_sent / encode_rate"],
+        .wait: ["busiest worker's rows · flops_per_row / expert_rate",
+                "all rows · flops_per_row / expert_rate / cores of the workers' nodes",
+                "expert exchanges · 2 · latency + bytes / bandwidth + busiest worker codec",
+                "expert requests · latency"],
         .decode: ["bytes_received / decode_rate"],
-        .optimizer: ["2 · 2 · latency + busiest worker Adam + replica gradients shipped"],
+        .optimizer: ["2 · 2 · latency + busiest worker Adam + replica gradients shipped",
+                     "all experts' Adam / cores of the workers' nodes"],
         .other: ["requests"],
     ]
 
-    /// Every coefficient 1 (the pure micro-benchmark prediction; `other` costs nothing).
+    /// The pure micro-benchmark prediction: every phase's first feature at coefficient 1, the
+    /// other features (shared-core compute, per-request latencies) and `other` at 0.
     public init(rates: ComponentRates) {
         self.rates = rates
         coefficients = Dictionary(uniqueKeysWithValues: ScalingPhase.allCases.map { p in
-            (p, Self.featureNames[p]!.map { _ in p == .other ? 0 : 1 })
+            (p, Self.featureNames[p]!.indices.map { i in
+                p == .other ? 0 : p == .wait ? (i == 0 || i == Self.computeFeatures ? 1 : 0) : (i == 0 ? 1 : 0)
+            })
         })
     }
 
@@ -197,8 +215,12 @@ public struct ScalingCostModel: Codable, Sendable, Equatable {
 
     /// Each phase's features (seconds, except `other`: a count) for `w` over `link`.
     /// Workers on node 0 share the coordinator's node and reach it over this machine's `ipc`
-    /// when the workload spans several nodes; the rest cross `link`. Expert compute: the
-    /// busiest worker's rows, or all rows over the cores when workers outnumber them.
+    /// when the workload spans several nodes; the rest cross `link`. Expert compute has two
+    /// features, fitted together: the busiest worker's rows at one core's rate (what limits an
+    /// exchange when every worker has a core to itself), and all rows over all cores of the
+    /// workers' nodes (what limits it when the workers, or other work on the machines, outnumber
+    /// the cores). The optimizer likewise: the busiest worker's Adam, and all experts' Adam over
+    /// the cores.
     public func features(_ w: ScalingWorkload, link: Link) throws -> [ScalingPhase: [Double]] {
         let r = rates, d = String(w.modelDim)
         let expertRate = try r.rate(r.expertFlopsPerCore, d, "expert FFN rate")
@@ -221,35 +243,43 @@ public struct ScalingCostModel: Codable, Sendable, Equatable {
         let half = bytes / 2
         let meanRows = w.assignments / Double(w.workers)
         let busiestRows = meanRows * w.imbalance
-        let workersPerNode = (Double(w.workers) / Double(w.nodes)).rounded(.up)
-        let cores = Double(max(1, min(w.coresPerNode, Int(workersPerNode))))
-        // Rows on the busiest node's cores: the node holds workersPerNode workers' rows.
-        let computeRows = max(busiestRows, meanRows * workersPerNode / cores)
-        let compute = computeRows * w.flopsPerRow / expertRate
+        let cores = Double(max(1, w.coresPerNode) * max(1, w.nodes))
+        let busiestCompute = busiestRows * w.flopsPerRow / expertRate
+        let sharedCompute = w.assignments / cores * w.flopsPerRow / expertRate
         let busiestBytes = bytes / Double(w.workers) * w.imbalance
         let workerCodec = busiestBytes / 2 * (1 / r.encodeBytesPerSecond + 1 / r.decodeBytesPerSecond)
         let wire = Double(2 * w.moeLayers) * 2 * latency + transfer + workerCodec
         let adam = w.parametersOnBusiestWorker / r.adamParametersPerSecond
+        let allAdam = Double(w.moeLayers * w.experts * w.replicas) * w.parametersPerExpert / r.adamParametersPerSecond / cores
+        // The coordinator's send path: its own host's socket (the measured link, or tcp for a
+        // given link: the send call does not depend on the wire beyond it).
+        let sendName: String
+        if case .measured(let name) = link { sendName = name } else { sendName = "tcp" }
+        let send = r.sendSecondsPerMessage?[sendName] ?? r.sendSecondsPerMessage?["ipc"] ?? 0
         let replicaBytes = w.replicaGradientBytes
         let shipping = replicaBytes / remote.bandwidth + replicaBytes / 2 * (1 / r.encodeBytesPerSecond + 1 / r.decodeBytesPerSecond)
         return [
             .attention: [w.attentionFlops / attentionRate],
             .routing: [Double(w.moeLayers * w.tokens) * routing],
             .combine: [w.assignments * combine],
-            .encode: [half / r.encodeBytesPerSecond],
-            .wait: [compute, wire],
+            .encode: [Double(w.expertRequests) * send + half / r.encodeBytesPerSecond],
+            .wait: [busiestCompute, sharedCompute, wire, Double(w.expertRequests) * latency],
             .decode: [half / r.decodeBytesPerSecond],
-            .optimizer: [2 * 2 * latency + adam + shipping],
+            .optimizer: [2 * 2 * latency + adam + shipping, allAdam],
             .other: [Double(w.requests)],
         ]
     }
 
-    /// Predicted seconds per phase.
+    /// Predicted seconds per phase. A model whose coefficients do not match this version's
+    /// features (a cost-model.json from an older version) is refused, naming the phase.
     public func predict(_ w: ScalingWorkload, link: Link) throws -> [ScalingPhase: Double] {
         let f = try features(w, link: link)
         var out: [ScalingPhase: Double] = [:]
         for p in ScalingPhase.allCases {
             let c = coefficients[p] ?? [], x = f[p] ?? []
+            guard c.count == x.count else {
+                throw ScalingModelError.badValue("cost model: \(c.count) coefficient(s) for \(p.rawValue), this version has \(x.count) features (a model from an older version: run `thor experiment scaling` again to refit it)")
+            }
             out[p] = zip(c, x).reduce(0) { $0 + $1.0 * $1.1 }
         }
         return out
@@ -265,10 +295,11 @@ public struct ScalingCostModel: Codable, Sendable, Equatable {
         public var workload: ScalingWorkload
         public var link: Link
         public var phases: [ScalingPhase: Double]
-        /// The part of `wait` the busiest worker spent on the requests (its own decode, queue,
-        /// compute and encode, from the timings on its replies); the rest of `wait` is the wire.
-        /// When every observation has it, `wait`'s compute and wire coefficients are fitted
-        /// separately, each on its own part; otherwise jointly on the whole `wait`.
+        /// The workers' own time in the expert exchanges: per exchange the busiest worker's
+        /// decode, queue, compute and encode (from the timings on its replies), summed. When
+        /// every observation has it, `wait`'s compute coefficients are fitted on it (at most
+        /// encode + wait) and the wire and encode coefficients together on the rest of encode +
+        /// wait; otherwise encode alone and `wait` jointly on the whole `wait`.
         public var waitCompute: Double?
         public init(workload: ScalingWorkload, link: Link, phases: [ScalingPhase: Double], waitCompute: Double? = nil) {
             self.workload = workload; self.link = link; self.phases = phases; self.waitCompute = waitCompute
@@ -276,27 +307,42 @@ public struct ScalingCostModel: Codable, Sendable, Equatable {
         public var step: Double { phases.values.reduce(0, +) }
     }
 
+    /// `wait`'s first features are the workers' compute, the rest the wire.
+    public static let computeFeatures = 2
+
     /// Fits every phase's coefficients to `observations` by non-negative least squares on the
     /// relative residuals (each observation weighs the same whatever its size). Needs at least
-    /// as many observations as the phase has features.
+    /// 2 observations; with fewer observations than a phase has features, the non-negative
+    /// least squares keeps the best subset of them (the others 0).
     public static func fit(_ observations: [Observation], rates: ComponentRates) throws -> ScalingCostModel {
         var model = ScalingCostModel(rates: rates)
         let features = try observations.map { try model.features($0.workload, link: $0.link) }
+        guard observations.count >= 2 else {
+            throw ScalingModelError.notEnoughData("\(observations.count) observation(s): the fit needs at least 2 configurations")
+        }
+        let split = observations.allSatisfy({ $0.waitCompute != nil })
         for p in ScalingPhase.allCases {
-            let k = featureNames[p]!.count
-            guard observations.count >= k else {
-                throw ScalingModelError.notEnoughData("\(observations.count) observations cannot fit \(k) coefficients of \(p.rawValue)")
-            }
-            if p == .wait, observations.allSatisfy({ $0.waitCompute != nil }) {
-                // Split measured: θ_comp on the workers' part, θ_wire on the rest (same weights).
-                var comp: [[Double]] = [], compY: [Double] = [], wire: [[Double]] = [], wireY: [Double] = []
+            if split && p == .encode { continue }  // fitted with wait's wire part, below
+            if split && p == .wait {
+                // The workers' own time measured: the compute coefficients on the workers' part of
+                // encode + wait, the wire and send-path coefficients (with encode's) on the rest,
+                // same weights. Encode and wait are taken together because the coordinator's
+                // sends overlap the workers' compute: a woken worker starts while the coordinator
+                // is still sending (and on a busy machine takes its core), so where encode ends
+                // and wait begins is the scheduler's choice, not the workload's.
+                var comp: [[Double]] = [], compY: [Double] = [], rest: [[Double]] = [], restY: [Double] = []
                 for (o, f) in zip(observations, features) {
                     let wgt = 1 / max(o.step, 1e-12)
-                    let c = min(o.waitCompute!, o.phases[.wait] ?? 0)
-                    comp.append([f[.wait]![0] * wgt]); compY.append(c * wgt)
-                    wire.append([f[.wait]![1] * wgt]); wireY.append(((o.phases[.wait] ?? 0) - c) * wgt)
+                    let exchange = (o.phases[.wait] ?? 0) + (o.phases[.encode] ?? 0)
+                    let c = min(o.waitCompute!, exchange)
+                    let x = f[.wait]!
+                    comp.append(x.prefix(computeFeatures).map { $0 * wgt }); compY.append(c * wgt)
+                    rest.append((x.dropFirst(computeFeatures) + f[.encode]!).map { $0 * wgt }); restY.append((exchange - c) * wgt)
                 }
-                model.coefficients[p] = nonNegativeLeastSquares(comp, compY) + nonNegativeLeastSquares(wire, wireY)
+                let wire = nonNegativeLeastSquares(rest, restY)
+                let n = featureNames[.wait]!.count - computeFeatures
+                model.coefficients[.wait] = nonNegativeLeastSquares(comp, compY) + wire.prefix(n)
+                model.coefficients[.encode] = Array(wire.dropFirst(n))
                 continue
             }
             var rows: [[Double]] = [], ys: [Double] = []
@@ -368,7 +414,8 @@ public struct ScalingBottleneck: Sendable, Equatable {
     public static func of(phases: [ScalingPhase: Double], features: [ScalingPhase: [Double]],
                           coefficients: [ScalingPhase: [Double]]) -> ScalingBottleneck {
         let total = max(phases.values.reduce(0, +), 1e-30)
-        let waitCompute = (coefficients[.wait]?[0] ?? 0) * (features[.wait]?[0] ?? 0)
+        let c = coefficients[.wait] ?? [], x = features[.wait] ?? []
+        let waitCompute = zip(c, x).prefix(ScalingCostModel.computeFeatures).reduce(0) { $0 + $1.0 * $1.1 }
         let waitWire = (phases[.wait] ?? 0) - waitCompute
         let groups: [(String, Double, String)] = [
             ("coordinator", ["attention", "routing", "combine", "encode", "decode", "other"]

@@ -13,7 +13,8 @@ final class ScalingModelTests: XCTestCase {
         cores: 2, expertFlopsPerCore: ["8": 1e9], attentionFlopsPerCore: ["8": 2e9],
         routingSecondsPerToken: ["d=8,N=4": 1e-6], combineSecondsPerAssignment: ["8": 1e-7],
         encodeBytesPerSecond: 1e9, decodeBytesPerSecond: 2e9, adamParametersPerSecond: 1e8,
-        links: ["ipc": LinkModel(latency: 1e-5, bandwidth: 1e9), "tcp": LinkModel(latency: 2e-5, bandwidth: 5e8)])
+        links: ["ipc": LinkModel(latency: 1e-5, bandwidth: 1e9), "tcp": LinkModel(latency: 2e-5, bandwidth: 5e8)],
+        sendSecondsPerMessage: ["ipc": 2e-6, "tcp": 3e-6])
 
     func workload(workers: Int = 2, tokens: Int = 64, experts: Int = 4, imbalance: Double = 1.5) -> ScalingWorkload {
         ScalingWorkload(tokens: tokens, length: 16, modelDim: 8, hiddenDim: 32, experts: experts, moeLayers: 2, workers: workers,
@@ -30,17 +31,24 @@ final class ScalingModelTests: XCTestCase {
         XCTAssertEqual(f[.routing]![0], 128e-6, accuracy: 1e-15)
         // assignments = M·n·e = 2·64·1.5 = 192; combine 192·1e-7.
         XCTAssertEqual(f[.combine]![0], 192e-7, accuracy: 1e-15)
-        // bytes = 4·192·8·4 = 24576; encode half at 1e9, decode half at 2e9.
-        XCTAssertEqual(f[.encode]![0], 12288 / 1e9, accuracy: 1e-15)
+        // bytes = 4·192·8·4 = 24576; encode: 2·2 exchanges · 2 hosts = 8 requests at 2 µs each
+        // on the send path + half the bytes at 1e9; decode half at 2e9.
+        XCTAssertEqual(f[.encode]![0], 8 * 2e-6 + 12288 / 1e9, accuracy: 1e-15)
         XCTAssertEqual(f[.decode]![0], 12288 / 2e9, accuracy: 1e-15)
-        // compute: mean rows 96, busiest 144 (> 96·2/2); 144 rows · 12·8·32 flops at 1e9/s.
+        // compute: mean rows 96, busiest 144; 144 rows · 12·8·32 flops at 1e9/s; all 192 rows over
+        // the 2 cores in use.
         XCTAssertEqual(f[.wait]![0], 144 * 3072 / 1e9, accuracy: 1e-15)
+        XCTAssertEqual(f[.wait]![1], 96 * 3072 / 1e9, accuracy: 1e-15)
         // wire: 4 exchanges · 2 · 1e-5 + 24576/1e9 + busiest bytes 24576/2·1.5 = 18432, half each way through the codec.
         let codec: Double = 18432.0 / 2 * (1 / 1e9 + 1 / 2e9)
         let wire: Double = 8e-5 + 24576.0 / 1e9 + codec
-        XCTAssertEqual(f[.wait]![1], wire, accuracy: 1e-15)
-        // optimizer: 4·1e-5 + ceil(8 keys / 2 workers)·(2·8·32 + 8 + 32) params / 1e8.
+        XCTAssertEqual(f[.wait]![2], wire, accuracy: 1e-15)
+        // per-request latency: 8 expert requests · 1e-5.
+        XCTAssertEqual(f[.wait]![3], 8e-5, accuracy: 1e-15)
+        // optimizer: 4·1e-5 + ceil(8 keys / 2 workers)·(2·8·32 + 8 + 32) params / 1e8; all 8 experts'
+        // Adam over the 2 cores.
         XCTAssertEqual(f[.optimizer]![0], 4e-5 + 4 * 552 / 1e8, accuracy: 1e-15)
+        XCTAssertEqual(f[.optimizer]![1], 8 * 552 / 1e8 / 2, accuracy: 1e-15)
         // Two replicas: each expert's gradients (552 f32) go to the coordinator and on to the replica:
         // 4·(2 layers · 4 experts)·552·2 bytes over the link and through the codec; Adam on ceil(16/2) experts.
         var replicated = w
@@ -54,17 +62,31 @@ final class ScalingModelTests: XCTestCase {
 
         // Coefficients scale each feature; the step is the sum of the phases.
         var model = ScalingCostModel(rates: Self.rates)
-        model.coefficients[.wait] = [2, 3]
+        // The pure micro-benchmark model: the busiest worker's compute and the wire, nothing else.
+        XCTAssertEqual(model.coefficients[.wait], [1, 0, 1, 0])
+        XCTAssertEqual(model.coefficients[.optimizer], [1, 0])
+        model.coefficients[.wait] = [2, 0.5, 3, 4]
         model.coefficients[.other] = [1e-6]
         let p = try model.predict(w, link: .measured("ipc"))
-        let compute: Double = 144.0 * 3072 / 1e9
-        XCTAssertEqual(p[.wait]!, 2 * compute + 3 * wire, accuracy: 1e-15)
+        let compute: Double = 144.0 * 3072 / 1e9, shared: Double = 96.0 * 3072 / 1e9
+        XCTAssertEqual(p[.wait]!, 2 * compute + 0.5 * shared + 3 * wire + 4 * 8e-5, accuracy: 1e-15)
         XCTAssertEqual(p[.other]!, 12e-6, accuracy: 1e-18)
         XCTAssertEqual(try model.predictStep(w, link: .measured("ipc")), p.values.reduce(0, +), accuracy: 1e-15)
+        // A model from an older version (2 wait coefficients) is refused, naming the phase.
+        var old2 = model
+        old2.coefficients[.wait] = [1, 1]
+        XCTAssertThrowsError(try old2.predict(w, link: .measured("ipc"))) { e in
+            XCTAssertTrue("\(e)".contains("2 coefficient(s) for wait, this version has 4 features"), "\(e)")
+        }
 
-        // More workers than cores: the cores bound the compute (4 workers' rows on 2 cores).
+        // More workers than cores: the busiest worker has 48 rows, but the 192 rows share 2 cores.
         let crowded = try ScalingCostModel(rates: Self.rates).features(workload(workers: 4, imbalance: 1), link: .measured("ipc"))
-        XCTAssertEqual(crowded[.wait]![0], 48 * 2 * 3072 / 1e9, accuracy: 1e-15)
+        XCTAssertEqual(crowded[.wait]![0], 48 * 3072 / 1e9, accuracy: 1e-15)
+        XCTAssertEqual(crowded[.wait]![1], 96 * 3072 / 1e9, accuracy: 1e-15)
+        // Rates from before the send path was measured: no send cost.
+        var old = Self.rates
+        old.sendSecondsPerMessage = nil
+        XCTAssertEqual(try ScalingCostModel(rates: old).features(w, link: .measured("ipc"))[.encode]![0], 12288 / 1e9, accuracy: 1e-15)
     }
 
     /// Several nodes: a 1/nodes share of the bytes stays on the coordinator's node (ipc), the rest crosses the link.
@@ -77,14 +99,17 @@ final class ScalingModelTests: XCTestCase {
         let busiest = bytes / 8
         let codec: Double = busiest / 2 * (1 / 1e9 + 1 / 2e9)
         let wire: Double = 8e-5 + bytes / 4 / 1e9 + bytes * 3 / 4 / 12.5e9 + codec
-        XCTAssertEqual(f[.wait]![1], wire, accuracy: 1e-15)
+        XCTAssertEqual(f[.wait]![2], wire, accuracy: 1e-15)
+        // 4 nodes of 2 cores: 8 cores share all 192 rows; 2·2 exchanges · 4 hosts (4 experts) at the larger latency.
+        XCTAssertEqual(f[.wait]![1], 192.0 / 8 * 3072 / 1e9, accuracy: 1e-15)
+        XCTAssertEqual(f[.wait]![3], 16 * 1e-5, accuracy: 1e-15)
     }
 
     /// A synthetic measurement set made from known coefficients: the fit recovers them.
     func testFitRecoversKnownCoefficients() throws {
         var truth = ScalingCostModel(rates: Self.rates)
-        truth.coefficients = [.attention: [1.3], .routing: [0.8], .combine: [2.0], .encode: [1.1], .wait: [1.7, 0.6],
-                              .decode: [0.9], .optimizer: [1.2], .other: [3e-5]]
+        truth.coefficients = [.attention: [1.3], .routing: [0.8], .combine: [2.0], .encode: [1.1], .wait: [1.7, 0.4, 0.6, 2.0],
+                              .decode: [0.9], .optimizer: [1.2, 0.7], .other: [3e-5]]
         var observations: [ScalingCostModel.Observation] = []
         for (i, (workers, tokens)) in [(1, 64), (2, 64), (4, 128), (2, 256), (3, 96), (4, 32)].enumerated() {
             let w = workload(workers: workers, tokens: tokens, imbalance: 1 + 0.1 * Double(i))
@@ -101,27 +126,45 @@ final class ScalingModelTests: XCTestCase {
         let unseen = workload(workers: 3, tokens: 160, imbalance: 1.25)
         XCTAssertEqual(try fitted.predictStep(unseen, link: .measured("tcp")), try truth.predictStep(unseen, link: .measured("tcp")),
                        accuracy: 1e-9)
-        // Too few observations for the two wait coefficients: a clear error.
+        // One observation: a clear error. Fewer observations than wait's 4 features: the best
+        // subset of features, every prediction still finite and non-negative.
         XCTAssertThrowsError(try ScalingCostModel.fit(Array(observations.prefix(1)), rates: Self.rates)) { e in
-            XCTAssertTrue("\(e)".contains("cannot fit 2 coefficients of wait"), "\(e)")
+            XCTAssertTrue("\(e)".contains("needs at least 2 configurations"), "\(e)")
         }
+        let few = try ScalingCostModel.fit(Array(observations.prefix(2)), rates: Self.rates)
+        XCTAssertTrue(few.coefficients[.wait]!.allSatisfy { $0 >= 0 && $0.isFinite })
+        XCTAssertGreaterThan(try few.predictStep(unseen, link: .measured("tcp")), 0)
     }
 
     func testMeasuredWaitSplitFitsComputeAndWireSeparately() throws {
-        // Wait measured as compute 1.5 × f_comp and wire 0.5 × f_wire: the split fit recovers both
-        // each on its own part of wait.
+        // Wait measured as compute 1.5 × f_busiest + 0.25 × f_shared and wire 0.5 × f_wire +
+        // 2 × f_requests: the split fit recovers all four, each pair on its own part of wait.
         let model = ScalingCostModel(rates: Self.rates)
         var observations: [ScalingCostModel.Observation] = []
-        for (workers, tokens) in [(2, 64), (2, 128), (4, 256)] {
+        for (workers, tokens) in [(2, 64), (2, 128), (4, 256), (3, 96)] {
             let w = workload(workers: workers, tokens: tokens, imbalance: 1.2)
             let f = try model.features(w, link: .measured("ipc"))[.wait]!
             var phases = try model.predict(w, link: .measured("ipc"))
-            phases[.wait] = 1.5 * f[0] + 0.5 * f[1]
-            observations.append(ScalingCostModel.Observation(workload: w, link: .measured("ipc"), phases: phases, waitCompute: 1.5 * f[0]))
+            let compute = 1.5 * f[0] + 0.25 * f[1]
+            phases[.wait] = compute + 0.5 * f[2] + 2 * f[3]
+            observations.append(ScalingCostModel.Observation(workload: w, link: .measured("ipc"), phases: phases, waitCompute: compute))
         }
         let fitted = try ScalingCostModel.fit(observations, rates: Self.rates)
-        XCTAssertEqual(fitted.coefficients[.wait]![0], 1.5, accuracy: 1e-9)
-        XCTAssertEqual(fitted.coefficients[.wait]![1], 0.5, accuracy: 1e-9)
+        for (a, b) in zip(fitted.coefficients[.wait]!, [1.5, 0.25, 0.5, 2]) { XCTAssertEqual(a, b, accuracy: 1e-9) }
+        // Encode is fitted with wait's wire part (the phases above have encode at coefficient 1).
+        XCTAssertEqual(fitted.coefficients[.encode]![0], 1, accuracy: 1e-9)
+        // Where encode ends and wait begins does not matter: move 30 % of each wire part into
+        // encode's measurement and the same coefficients come out.
+        let shifted = observations.map { o -> ScalingCostModel.Observation in
+            var m = o
+            let moved = 0.3 * (o.phases[.wait]! - o.waitCompute!)
+            m.phases[.wait]! -= moved; m.phases[.encode]! += moved
+            return m
+        }
+        let refit = try ScalingCostModel.fit(shifted, rates: Self.rates)
+        for p in [ScalingPhase.wait, .encode] {
+            for (a, b) in zip(refit.coefficients[p]!, fitted.coefficients[p]!) { XCTAssertEqual(a, b, accuracy: 1e-9, "\(p)") }
+        }
         // One observation without the split: back to the joint fit on the whole wait.
         observations[0].waitCompute = nil
         observations[0].phases[.wait]! *= 1.3

@@ -19,12 +19,18 @@ struct ScalingConfiguration: Codable, Hashable, Sendable {
 
     /// A local cluster for this configuration: `netns` runs each worker in its own network
     /// namespace (tcp over veth links, removed at shutdown); else ipc or tcp on this host.
+    /// Heartbeat intervals a worker may stay silent: 20 × 0.25 s, not the default 3. The sweep
+    /// times steps, it does not test fault handling, and on an overloaded shared machine a worker
+    /// process can go unscheduled for longer than 0.75 s.
+    static let heartbeatLiveness = 20
+
     func makeCluster() throws -> LocalCluster {
         if transport == Self.emulatedNodesTransport {
-            return try LocalCluster(workers: workers, transport: .tcp, threadsPerWorker: 1,
+            return try LocalCluster(workers: workers, transport: .tcp, threadsPerWorker: 1, heartbeatLiveness: Self.heartbeatLiveness,
                                     emulatedNodes: EmulatedNodes.Options(nodes: workers))
         }
-        return try LocalCluster(workers: workers, transport: LocalCluster.Transport(rawValue: transport)!, threadsPerWorker: 1)
+        return try LocalCluster(workers: workers, transport: LocalCluster.Transport(rawValue: transport)!, threadsPerWorker: 1,
+                                heartbeatLiveness: Self.heartbeatLiveness)
     }
 
     var hiddenDim: Int { 4 * width }
@@ -109,24 +115,47 @@ final class CoordinatorWorkerPhases: WorkerPhaseSource {
     }
 }
 
-/// An `ExpertBackend` wrapper recording the entry/exit time of the last call and the rows
-/// sent per (layer, expert) by the last forward of each layer.
+/// An `ExpertBackend` wrapper recording the entry/exit time of the last call, the rows
+/// sent per (layer, expert) by the last forward of each layer and, over a remote backend, the
+/// busiest worker's own time in each expert exchange.
 final class ScalingProbeBackend: ExpertBackend {
     let inner: ExpertBackend
     var spec: ExpertSpec { inner.spec }
     private(set) var enter = 0.0, exit = 0.0
     /// Rows of the last forward per layer and expert.
     private(set) var rows: [Int: [Int: Int]] = [:]
-    init(_ inner: ExpertBackend) { self.inner = inner }
+    /// Sum over the expert exchanges (forward and backward calls) since the last reset of the
+    /// busiest worker's decode + queue + compute + encode in that exchange (from the timings on
+    /// its replies): the part of each exchange's wait the workers account for. Nil in process.
+    var busiestPerExchange: Double?
+    private let coordinator: ClusterCoordinator?
+    init(_ inner: ExpertBackend) {
+        self.inner = inner
+        coordinator = (inner as? RemoteExpertBackend)?.coordinator
+        busiestPerExchange = coordinator == nil ? nil : 0
+    }
+
+    /// Runs one exchange, adding its busiest worker's own time to `busiestPerExchange`.
+    private func exchange(_ body: () throws -> [Tensor]) throws -> [Tensor] {
+        let before = coordinator?.workerTotals
+        enter = now(); defer { exit = now() }
+        let out = try body()
+        if let coordinator, let before {
+            let busiest = coordinator.workerTotals.map { id, total -> Double in
+                let t = (total - (before[id] ?? WorkerTotals())).timings
+                return t.decode + t.queue + t.compute + t.encode
+            }.max() ?? 0
+            busiestPerExchange = (busiestPerExchange ?? 0) + busiest
+        }
+        return out
+    }
 
     func forward(layer: Int, batches: [ExpertBatch], training: Bool) throws -> [Tensor] {
         rows[layer] = Dictionary(batches.map { ($0.expert, $0.tokens.rows) }, uniquingKeysWith: +)
-        enter = now(); defer { exit = now() }
-        return try inner.forward(layer: layer, batches: batches, training: training)
+        return try exchange { try inner.forward(layer: layer, batches: batches, training: training) }
     }
     func backward(layer: Int, gradients: [ExpertBatch]) throws -> [Tensor] {
-        enter = now(); defer { exit = now() }
-        return try inner.backward(layer: layer, gradients: gradients)
+        try exchange { try inner.backward(layer: layer, gradients: gradients) }
     }
     func squaredGradientNorms() throws -> [ExpertKey: Double] { try inner.squaredGradientNorms() }
     func step(learningRate: Float, clipScale: Float, step: Int) throws {
@@ -147,6 +176,9 @@ struct ScalingStep {
     var bytesSent = 0, bytesReceived = 0, requests = 0
     /// Kept assignments over both layers.
     var assignments = 0
+    /// Per expert exchange, the busiest worker's own time, summed over the step's exchanges
+    /// (nil in process).
+    var busiestPerExchange: Double?
 }
 
 /// The scaling model's coordinator side with a backend (in process or remote).
@@ -189,6 +221,7 @@ final class ScalingHarness {
         var p: [ScalingPhase: Double] = Dictionary(uniqueKeysWithValues: ScalingPhase.allCases.map { ($0, 0.0) })
         var backendSeconds = 0.0
         let before = remote?.counters ?? TransportCounters()
+        if probe.busiestPerExchange != nil { probe.busiestPerExchange = 0 }
         source?.begin()
         let c0 = processCPUSeconds()
         let t0 = now()
@@ -229,6 +262,7 @@ final class ScalingHarness {
         p[.attention]! += now() - t
         let mid = remote?.counters ?? TransportCounters()
         s.workers = source?.end() ?? []
+        s.busiestPerExchange = probe.busiestPerExchange
         p[.encode] = mid.encodeSeconds - before.encodeSeconds
         p[.wait] = mid.waitSeconds - before.waitSeconds
         p[.decode] = mid.decodeSeconds - before.decodeSeconds

@@ -12,8 +12,10 @@ struct ScalingResult: Codable {
     var label: String
     var configuration: ScalingConfiguration
     var repeats: Int
-    /// Best and median step seconds over the timed repeats (the best step's phases are kept).
-    var stepSeconds: Double, medianStepSeconds: Double
+    /// The configuration's step: the median over the passes of each pass's best step (its
+    /// phases are kept); with one pass the best step. The best and the median of all timed
+    /// steps next to it (best and passes nil in results from before passes existed).
+    var stepSeconds: Double, bestStepSeconds: Double?, passes: Int?, medianStepSeconds: Double
     /// Mean step seconds, and the mean CPU seconds per step of the coordinator and of all workers
     /// (over the timed steps: compare CPU with this wall time).
     var meanStepSeconds: Double
@@ -29,6 +31,9 @@ struct ScalingResult: Codable {
     /// The best step's `wait` split: the busiest worker's decode + queue + compute + encode, and
     /// the rest (latency, transfer, the coordinator's socket I/O). Nil in results from before.
     var waitCompute: Double?, waitWire: Double?
+    /// The workers' own time in the best step's expert exchanges, uncapped: per exchange the
+    /// busiest worker's decode + queue + compute + encode, summed (nil in results from before).
+    var workerSeconds: Double?
     var bytesSent: Int, bytesReceived: Int, requests: Int
     var expertsPerToken: Double, imbalance: Double
     /// Share of each MoE layer's routed rows per worker: [layer][worker].
@@ -43,72 +48,49 @@ enum ScalingSweep {
     static let csvColumns = ["key", "workers", "experts", "tokens", "width", "transport", "wire_dtype", "replicas", "repeats",
                              "step_ms", "median_step_ms", "mean_step_ms", "tokens_per_s"] + ScalingPhase.allCases.map { $0.rawValue + "_ms" }
         + ["coordinator_cpu_ms", "worker_cpu_ms", "busy_processes", "cores", "oversubscribed", "bytes_sent", "bytes_received",
-           "requests", "experts_per_token", "imbalance", "load_average", "wait_compute_ms", "wait_wire_ms"]
+           "requests", "experts_per_token", "imbalance", "load_average", "wait_compute_ms", "wait_wire_ms",
+           "best_step_ms", "passes", "worker_ms"]
 
     /// Measures one configuration on real worker processes: one warm-up step, then `repeats` timed steps.
     static func measure(_ c: ScalingConfiguration, repeats: Int, cores: Int) throws -> ScalingResult {
+        try measure([c], repeats: repeats, passes: 1, cores: cores) { _ in }.first!
+    }
+
+    /// Measures `configurations` interleaved: their clusters are started together (a warm-up step
+    /// each), then `passes` rounds each run ⌈repeats/passes⌉ timed steps of every configuration
+    /// in turn, so a burst of load on the shared machine slows a few steps of every configuration
+    /// instead of all steps of one. `done` is called with each result as its group finishes. At
+    /// most `maxWorkers` worker processes are alive at once (larger sweeps run in groups).
+    static func measure(_ configurations: [ScalingConfiguration], repeats: Int, passes: Int, cores: Int,
+                        maxWorkers: Int = 16, progress: (String) -> Void = { _ in },
+                        done: (ScalingResult) throws -> Void) throws -> [ScalingResult] {
         let saved = BLASThreads.current
         BLASThreads.set(1)
         defer { BLASThreads.set(saved) }
-        let cluster = try c.makeCluster()
-        defer { cluster.shutdown() }
-        let keys = ScalingHarness.keys(c)
-        let placement = try Placement(keys: keys, workers: cluster.workerIDs, strategy: .roundRobin, replicas: c.replicas)
-        let remote = try RemoteExpertBackend(coordinator: cluster.coordinator, spec: MoEStack.expertSpec(model: c.model, seed: 1),
-                                             placement: placement)
-        remote.wireDType = c.wireDType == "bf16" ? .bf16 : .f32
-        let harness = try ScalingHarness(c, backend: remote)
-        let source: WorkerPhaseSource = ProcessCPUWorkerPhases(ids: cluster.workerIDs, pids: cluster.processIDs)
-        let timings = CoordinatorWorkerPhases(coordinator: cluster.coordinator, ids: cluster.workerIDs)
-        _ = try harness.step()
-        var steps: [ScalingStep] = []
-        var load = [[Double]](repeating: [Double](repeating: 0, count: c.workers), count: ScalingConfiguration.moeLayers)
-        // Worker CPU over all timed steps (/proc counts clock ticks: one step is often shorter than a tick).
-        source.begin()
-        for _ in 0..<max(1, repeats) {
-            steps.append(try harness.step(workers: timings))
+        var groups: [[ScalingConfiguration]] = []
+        for c in configurations {
+            if let last = groups.last, last.reduce(0, { $0 + $1.workers }) + c.workers <= maxWorkers {
+                groups[groups.count - 1].append(c)
+            } else { groups.append([c]) }
         }
-        let best = steps.min { $0.total < $1.total }!
-        let cpu = Dictionary(source.end().map { ($0.worker, $0.cpuSeconds / Double(max(1, repeats))) }, uniquingKeysWith: +)
-        let workerSamples = best.workers.map { w -> WorkerPhaseSample in
-            var m = w; m.cpuSeconds = cpu[w.worker] ?? 0; return m
-        }
-        let busiest = workerSamples.compactMap(\.busy).max()
-        let wait = best.phases[.wait] ?? 0
-        let waitCompute = busiest.map { min($0, wait) }
-        // Rows per worker and layer (the last step's routing; every step routes the same batch).
-        var rowsPerWorker = [Double](repeating: 0, count: c.workers)
-        for layer in 0..<ScalingConfiguration.moeLayers {
-            let rows = harness.probe.rows[layer] ?? [:]
-            let total = Double(max(1, rows.values.reduce(0, +)))
-            for (expert, n) in rows {
-                guard let host = placement.primary(ExpertKey(layer: layer, expert: expert)),
-                      let w = cluster.workerIDs.firstIndex(of: host) else { continue }
-                load[layer][w] += Double(n) / total
-                rowsPerWorker[w] += Double(n)
+        let rounds = max(1, min(passes, repeats))
+        let perRound = (max(1, repeats) + rounds - 1) / rounds
+        var out: [ScalingResult] = []
+        for group in groups {
+            var sessions: [ScalingSession] = []
+            defer { for s in sessions { s.shutdown() } }
+            for c in group { sessions.append(try ScalingSession(c)) }
+            for round in 0..<rounds {
+                for s in sessions { try s.run(steps: perRound) }
+                if rounds > 1 { progress("pass \(round + 1)/\(rounds): \(sessions.map(\.configuration.label).joined(separator: ", "))") }
+            }
+            for s in sessions {
+                let r = s.result(cores: cores)
+                try done(r)
+                out.append(r)
             }
         }
-        let sorted = steps.map(\.total).sorted()
-        let mean = rowsPerWorker.reduce(0, +) / Double(c.workers)
-        let perToken = Double(best.assignments) / Double(c.batchTokens * ScalingConfiguration.moeLayers)
-        let workload = ScalingWorkload(tokens: c.batchTokens, length: ScalingConfiguration.length, modelDim: c.width,
-                                       hiddenDim: c.hiddenDim, experts: c.experts, moeLayers: ScalingConfiguration.moeLayers,
-                                       workers: c.workers, replicas: c.replicas, coresPerNode: cores,
-                                       wireBytesPerElement: c.wireBytesPerElement, expertsPerToken: perToken,
-                                       imbalance: mean > 0 ? (rowsPerWorker.max() ?? 0) / mean : 1)
-        let workerCPU = workerSamples.reduce(0) { $0 + $1.cpuSeconds }
-        let meanWall = steps.reduce(0) { $0 + $1.total } / Double(steps.count)
-        let meanCoordinatorCPU = steps.reduce(0) { $0 + $1.coordinatorCPU } / Double(steps.count)
-        return ScalingResult(
-            key: c.key, label: c.label, configuration: c, repeats: repeats,
-            stepSeconds: best.total, medianStepSeconds: sorted[sorted.count / 2], meanStepSeconds: meanWall,
-            tokensPerSecond: Double(c.batchTokens) / best.total, phases: best.phases,
-            coordinatorCpuSeconds: meanCoordinatorCPU, workerCpuSeconds: workerCPU,
-            busyProcesses: c.workers, cores: cores, oversubscribed: c.workers > cores, workers: workerSamples,
-            waitCompute: waitCompute, waitWire: waitCompute.map { wait - $0 },
-            bytesSent: best.bytesSent, bytesReceived: best.bytesReceived, requests: best.requests,
-            expertsPerToken: perToken, imbalance: workload.imbalance, load: load, loadAverage: loadAverage1(),
-            workload: workload, date: ISO8601DateFormatter().string(from: Date()))
+        return out
     }
 
     // MARK: results files
@@ -150,7 +132,8 @@ enum ScalingSweep {
             + [ms(r.coordinatorCpuSeconds), ms(r.workerCpuSeconds), "\(r.busyProcesses)", "\(r.cores)", "\(r.oversubscribed)",
                "\(r.bytesSent)", "\(r.bytesReceived)", "\(r.requests)", String(format: "%.4f", r.expertsPerToken),
                String(format: "%.4f", r.imbalance), String(format: "%.2f", r.loadAverage),
-               r.waitCompute.map(ms) ?? "", r.waitWire.map(ms) ?? ""]
+               r.waitCompute.map(ms) ?? "", r.waitWire.map(ms) ?? "",
+               r.bestStepSeconds.map(ms) ?? "", r.passes.map { "\($0)" } ?? "", r.workerSeconds.map(ms) ?? ""]
         try appendText(cells.joined(separator: ",") + "\n", to: csvPath)
     }
 
@@ -174,7 +157,7 @@ enum ScalingSweep {
 
     static func observation(_ r: ScalingResult) -> ScalingCostModel.Observation {
         ScalingCostModel.Observation(workload: r.workload, link: .measured(r.configuration.transport), phases: r.phases,
-                                     waitCompute: r.waitCompute)
+                                     waitCompute: r.workerSeconds ?? r.waitCompute)
     }
 
     /// Holds out every third configuration (the 2nd, 5th, … in sweep order), fits on the rest,

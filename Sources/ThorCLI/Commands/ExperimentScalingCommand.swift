@@ -14,10 +14,13 @@ struct ExperimentScalingCommand: ParsableCommand {
         Every configuration (the cartesian product of the lists) runs on real `thor worker` \
         processes on this machine (one thread each): a training step of self-attention, the task \
         level and two THOR top-p encoder MoE layers (p = 0.5, d_ff = 4·width, sentences of 32 \
-        positions), backward, and the experts' gradient norms and Adam step. One warm-up step, \
-        then --repeats timed steps; the best step's phases are kept (attention, routing, combine, \
-        encode, wait, decode, optimizer, other), with the coordinator's and the workers' CPU time \
-        next to the wall time. When a configuration has more workers than cores, the table marks it \
+        positions), backward, and the experts' gradient norms and Adam step. Every configuration's \
+        cluster is started (one warm-up step each), then --passes rounds each run a share of the \
+        --repeats timed steps of every configuration in turn, so load from other work on the \
+        machine spreads over all configurations; the best step's phases are kept (attention, \
+        routing, combine, encode, wait, decode, optimizer, other), with the coordinator's and the \
+        workers' CPU time next to the wall time. At most 16 workers are up at once (larger sweeps \
+        run in groups). When a configuration has more workers than cores, the table marks it \
         (the workers share the cores while they compute; the CPU time shows it).
 
         Results are appended to --out/results.jsonl and results.csv; running again skips the \
@@ -34,9 +37,9 @@ struct ExperimentScalingCommand: ParsableCommand {
         --out/cost-model.json for `thor experiment predict`.
 
         --sweep FILE: a JSON object with any of the keys workers, experts, tokens, width, \
-        transport, wire_dtype, replicas (lists) and repeats; flags given override it. --quick: \
-        workers 1,2,4, experts 4,8, 512 tokens, width 64, ipc, f32, 10 repeats (6 configurations, \
-        under a minute on 2 free cores). Progress and ETA on stderr; the table (or one JSON object with --json) on stdout.
+        transport, wire_dtype, replicas (lists), repeats and passes; flags given override it. \
+        Defaults: 10 repeats in 5 passes. --quick: workers 1,2,4, experts 4,8, 512 tokens, width 64, \
+        ipc, f32, 120 repeats in 30 passes (6 configurations, under a minute). Progress and ETA on stderr; the table (or one JSON object with --json) on stdout.
         """
     )
 
@@ -51,6 +54,8 @@ struct ExperimentScalingCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Replicas of every expert (≤ workers; larger combinations are skipped).", valueName: "list"))
     var replicas: String?
     @Option(help: "Timed steps per configuration (after one warm-up).") var repeats: Int?
+    @Option(help: ArgumentHelp("Rounds the timed steps are split into; each round runs every configuration in turn (their clusters stay up), so a burst of load on a shared machine spreads over all configurations.", valueName: "n"))
+    var passes: Int?
     @Option(help: "Directory for results.jsonl, results.csv, rates.json, cost-model.json and the plots.")
     var out = "runs/scaling"
     @Flag(help: "A short sweep: 6 configurations of a small model.") var quick = false
@@ -58,24 +63,25 @@ struct ExperimentScalingCommand: ParsableCommand {
 
     struct Sweep: Decodable {
         var workers: [Int]?, experts: [Int]?, tokens: [Int]?, width: [Int]?
-        var transport: [String]?, wireDtype: [String]?, replicas: [Int]?, repeats: Int?
+        var transport: [String]?, wireDtype: [String]?, replicas: [Int]?, repeats: Int?, passes: Int?
     }
 
     /// The configurations, in sweep order, and the repeats.
-    func plan() throws -> (configurations: [ScalingConfiguration], repeats: Int) {
+    func plan() throws -> (configurations: [ScalingConfiguration], repeats: Int, passes: Int) {
         var s = Sweep()
         if quick { s = Sweep(workers: [1, 2, 4], experts: [4, 8], tokens: [512], width: [64], transport: ["ipc"],
-                             wireDtype: ["f32"], replicas: [1], repeats: 10) }
+                             wireDtype: ["f32"], replicas: [1], repeats: 120, passes: 30) }
         if let sweep {
             guard let data = FileManager.default.contents(atPath: sweep) else { throw ValidationError("--sweep: cannot read \(sweep)") }
             let d = JSONDecoder(); d.keyDecodingStrategy = .convertFromSnakeCase
             let file: Sweep
             do { file = try d.decode(Sweep.self, from: data) } catch {
-                throw ValidationError("--sweep \(sweep): not a sweep object (keys workers, experts, tokens, width, transport, wire_dtype, replicas, repeats: lists of values): \(error)")
+                throw ValidationError("--sweep \(sweep): not a sweep object (keys workers, experts, tokens, width, transport, wire_dtype, replicas: lists of values; repeats, passes: numbers): \(error)")
             }
             s.workers = file.workers ?? s.workers; s.experts = file.experts ?? s.experts; s.tokens = file.tokens ?? s.tokens
             s.width = file.width ?? s.width; s.transport = file.transport ?? s.transport
             s.wireDtype = file.wireDtype ?? s.wireDtype; s.replicas = file.replicas ?? s.replicas; s.repeats = file.repeats ?? s.repeats
+            s.passes = file.passes ?? s.passes
         }
         func ints(_ text: String?, _ flag: String) throws -> [Int]? {
             guard let text else { return nil }
@@ -93,7 +99,8 @@ struct ExperimentScalingCommand: ParsableCommand {
         let t = words(transport) ?? s.transport ?? ["ipc"]
         let dt = words(wireDType) ?? s.wireDtype ?? ["f32"]
         let r = try ints(replicas, "replicas") ?? s.replicas ?? [1]
-        let reps = repeats ?? s.repeats ?? 3
+        let reps = repeats ?? s.repeats ?? 10
+        let rounds = passes ?? s.passes ?? 5
         for (name, list) in [("workers", w), ("experts", e), ("tokens", n), ("width", d), ("replicas", r)] {
             guard !list.isEmpty, list.allSatisfy({ $0 >= 1 }) else { throw ValidationError("--\(name) needs values ≥ 1, got \(list)") }
         }
@@ -114,16 +121,17 @@ struct ExperimentScalingCommand: ParsableCommand {
         }
         for x in dt where !["f32", "bf16"].contains(x) { throw ValidationError("--wire-dtype: unknown dtype '\(x)' (f32 or bf16)") }
         guard reps >= 1 else { throw ValidationError("--repeats must be ≥ 1, got \(reps)") }
+        guard rounds >= 1 else { throw ValidationError("--passes must be ≥ 1, got \(rounds)") }
         var out: [ScalingConfiguration] = []
         for tr in t { for dtype in dt { for rep in r { for width in d { for tok in n { for ex in e { for wk in w where rep <= wk {
             out.append(ScalingConfiguration(workers: wk, experts: ex, tokens: tok, width: width, transport: tr, wireDType: dtype, replicas: rep))
         } } } } } } }
         guard !out.isEmpty else { throw ValidationError("the sweep is empty (every replica count exceeds every worker count)") }
-        return (out, reps)
+        return (out, reps, min(rounds, reps))
     }
 
     func run() throws {
-        let (configurations, reps) = try plan()
+        let (configurations, reps, passes) = try plan()
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         let resultsPath = out + "/results.jsonl", ratesPath = out + "/rates.json"
         func info(_ s: String) { FileHandle.standardError.write(Data((s + "\n").utf8)) }
@@ -138,17 +146,18 @@ struct ExperimentScalingCommand: ParsableCommand {
         let todo = configurations.filter { !done.contains($0.key) }
         if todo.count < configurations.count { info("resuming: \(configurations.count - todo.count) of \(configurations.count) configurations already in \(resultsPath)") }
         let start = MonotonicClock.seconds()
-        for (i, c) in todo.enumerated() {
-            if c.workers > cores {
-                info("note: \(c.label): \(c.workers) workers compute at once on \(cores) cores (CPU time is recorded next to wall time)")
-            }
-            let r = try ScalingSweep.measure(c, repeats: reps, cores: cores)
+        for c in todo where c.workers > cores {
+            info("note: \(c.label): \(c.workers) workers compute at once on \(cores) cores (CPU time is recorded next to wall time)")
+        }
+        var finished = 0
+        _ = try ScalingSweep.measure(todo, repeats: reps, passes: passes, cores: cores, progress: info) { r in
             try ScalingSweep.append(r, directory: out)
             results.append(r)
+            finished += 1
             let elapsed = MonotonicClock.seconds() - start
-            let eta = elapsed / Double(i + 1) * Double(todo.count - i - 1)
-            info(String(format: "[%d/%d] %@: %.1f ms/step, %.0f tokens/s, CPU %.2f× wall, load %.1f; ETA %d:%02d",
-                        i + 1, todo.count, c.label, r.stepSeconds * 1000, r.tokensPerSecond,
+            let eta = elapsed / Double(finished) * Double(todo.count - finished)
+            info(String(format: "[%d/%d] %@: %.1f ms/step (best of %d), %.0f tokens/s, CPU %.2f× wall, load %.1f; ETA %d:%02d",
+                        finished, todo.count, r.label, r.stepSeconds * 1000, r.repeats, r.tokensPerSecond,
                         (r.coordinatorCpuSeconds + r.workerCpuSeconds) / r.meanStepSeconds, r.loadAverage, Int(eta) / 60, Int(eta) % 60))
         }
         // Results in this sweep's order first, then any others in the file.
@@ -176,14 +185,14 @@ struct ExperimentScalingCommand: ParsableCommand {
 
     func printTable(_ results: [ScalingResult], validation v: ScalingSweep.Validation, plots: [String], cores: Int) {
         var report = BenchReport(
-            title: "thor experiment scaling: \(results.count) configurations, \(cores) cores, best step of the repeats (ms; CPU: mean per step); * = held out",
-            columns: ["ms", "median", "tokens/s", "speedup"] + ScalingPhase.allCases.map(\.rawValue)
-                + ["coord CPU", "worker CPU", "CPU/wall", "cores", "MB/step", "e/token", "imbal.", "load", "predicted", "error"])
+            title: "thor experiment scaling: \(results.count) configurations, \(cores) cores, ms: median over the passes of each pass's best step (CPU: mean per step); * = held out",
+            columns: ["ms", "best", "median", "tokens/s", "speedup"] + ScalingPhase.allCases.map(\.rawValue)
+                + ["wait: worker", "wait: wire", "coord CPU", "worker CPU", "CPU/wall", "cores", "MB/step", "e/token", "imbal.", "load", "predicted", "error"])
         for r in results {
             var base = r.configuration; base.workers = 1
             let one = results.first { $0.configuration == base }
             func ms(_ s: Double) -> String { String(format: "%.2f", s * 1000) }
-            var cells = ["ms": ms(r.stepSeconds), "median": ms(r.medianStepSeconds), "tokens/s": String(format: "%.0f", r.tokensPerSecond),
+            var cells = ["ms": ms(r.stepSeconds), "best": r.bestStepSeconds.map(ms) ?? "", "median": ms(r.medianStepSeconds), "tokens/s": String(format: "%.0f", r.tokensPerSecond),
                          "speedup": one.map { String(format: "%.2f", r.tokensPerSecond / $0.tokensPerSecond) } ?? "",
                          "coord CPU": ms(r.coordinatorCpuSeconds), "worker CPU": ms(r.workerCpuSeconds),
                          "CPU/wall": String(format: "%.2f", (r.coordinatorCpuSeconds + r.workerCpuSeconds) / r.meanStepSeconds),
@@ -192,6 +201,7 @@ struct ExperimentScalingCommand: ParsableCommand {
                          "e/token": String(format: "%.2f", r.expertsPerToken), "imbal.": String(format: "%.2f", r.imbalance),
                          "load": String(format: "%.1f", r.loadAverage)]
             for p in ScalingPhase.allCases { cells[p.rawValue] = ms(r.phases[p] ?? 0) }
+            if let c = r.waitCompute, let w = r.waitWire { cells["wait: worker"] = ms(c); cells["wait: wire"] = ms(w) }
             if let p = v.predicted[r.key] { cells["predicted"] = ms(p); cells["error"] = String(format: "%.1f%%", 100 * v.errors[r.key]!) }
             report.addRow((v.predicted[r.key] != nil ? "* " : "  ") + r.label, cells)
         }
@@ -214,6 +224,8 @@ struct ExperimentScalingCommand: ParsableCommand {
                                     "phases": Dictionary(uniqueKeysWithValues: ScalingPhase.allCases.map { ($0.rawValue, r.phases[$0] ?? 0) }),
                                     "held_out": v.predicted[r.key] != nil]
             if let p = v.predicted[r.key] { d["predicted_step_seconds"] = p; d["relative_error"] = v.errors[r.key]! }
+            if let c = r.waitCompute, let w = r.waitWire { d["wait_compute_seconds"] = c; d["wait_wire_seconds"] = w }
+            if let b = r.bestStepSeconds { d["best_step_seconds"] = b }
             return d
         }
         var obj: [String: Any] = ["configurations": configurations, "plots": plots,
