@@ -77,6 +77,10 @@ public final class ExpertHost: @unchecked Sendable {
     /// How expert work is cut into tasks: the same on every host of a cluster.
     public let partition: ExpertPartition
     private let scratch = ScratchPool()
+    /// Storage reused across steps: per MoE layer for training forwards (outputs and kept
+    /// activations), and one for backward (see `Workspace`).
+    private var forwardSpace: [Int: Workspace] = [:]
+    private let backwardSpace = Workspace()
 
     public init(spec: ExpertSpec, keys: [ExpertKey], threads: Int = 1, partition: ExpertPartition = .standard) {
         self.spec = spec
@@ -110,7 +114,16 @@ public final class ExpertHost: @unchecked Sendable {
         try validate(layer: layer, batches: batches)
         let hosted = batches.map { experts[ExpertKey(layer: layer, expert: $0.expert)]! }
         let work = zip(hosted, batches).map { ExpertWork(weights: $0.weights, rows: $1.tokens.rows) }
-        let results = ChunkedFeedForward.forward(work, inputs: batches.map(\.tokens), partition: partition, threads: threads)
+        // Training forwards of a layer reuse that layer's storage (its previous step is done by now);
+        // other forwards allocate, so they never touch what a pending backward needs.
+        var space: Workspace? = nil
+        if training {
+            if forwardSpace[layer] == nil { forwardSpace[layer] = Workspace() }
+            space = forwardSpace[layer]
+            pending[layer] = nil   // releases the previous step's activations before the storage is checked
+        }
+        let results = ChunkedFeedForward.forward(work, inputs: batches.map(\.tokens), partition: partition, threads: threads,
+                                                 workspace: space)
         if training { pending[layer] = results.enumerated().map { (hosted[$0.offset].key, $0.element.1) } }
         return results.map { $0.0 }
     }
@@ -130,7 +143,7 @@ public final class ExpertHost: @unchecked Sendable {
         pending[layer] = nil
         let work = kept.map { ExpertWork(weights: experts[$0.0]!.weights, rows: $0.1.input.rows) }
         return ChunkedFeedForward.backward(work, gradients: gradients.map(\.tokens), saved: kept.map { $0.1 },
-                                           partition: partition, threads: threads, scratch: scratch)
+                                           partition: partition, threads: threads, scratch: scratch, workspace: backwardSpace)
     }
 
     public func squaredGradientNorms() -> [ExpertKey: Double] {

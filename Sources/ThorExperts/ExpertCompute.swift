@@ -111,19 +111,67 @@ func uninitializedTensor(_ shape: [Int]) -> Tensor {
     return Tensor(adopting: .allocate(capacity: max(count, 1)), shape: shape)
 }
 
+/// One block of floats that tensors borrow (`Tensor(borrowing:owner:)`); freed with the last of them.
+final class StorageBlock: @unchecked Sendable {
+    let pointer: UnsafeMutablePointer<Float>
+    let capacity: Int
+    init(capacity: Int) {
+        self.capacity = max(capacity, 1)
+        pointer = .allocate(capacity: self.capacity)
+    }
+    deinit { pointer.deallocate() }
+}
+
+/// Storage a host reuses from one call to the next of the same kind (one per MoE layer for the
+/// forward outputs and kept activations, one for backward), so a training step allocates and
+/// first-touches no new pages for them. The block is reused only when no tensor carved from it
+/// is alive any more (`isKnownUniquelyReferenced`): a caller that still holds an earlier call's
+/// outputs (or activations kept for a backward) gets fresh storage, never an alias.
+final class Workspace {
+    private var block: StorageBlock?
+    private var used = 0
+
+    /// Starts a call that needs `count` floats in all; `tensor(_:)` then carves them in order.
+    func begin(_ count: Int) {
+        if !isKnownUniquelyReferenced(&block) || block!.capacity < count {
+            block = StorageBlock(capacity: count)
+        }
+        used = 0
+    }
+
+    /// The next `shape`-sized piece of the block (contents undefined: the caller writes every element).
+    func tensor(_ shape: [Int]) -> Tensor {
+        let count = shape.reduce(1, *)
+        precondition(used + count <= block!.capacity, "Workspace: carving past the reserved size")
+        // Keep every piece 16-float aligned (64 bytes), as the allocator would.
+        let t = Tensor(borrowing: block!.pointer + used, shape: shape, owner: block!)
+        used += (count + 15) / 16 * 16
+        return t
+    }
+
+    /// Floats `begin` must reserve for pieces of `counts` (with the alignment padding).
+    static func size(_ counts: [Int]) -> Int { counts.reduce(0) { $0 + ($1 + 15) / 16 * 16 } }
+}
+
 /// The chunked forward and backward of a request's experts (see `ExpertPartition`).
 enum ChunkedFeedForward {
     /// Forward of every batch: outputs in batch order, and what backward needs.
-    static func forward(_ work: [ExpertWork], inputs: [Tensor], partition: ExpertPartition, threads: Int)
-        -> [(Tensor, FeedForwardActivations)] {
+    /// `workspace`: where y, h and a are carved (fresh allocations without one).
+    static func forward(_ work: [ExpertWork], inputs: [Tensor], partition: ExpertPartition, threads: Int,
+                        workspace: Workspace? = nil) -> [(Tensor, FeedForwardActivations)] {
         struct Chunk { let batch: Int; let rows: Range<Int> }
         var tasks: [Chunk] = []
         var results: [(Tensor, FeedForwardActivations)] = []
+        func shapes(_ w: ExpertWork) -> [[Int]] {
+            let f = w.weights.hiddenDim
+            return [[w.rows, w.weights.modelDim], [w.rows, w.weights.activation.firstProjectionWidth(dFF: f)], [w.rows, f]]
+        }
+        workspace?.begin(Workspace.size(work.flatMap { shapes($0).map { $0.reduce(1, *) } }))
+        let make: ([Int]) -> Tensor = { workspace?.tensor($0) ?? uninitializedTensor($0) }
         for (i, w) in work.enumerated() {
-            let n = w.rows, f = w.weights.hiddenDim
-            let f1 = w.weights.activation.firstProjectionWidth(dFF: f)
-            let y = uninitializedTensor([n, w.weights.modelDim])
-            let h = uninitializedTensor([n, f1]), a = uninitializedTensor([n, f])
+            let n = w.rows
+            let s = shapes(w)
+            let y = make(s[0]), h = make(s[1]), a = make(s[2])
             results.append((y, FeedForwardActivations(input: inputs[i], preActivation: h, hidden: a)))
             for r in ExpertPartition.pieces(n, partition.rowsPerChunk) { tasks.append(Chunk(batch: i, rows: r)) }
         }
@@ -144,17 +192,23 @@ enum ChunkedFeedForward {
     /// Phase 1: per row chunk `∂a = ∂y·W2ᵀ`, `∂h = act'(h) ⊙ ∂a`, `∂x = ∂h·W1ᵀ`; per tile of
     /// `∂W2` (its rows) `∂W2 += aᵀ·∂y`; `∂b2 += Σ_rows ∂y`. Phase 2 (needs all of `∂h`): per
     /// tile of `∂W1` (its columns) `∂W1 += xᵀ·∂h` and `∂b1 += Σ_rows ∂h`.
+    /// `workspace`: where ∂x and ∂h are carved (fresh allocations without one).
     static func backward(_ work: [ExpertWork], gradients: [Tensor], saved: [FeedForwardActivations],
-                         partition: ExpertPartition, threads: Int, scratch: ScratchPool) -> [Tensor] {
+                         partition: ExpertPartition, threads: Int, scratch: ScratchPool,
+                         workspace: Workspace? = nil) -> [Tensor] {
         enum Task { case rows(Int, Range<Int>), w2(Int, Range<Int>), b2(Int), w1(Int, Range<Int>) }
         var phase1: [Task] = [], phase2: [Task] = []
         var dxs: [Tensor] = [], dhs: [Tensor] = []
         var maxChunk = 1
+        workspace?.begin(Workspace.size(work.flatMap {
+            [$0.rows * $0.weights.modelDim, $0.rows * $0.weights.activation.firstProjectionWidth(dFF: $0.weights.hiddenDim)]
+        }))
+        let make: ([Int]) -> Tensor = { workspace?.tensor($0) ?? uninitializedTensor($0) }
         for (i, w) in work.enumerated() {
             let n = w.rows, d = w.weights.modelDim, f = w.weights.hiddenDim
             let f1 = w.weights.activation.firstProjectionWidth(dFF: f)
-            dxs.append(uninitializedTensor([n, d]))
-            dhs.append(uninitializedTensor([n, f1]))
+            dxs.append(make([n, d]))
+            dhs.append(make([n, f1]))
             guard n > 0 else { continue }
             for r in ExpertPartition.pieces(n, partition.rowsPerChunk) {
                 phase1.append(.rows(i, r))

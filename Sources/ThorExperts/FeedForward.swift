@@ -34,9 +34,13 @@ public enum FeedForward {
         Parallel.forEachRange(n, threads: BLASThreads.current, minimumChunk: 64) { rows in
             for r in rows {
                 let hr = h + r * f1, ar = a + r * dFF
+                if activation == .relu {
+                    ReLUKernels.biasForward(h: hr, bias: b1, a: ar, count: dFF)
+                    continue
+                }
                 for j in 0..<f1 { hr[j] += b1[j] }
                 switch activation {
-                case .relu: for j in 0..<dFF { ar[j] = hr[j] > 0 ? hr[j] : 0 }
+                case .relu: break
                 case .gelu: for j in 0..<dFF { ar[j] = geluValue(hr[j]) }
                 case .swiglu: for j in 0..<dFF { ar[j] = silu(hr[j]) * hr[dFF + j] }
                 }
@@ -91,7 +95,7 @@ public enum FeedForward {
             let hr = h + r * f1, g = da + r * dFF, dr = dh + r * f1
             switch activation {
             case .relu:
-                for j in 0..<dFF { dr[j] = hr[j] > 0 ? g[j] : 0 }
+                ReLUKernels.backward(dh: dr, da: g, h: hr, count: dFF)
             case .gelu:
                 for j in 0..<dFF { dr[j] = g[j] * geluDerivative(hr[j]) }
             case .swiglu:

@@ -39,14 +39,17 @@ public final class ContextGate {
             gemm(m: n, n: d, k: d, a: c, b: wc, beta: 1, c: g)
         }
         gemm(m: n, n: d, k: d, a: h, b: wh, beta: 1, c: g)
-        for t in 0..<n {
-            let gt = g + t * d, ct = c + (t / l) * d, htt = ht + t * d, hh = h + t * d
-            for j in 0..<d {
-                let s = FeedForward.sigmoid(gt[j])
-                gt[j] = s
-                htt[j] = s * hh[j] + (1 - s) * ct[j]
+        // Rows are independent: split over the BLAS thread count (same bits for any split).
+        Parallel.forEachRange(n, threads: BLASThreads.current, minimumChunk: 64) { rows in
+            for t in rows {
+                let gt = g + t * d, ct = c + (t / l) * d, htt = ht + t * d, hh = h + t * d
+                for j in 0..<d {
+                    let s = FeedForward.sigmoid(gt[j])
+                    gt[j] = s
+                    htt[j] = s * hh[j] + (1 - s) * ct[j]
+                }
+                if let r { Kernels.add(r + (t / sl) * d, into: htt, count: d) }
             }
-            if let r { Kernels.add(r + (t / sl) * d, into: htt, count: d) }
         }
     }
 
@@ -59,17 +62,23 @@ public final class ContextGate {
         let d = dim, wh = UnsafePointer(weight.value.pointer), wc = wh + d * d
         let dwh = weight.grad.pointer, dwc = dwh + d * d
         let cRows = n / l
-        let da = Tensor(shape: [n, d])
-        for t in 0..<n {
-            let dt = dht + t * d, gt = g + t * d, ht = h + t * d, ct = c + (t / l) * d
-            let dat = da.pointer + t * d, dht_ = dh + t * d, dct = dc + (t / l) * d
-            for j in 0..<d {
-                let gj = gt[j], dj = dt[j]
-                dat[j] = dj * (ht[j] - ct[j]) * gj * (1 - gj)
-                dht_[j] += dj * gj
-                dct[j] += dj * (1 - gj)
+        let da = Tensor(uninitializedShape: [n, d])  // every row is written below
+        // Split by whole sentences (`sl` rows; a context row is one sentence or one token), so
+        // every sum into a row of dc or dr runs on one thread in row order: the same bits.
+        let sentences = sl > 0 && n % sl == 0 ? n / sl : 1, span = sentences == 1 ? n : sl
+        let dap = da.pointer
+        Parallel.forEachRange(sentences, threads: BLASThreads.current, minimumChunk: max(1, 64 / max(1, span))) { part in
+            for t in (part.lowerBound * span)..<(part.upperBound * span) {
+                let dt = dht + t * d, gt = g + t * d, ht = h + t * d, ct = c + (t / l) * d
+                let dat = dap + t * d, dht_ = dh + t * d, dct = dc + (t / l) * d
+                for j in 0..<d {
+                    let gj = gt[j], dj = dt[j]
+                    dat[j] = dj * (ht[j] - ct[j]) * gj * (1 - gj)
+                    dht_[j] += dj * gj
+                    dct[j] += dj * (1 - gj)
+                }
+                if let dr { Kernels.add(dt, into: dr + (t / sl) * d, count: d) }
             }
-            if let dr { Kernels.add(dt, into: dr + (t / sl) * d, count: d) }
         }
         gemm(transA: true, m: d, n: d, k: n, a: h, b: da.pointer, beta: 1, c: dwh)
         Kernels.addColumnSums(da.pointer, rows: n, cols: d, into: bias.grad.pointer)

@@ -37,9 +37,7 @@ public struct ExpertDispatch: @unchecked Sendable {
     /// Tokens of group `i` gathered from x [n, d].
     public func gather(_ i: Int, from x: UnsafePointer<Float>, dim d: Int) -> Tensor {
         let out = Tensor(uninitializedShape: [start[i + 1] - start[i], d])  // every row is written
-        for (j, a) in (start[i]..<start[i + 1]).enumerated() {
-            (out.pointer + j * d).update(from: x + Int(rows[a]) * d, count: d)
-        }
+        DispatchKernels.gather(start[i]..<start[i + 1], rows: rows, from: x, dim: d, into: out.pointer)
         return out
     }
 }

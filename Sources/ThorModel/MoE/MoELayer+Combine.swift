@@ -33,10 +33,8 @@ extension MoELayer {
             guard out.rows == batches[i].tokens.rows, out.columns == d else {
                 throw MoEError.wrongShape("\(name): expert \(dispatch.experts[i]) returned \(out.shape) for \(batches[i].tokens.shape)")
             }
-            for (j, a) in (dispatch.start[i]..<dispatch.start[i + 1]).enumerated() {
-                Kernels.axpy(decision.weights[Int(dispatch.slots[a])], out.pointer + j * d,
-                             into: y.pointer + Int(dispatch.rows[a]) * d, count: d)
-            }
+            DispatchKernels.combine(dispatch.start[i]..<dispatch.start[i + 1], rows: dispatch.rows, slots: dispatch.slots,
+                                    weights: decision.weights.pointer, outputs: out.pointer, dim: d, into: y.pointer)
         }
         for s in sharedExperts {
             let ys = try s.forward(x, layout: layout, training: training)
@@ -55,14 +53,9 @@ extension MoELayer {
         var grads: [ExpertBatch] = []
         for (i, out) in k.combine.outputs.enumerated() {
             let gi = Tensor(uninitializedShape: out.shape)  // every row is written below
-            for (j, a) in (disp.start[i]..<disp.start[i + 1]).enumerated() {
-                let t = Int(disp.rows[a]), slot = Int(disp.slots[a])
-                let dyt = dy + t * d, o = out.pointer + j * d, gp = gi.pointer + j * d
-                let w = dec.weights[slot]
-                var dot: Float = 0
-                for q in 0..<d { gp[q] = w * dyt[q]; dot += dyt[q] * o[q] }
-                dw[slot] = dot
-            }
+            DispatchKernels.weightedGradients(disp.start[i]..<disp.start[i + 1], rows: disp.rows, slots: disp.slots,
+                                              weights: dec.weights.pointer, dy: dy, outputs: out.pointer, dim: d,
+                                              into: gi.pointer, dw: dw.pointer)
             grads.append(ExpertBatch(expert: disp.experts[i], tokens: gi))
         }
         t = phaseTimer?.add(.gatherBackward, since: t) ?? t
@@ -70,9 +63,8 @@ extension MoELayer {
         t = phaseTimer?.add(.expertsBackward, since: t) ?? t
         defer { phaseTimer?.add(.combineBackward, since: t) }
         for (i, g) in dxs.enumerated() {
-            for (j, a) in (disp.start[i]..<disp.start[i + 1]).enumerated() {
-                Kernels.add(g.pointer + j * d, into: dx.pointer + Int(disp.rows[a]) * d, count: d)
-            }
+            DispatchKernels.scatterAdd(disp.start[i]..<disp.start[i + 1], rows: disp.rows, gradients: g.pointer,
+                                       dim: d, into: dx.pointer)
         }
         for s in sharedExperts {
             let g = try s.backward(gradOutput).input

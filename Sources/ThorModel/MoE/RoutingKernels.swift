@@ -51,6 +51,31 @@ public enum RoutingKernels {
         for j in 0..<n { dz[j] = p[j] * (dp[j] - dot) }
     }
 
+    /// One row of a max-pool: where `rows[j] < 0` (nothing pooled yet) or `x[j] > u[j]`, sets
+    /// `u[j] = x[j]` and `rows[j] = row` (ties keep the earlier row). Eight lanes at a time,
+    /// branch-free, the same result as the scalar rule.
+    @inline(__always)
+    public static func maxPoolRow(_ x: UnsafePointer<Float>, row: Int32, into u: UnsafeMutablePointer<Float>,
+                                  rows: UnsafeMutablePointer<Int32>, count n: Int) {
+        typealias F = SIMD8<Float>
+        typealias I = SIMD8<Int32>
+        let rowLanes = I(repeating: row), none = I(repeating: 0)
+        var j = 0
+        while j + F.scalarCount <= n {
+            let xv = UnsafeRawPointer(x + j).loadUnaligned(as: F.self)
+            let uv = UnsafeRawPointer(u + j).loadUnaligned(as: F.self)
+            let rv = UnsafeRawPointer(rows + j).loadUnaligned(as: I.self)
+            let take = (rv .< none) .| (xv .> uv)
+            UnsafeMutableRawPointer(u + j).storeBytes(of: uv.replacing(with: xv, where: take), as: F.self)
+            UnsafeMutableRawPointer(rows + j).storeBytes(of: rv.replacing(with: rowLanes, where: take), as: I.self)
+            j += F.scalarCount
+        }
+        while j < n {
+            if rows[j] < 0 || x[j] > u[j] { u[j] = x[j]; rows[j] = row }
+            j += 1
+        }
+    }
+
     /// Indices of the `k` largest entries of `v[0..<n]`, ties to the lower index, in descending
     /// order of value, written to `out`.
     public static func topK(_ v: UnsafePointer<Float>, count n: Int, k: Int, into out: UnsafeMutablePointer<Int32>) {

@@ -103,11 +103,15 @@ public final class TaskLevel {
         // u = maxpool over non-pad rows
         let u = Tensor(shape: [b, d]), rows = IndexBuffer(count: b * d, repeating: -1)
         layout.mask.withUnsafeBufferPointer { mask in
-            for s in 0..<b {
-                let up = u.pointer + s * d, rp = rows.pointer + s * d
-                for i in 0..<len where mask[s * len + i] != 0 {
-                    let row = s * len + i, xp = x.pointer + row * d
-                    for j in 0..<d where rp[j] < 0 || xp[j] > up[j] { up[j] = xp[j]; rp[j] = Int32(row) }
+            let mp = mask.baseAddress!
+            // Sentences are independent: split over the BLAS thread count (same bits for any split).
+            Parallel.forEachRange(b, threads: BLASThreads.current, minimumChunk: 4) { sentences in
+                for s in sentences {
+                    let up = u.pointer + s * d, rp = rows.pointer + s * d
+                    for i in 0..<len where mp[s * len + i] != 0 {
+                        let row = s * len + i
+                        RoutingKernels.maxPoolRow(x.pointer + row * d, row: Int32(row), into: up, rows: rp, count: d)
+                    }
                 }
             }
         }
