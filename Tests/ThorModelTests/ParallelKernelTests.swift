@@ -75,4 +75,19 @@ final class ParallelKernelTests: XCTestCase {
             }
         }
     }
+
+    func testDropoutMaskIsTheSequentialDrawsOnAnyThreadCount() {
+        let n = 100_003, rate: Float = 0.1
+        var sequential = RandomGenerator(seed: 51)
+        sequential.advance(by: 5)
+        let start = sequential
+        let expected = (0..<n).map { _ in sequential.nextFloat() < rate ? Float(0) : 1 / (1 - rate) }
+        for threads in [1, 2, 3] {
+            var g = start
+            let mask = Tensor(shape: [n])
+            Dropout.makeMask(mask.pointer, count: n, rate: rate, rng: &g, threads: threads)
+            XCTAssertEqual(mask.array.map(\.bitPattern), expected.map(\.bitPattern), "\(threads) threads")
+            XCTAssertEqual(g, sequential, "the generator ends n draws further")
+        }
+    }
 }
