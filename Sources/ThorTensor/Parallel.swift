@@ -5,6 +5,10 @@ import Glibc
 
 /// Work split over a few threads, with results in index order.
 public enum Parallel {
+    /// Online processors of this machine (at least 1): the thread count of elementwise work
+    /// whose result does not depend on how it is split (e.g. the coordinator's Adam).
+    public static let processors: Int = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+
     /// `body(i)` for `i < count` on up to `threads` threads; `results[i] = body(i)`.
     /// Each index runs on exactly one thread, so results never depend on scheduling
     /// as long as `body(i)` touches only its own data.

@@ -38,24 +38,65 @@ public struct AdamSettings: Sendable, Equatable, Codable {
 public enum Adam {
     /// One Adam step on `p` with gradient `clipScale · p.grad`; `step` counts from 1.
     /// Bias correction as in Kingma & Ba; decoupled weight decay (AdamW) when non-zero.
-    /// Zeroes the gradient afterwards.
-    public static func update(_ p: Parameter, learningRate lr: Float, clipScale: Float, step: Int, settings s: AdamSettings) {
+    /// Zeroes the gradient afterwards (in the same pass).
+    ///
+    /// Elementwise: every element goes through the same IEEE operations (no FMA, the same
+    /// order) whether it falls in an 8-wide vector step or in the scalar tail, so the result
+    /// has the same bits for any `threads` (the elements are split into contiguous ranges).
+    public static func update(_ p: Parameter, learningRate lr: Float, clipScale: Float, step: Int,
+                              settings s: AdamSettings, threads: Int = 1) {
         precondition(step >= 1, "Adam step counts from 1")
-        let b1 = s.beta1, b2 = s.beta2
-        let c1 = 1 - Float(_pow(Double(b1), Double(step)))
-        let c2 = 1 - Float(_pow(Double(b2), Double(step)))
+        let c1 = 1 - Float(_pow(Double(s.beta1), Double(step)))
+        let c2 = 1 - Float(_pow(Double(s.beta2), Double(step)))
+        let k = AdamConstants(lr: lr, clip: clipScale, b1: s.beta1, b2: s.beta2, c1: c1, c2: c2,
+                              eps: s.epsilon, decay: s.weightDecay)
         let w = p.value.pointer, g = p.grad.pointer, m = p.m.pointer, v = p.v.pointer
-        let decay = s.weightDecay, eps = s.epsilon
-        for i in 0..<p.count {
-            let gi = g[i] * clipScale
-            let mi = b1 * m[i] + (1 - b1) * gi
-            let vi = b2 * v[i] + (1 - b2) * gi * gi
-            m[i] = mi; v[i] = vi
-            let mhat = mi / c1
-            let vhat = vi / c2
-            w[i] -= lr * (mhat / (vhat.squareRoot() + eps) + decay * w[i])
+        Parallel.forEachRange(p.count, threads: threads, minimumChunk: 1 << 15) { r in
+            update(w: w, g: g, m: m, v: v, range: r, k)
         }
-        p.grad.zero()
+    }
+
+    /// What every element's update uses.
+    @usableFromInline struct AdamConstants {
+        @usableFromInline let lr: Float, clip: Float, b1: Float, b2: Float, c1: Float, c2: Float, eps: Float, decay: Float
+        @usableFromInline init(lr: Float, clip: Float, b1: Float, b2: Float, c1: Float, c2: Float, eps: Float, decay: Float) {
+            self.lr = lr; self.clip = clip; self.b1 = b1; self.b2 = b2; self.c1 = c1; self.c2 = c2
+            self.eps = eps; self.decay = decay
+        }
+    }
+
+    /// Adam on elements `range`: 8-wide SIMD steps, then the scalar tail (the same operations).
+    static func update(w: UnsafeMutablePointer<Float>, g: UnsafeMutablePointer<Float>,
+                       m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>,
+                       range: Range<Int>, _ k: AdamConstants) {
+        typealias V8 = SIMD8<Float>
+        let ob1 = 1 - k.b1, ob2 = 1 - k.b2
+        var i = range.lowerBound
+        while i + 8 <= range.upperBound {
+            let gi = UnsafeRawPointer(g + i).loadUnaligned(as: V8.self) * k.clip
+            let mi = k.b1 * UnsafeRawPointer(m + i).loadUnaligned(as: V8.self) + ob1 * gi
+            let vi = k.b2 * UnsafeRawPointer(v + i).loadUnaligned(as: V8.self) + ob2 * gi * gi
+            let wi = UnsafeRawPointer(w + i).loadUnaligned(as: V8.self)
+            let mhat = mi / k.c1
+            let vhat = vi / k.c2
+            let wn = wi - k.lr * (mhat / (vhat.squareRoot() + k.eps) + k.decay * wi)
+            UnsafeMutableRawPointer(m + i).storeBytes(of: mi, as: V8.self)
+            UnsafeMutableRawPointer(v + i).storeBytes(of: vi, as: V8.self)
+            UnsafeMutableRawPointer(w + i).storeBytes(of: wn, as: V8.self)
+            UnsafeMutableRawPointer(g + i).storeBytes(of: V8(), as: V8.self)
+            i += 8
+        }
+        while i < range.upperBound {
+            let gi = g[i] * k.clip
+            let mi = k.b1 * m[i] + ob1 * gi
+            let vi = k.b2 * v[i] + ob2 * gi * gi
+            m[i] = mi; v[i] = vi
+            let mhat = mi / k.c1
+            let vhat = vi / k.c2
+            w[i] -= k.lr * (mhat / (vhat.squareRoot() + k.eps) + k.decay * w[i])
+            g[i] = 0
+            i += 1
+        }
     }
 
     /// Learning rate at `step` (from 1) for the inverse-square-root schedule

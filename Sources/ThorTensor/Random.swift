@@ -19,8 +19,24 @@ public struct RandomGenerator: RandomNumberGenerator, Sendable, Equatable {
         state = s
     }
 
+    /// SplitMix64's increment: the state after `n` draws is `state + n · gamma`.
+    @usableFromInline static let gamma: UInt64 = 0x9E37_79B9_7F4A_7C15
+
+    /// Skips `n` draws in O(1): afterwards the generator is where `n` calls of `next()` leave it.
+    public mutating func advance(by n: Int) {
+        precondition(n >= 0, "advance(by:) needs n ≥ 0")
+        state &+= UInt64(n) &* Self.gamma
+    }
+
+    /// The generator `n` draws ahead of this one (this one unchanged).
+    public func advanced(by n: Int) -> RandomGenerator {
+        var g = self
+        g.advance(by: n)
+        return g
+    }
+
     public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
+        state &+= Self.gamma
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB

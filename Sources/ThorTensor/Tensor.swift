@@ -70,7 +70,7 @@ public final class Tensor: @unchecked Sendable {
 
     /// Creates a copy of `other`.
     public convenience init(copying other: Tensor) {
-        self.init(shape: other.shape)
+        self.init(uninitializedShape: other.shape)
         if count > 0 { pointer.update(from: other.pointer, count: count) }
     }
 

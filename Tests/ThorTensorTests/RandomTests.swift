@@ -25,4 +25,15 @@ final class RandomTests: XCTestCase {
             XCTAssertTrue(x >= 0 && x < 1)
         }
     }
+
+    func testAdvanceSkipsDraws() {
+        var a = RandomGenerator(seed: 9, stream: [2])
+        let b = a.advanced(by: 1000)
+        for _ in 0..<1000 { _ = a.next() }
+        XCTAssertEqual(a, b)
+        var c = b
+        c.advance(by: 0)
+        XCTAssertEqual(c, b)
+        XCTAssertEqual(c.next(), a.next())
+    }
 }

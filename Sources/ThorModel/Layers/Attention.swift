@@ -1,3 +1,4 @@
+import Dispatch
 import ThorTensor
 #if canImport(Glibc)
 import Glibc
@@ -18,7 +19,7 @@ import Darwin
 /// the first `P` positions attend to each other bidirectionally and the rest causally).
 /// Masked scores are −∞; a row with no visible key gives zeros.
 public enum AttentionKernel {
-    public struct Shape {
+    public struct Shape: Sendable {
         public var batch: Int, queryLength: Int, keyLength: Int, keyCapacity: Int
         public var dim: Int, heads: Int, queryStart: Int, causal: Bool, maskStride: Int
         /// Keys `0 ..< prefixLength` are visible to every query even with `causal` (prefix-LM).
@@ -35,80 +36,105 @@ public enum AttentionKernel {
     }
 
     /// Forward. `dropMask` (same shape as `probs`) applies attention dropout into `weights`;
-    /// with `dropMask == nil`, `weights` may be the same buffer as `probs`.
+    /// with `dropMask == nil`, `weights` may be the same buffer as `probs`. The (sentence, head)
+    /// pairs are independent and run on up to `threads` threads (each with one BLAS thread):
+    /// the same bits for any `threads`.
     public static func forward(
         out: UnsafeMutablePointer<Float>, probs: UnsafeMutablePointer<Float>, weights: UnsafeMutablePointer<Float>,
         q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
-        keyMask: UnsafePointer<Float>?, dropMask: UnsafePointer<Float>?, shape s: Shape
+        keyMask: UnsafePointer<Float>?, dropMask: UnsafePointer<Float>?, shape s: Shape, threads: Int = 1
     ) {
         let d = s.dim, dh = s.headDim, tq = s.queryLength, tk = s.keyLength
         let scale = 1 / Float(dh).squareRoot()
-        for b in 0..<s.batch {
-            for h in 0..<s.heads {
-                let qbh = q + b * tq * d + h * dh
-                let kbh = k + b * s.keyCapacity * d + h * dh
-                let vbh = v + b * s.keyCapacity * d + h * dh
-                let pbh = probs + ((b * s.heads + h) * tq) * tk
-                let wbh = weights + ((b * s.heads + h) * tq) * tk
-                gemm(transB: true, m: tq, n: tk, k: dh, alpha: scale, a: qbh, lda: d, b: kbh, ldb: d, c: pbh, ldc: tk)
-                let m = keyMask.map { $0 + b * s.maskStride }
-                for i in 0..<tq {
-                    let row = pbh + i * tk
-                    let visible = s.causal ? min(tk, max(s.prefixLength, s.queryStart + i + 1)) : tk
-                    var mx = -Float.infinity
-                    for j in 0..<tk {
-                        if j >= visible || (m != nil && m![j] == 0) { row[j] = -Float.infinity } else { mx = max(mx, row[j]) }
-                    }
-                    if mx == -Float.infinity { row.update(repeating: 0, count: tk); continue }
-                    var sum: Float = 0
-                    for j in 0..<tk { let e = row[j] == -Float.infinity ? 0 : expf(row[j] - mx); row[j] = e; sum += e }
-                    let inv = 1 / sum
-                    for j in 0..<tk { row[j] *= inv }
+        forEachPair(s, threads: threads) { b, h, _ in
+            let qbh = q + b * tq * d + h * dh
+            let kbh = k + b * s.keyCapacity * d + h * dh
+            let vbh = v + b * s.keyCapacity * d + h * dh
+            let pbh = probs + ((b * s.heads + h) * tq) * tk
+            let wbh = weights + ((b * s.heads + h) * tq) * tk
+            gemm(transB: true, m: tq, n: tk, k: dh, alpha: scale, a: qbh, lda: d, b: kbh, ldb: d, c: pbh, ldc: tk)
+            let m = keyMask.map { $0 + b * s.maskStride }
+            for i in 0..<tq {
+                let row = pbh + i * tk
+                let visible = s.causal ? min(tk, max(s.prefixLength, s.queryStart + i + 1)) : tk
+                var mx = -Float.infinity
+                for j in 0..<tk {
+                    if j >= visible || (m != nil && m![j] == 0) { row[j] = -Float.infinity } else { mx = max(mx, row[j]) }
                 }
-                if let dm = dropMask {
-                    let mbh = dm + ((b * s.heads + h) * tq) * tk
-                    for i in 0..<(tq * tk) { wbh[i] = pbh[i] * mbh[i] }
-                }
-                gemm(m: tq, n: dh, k: tk, a: dropMask == nil ? pbh : wbh, lda: tk, b: vbh, ldb: d,
-                     c: out + b * tq * d + h * dh, ldc: d)
+                if mx == -Float.infinity { row.update(repeating: 0, count: tk); continue }
+                var sum: Float = 0
+                for j in 0..<tk { let e = row[j] == -Float.infinity ? 0 : expf(row[j] - mx); row[j] = e; sum += e }
+                let inv = 1 / sum
+                for j in 0..<tk { row[j] *= inv }
+            }
+            if let dm = dropMask {
+                let mbh = dm + ((b * s.heads + h) * tq) * tk
+                for i in 0..<(tq * tk) { wbh[i] = pbh[i] * mbh[i] }
+            }
+            gemm(m: tq, n: dh, k: tk, a: dropMask == nil ? pbh : wbh, lda: tk, b: vbh, ldb: d,
+                 c: out + b * tq * d + h * dh, ldc: d)
+        }
+    }
+
+    /// `body(b, h, slot)` for every sentence `b` and head `h`, on up to `threads` threads, each
+    /// taking a contiguous range of pairs (`slot`: the range's index, for per-thread scratch);
+    /// with more than one thread OpenBLAS runs on one thread meanwhile.
+    static func forEachPair(_ s: Shape, threads: Int, _ body: (Int, Int, Int) -> Void) {
+        let pairs = s.batch * s.heads
+        let chunks = max(1, min(threads, pairs))
+        if chunks == 1 {
+            for p in 0..<pairs { body(p / s.heads, p % s.heads, 0) }
+            return
+        }
+        let saved = BLASThreads.current
+        BLASThreads.set(1)
+        defer { BLASThreads.set(saved) }
+        withoutActuallyEscaping(body) { body in
+            nonisolated(unsafe) let run = body
+            DispatchQueue.concurrentPerform(iterations: chunks) { c in
+                for p in (c * pairs / chunks)..<((c + 1) * pairs / chunks) { run(p / s.heads, p % s.heads, c) }
             }
         }
     }
 
     /// Backward of `forward` (with `keyCapacity == keyLength`). Overwrites `dq`, `dk`, `dv`;
-    /// `scratch` holds `queryLength · keyLength` floats.
+    /// `scratch` holds `queryLength · keyLength` floats (used with one thread; more threads take
+    /// their own). Pairs run as in `forward`: the same bits for any `threads`.
     public static func backward(
         dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
         dout: UnsafePointer<Float>, probs: UnsafePointer<Float>, weights: UnsafePointer<Float>,
         dropMask: UnsafePointer<Float>?,
         q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
-        scratch: UnsafeMutablePointer<Float>, shape s: Shape
+        scratch: UnsafeMutablePointer<Float>, shape s: Shape, threads: Int = 1
     ) {
         precondition(s.keyCapacity == s.keyLength, "attention backward needs densely packed keys")
         let d = s.dim, dh = s.headDim, tq = s.queryLength, tk = s.keyLength
         let scale = 1 / Float(dh).squareRoot()
-        for b in 0..<s.batch {
-            for h in 0..<s.heads {
-                let off = b * tq * d + h * dh, koff = b * tk * d + h * dh
-                let pbh = probs + ((b * s.heads + h) * tq) * tk
-                let wbh = dropMask == nil ? pbh : weights + ((b * s.heads + h) * tq) * tk
-                // dV = Wᵀ · dOut ; dW = dOut · Vᵀ
-                gemm(transA: true, m: tk, n: dh, k: tq, a: wbh, lda: tk, b: dout + off, ldb: d, c: dv + koff, ldc: d)
-                gemm(transB: true, m: tq, n: tk, k: dh, a: dout + off, lda: d, b: v + koff, ldb: d, c: scratch, ldc: tk)
-                if let dm = dropMask {
-                    let mbh = dm + ((b * s.heads + h) * tq) * tk
-                    for i in 0..<(tq * tk) { scratch[i] *= mbh[i] }
-                }
-                // dS = P ⊙ (dP − Σ_j dP·P) · scale
-                for i in 0..<tq {
-                    let p = pbh + i * tk, g = scratch + i * tk
-                    var dot: Float = 0
-                    for j in 0..<tk { dot += p[j] * g[j] }
-                    for j in 0..<tk { g[j] = p[j] * (g[j] - dot) * scale }
-                }
-                gemm(m: tq, n: dh, k: tk, a: scratch, lda: tk, b: k + koff, ldb: d, c: dq + off, ldc: d)
-                gemm(transA: true, m: tk, n: dh, k: tq, a: scratch, lda: tk, b: q + off, ldb: d, c: dk + koff, ldc: d)
+        let pairs = s.batch * s.heads, chunks = max(1, min(threads, pairs))
+        // One scratch per concurrent range: the caller's for the first, new ones for the rest.
+        let extra = UnsafeMutablePointer<Float>.allocate(capacity: max(1, (chunks - 1) * tq * tk))
+        defer { extra.deallocate() }
+        forEachPair(s, threads: chunks) { b, h, slot in
+            let scratch = slot == 0 ? scratch : extra + (slot - 1) * tq * tk
+            let off = b * tq * d + h * dh, koff = b * tk * d + h * dh
+            let pbh = probs + ((b * s.heads + h) * tq) * tk
+            let wbh = dropMask == nil ? pbh : weights + ((b * s.heads + h) * tq) * tk
+            // dV = Wᵀ · dOut ; dW = dOut · Vᵀ
+            gemm(transA: true, m: tk, n: dh, k: tq, a: wbh, lda: tk, b: dout + off, ldb: d, c: dv + koff, ldc: d)
+            gemm(transB: true, m: tq, n: tk, k: dh, a: dout + off, lda: d, b: v + koff, ldb: d, c: scratch, ldc: tk)
+            if let dm = dropMask {
+                let mbh = dm + ((b * s.heads + h) * tq) * tk
+                for i in 0..<(tq * tk) { scratch[i] *= mbh[i] }
             }
+            // dS = P ⊙ (dP − Σ_j dP·P) · scale
+            for i in 0..<tq {
+                let p = pbh + i * tk, g = scratch + i * tk
+                var dot: Float = 0
+                for j in 0..<tk { dot += p[j] * g[j] }
+                for j in 0..<tk { g[j] = p[j] * (g[j] - dot) * scale }
+            }
+            gemm(m: tq, n: dh, k: tk, a: scratch, lda: tk, b: k + koff, ldb: d, c: dq + off, ldc: d)
+            gemm(transA: true, m: tk, n: dh, k: tq, a: scratch, lda: tk, b: q + off, ldb: d, c: dk + koff, ldc: d)
         }
     }
 }
@@ -161,7 +187,7 @@ public final class MultiHeadAttention {
     public var parameters: [Parameter] { [wq, bq, wk, bk, wv, bv, wo, bo] }
 
     private func linear(_ x: Tensor, _ w: Parameter, _ b: Parameter) -> Tensor {
-        let y = Tensor(shape: [x.rows, dim])
+        let y = Tensor(uninitializedShape: [x.rows, dim])  // every element written
         Linear.forward(y: y.pointer, x: x.pointer, w: w.value.pointer, b: b.value.pointer,
                        n: x.rows, inDim: dim, outDim: dim)
         return y
@@ -183,7 +209,7 @@ public final class MultiHeadAttention {
         }
         let weights = dropMask == nil ? probs : Tensor(shape: [shape.probsCount])
         let context = attend(q: q, keys: k, values: v, probs: probs, weights: weights, keyMask: keyMask,
-                             dropMask: dropMask, shape: shape)
+                             dropMask: dropMask, shape: shape, threads: Parallel.processors)
         let out = linear(context, wo, bo)
         saved = training ? Saved(xq: query, xkv: keyValue, q: q, k: k, v: v, probs: probs, weights: weights,
                                  dropMask: dropMask, context: context, shape: shape) : nil
@@ -204,7 +230,8 @@ public final class MultiHeadAttention {
         AttentionKernel.backward(dq: dq.pointer, dk: dk.pointer, dv: dv.pointer, dout: dContext.pointer,
                                  probs: s.probs.pointer, weights: s.weights.pointer,
                                  dropMask: s.dropMask.map { UnsafePointer($0.pointer) },
-                                 q: s.q.pointer, k: s.k.pointer, v: s.v.pointer, scratch: scratch.pointer, shape: s.shape)
+                                 q: s.q.pointer, k: s.k.pointer, v: s.v.pointer, scratch: scratch.pointer, shape: s.shape,
+                                 threads: Parallel.processors)
         let dxq = Tensor(shape: [nq, d])
         Linear.backward(dx: dxq.pointer, dw: wq.grad.pointer, db: bq.grad.pointer, dy: dq.pointer,
                         x: s.xq.pointer, w: wq.value.pointer, n: nq, inDim: d, outDim: d, accumulate: false)
@@ -238,12 +265,12 @@ public final class MultiHeadAttention {
 
     /// `AttentionKernel.forward` into a new context `[B·Tq, d]`, with the optional key mask pinned.
     private func attend(q: Tensor, keys: Tensor, values: Tensor, probs: Tensor, weights: Tensor,
-                        keyMask: [Float]?, dropMask: Tensor?, shape: AttentionKernel.Shape) -> Tensor {
+                        keyMask: [Float]?, dropMask: Tensor?, shape: AttentionKernel.Shape, threads: Int = 1) -> Tensor {
         let context = Tensor(shape: [q.rows, dim])
         func run(_ mask: UnsafePointer<Float>?) {
             AttentionKernel.forward(out: context.pointer, probs: probs.pointer, weights: weights.pointer,
                                     q: q.pointer, k: keys.pointer, v: values.pointer, keyMask: mask,
-                                    dropMask: dropMask.map { UnsafePointer($0.pointer) }, shape: shape)
+                                    dropMask: dropMask.map { UnsafePointer($0.pointer) }, shape: shape, threads: threads)
         }
         if let keyMask { keyMask.withUnsafeBufferPointer { run($0.baseAddress!) } } else { run(nil) }
         return context

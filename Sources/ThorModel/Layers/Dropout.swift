@@ -6,12 +6,20 @@ import ThorTensor
 ///
 /// Shapes: inp/out/mask/dout/dinp [n].
 public enum Dropout {
-    /// Fills `mask` for `rate` in [0, 1). One uniform draw per element, in index order.
+    /// Fills `mask` for `rate` in [0, 1). One uniform draw per element, in index order:
+    /// element `i` gets draw `i` of `rng`, which ends `n` draws further. The generator jumps
+    /// ahead in O(1) (`advanced(by:)`), so long masks are filled in ranges on up to `threads`
+    /// threads with the same values.
     public static func makeMask(_ mask: UnsafeMutablePointer<Float>, count n: Int, rate: Float,
-                                rng: inout RandomGenerator) {
+                                rng: inout RandomGenerator, threads: Int = Parallel.processors) {
         precondition(rate >= 0 && rate < 1, "dropout rate must be in [0, 1), got \(rate)")
         let keep = 1 / (1 - rate)
-        for i in 0..<n { mask[i] = rng.nextFloat() < rate ? 0 : keep }
+        let start = rng
+        Parallel.forEachRange(n, threads: threads, minimumChunk: 1 << 15) { range in
+            var g = start.advanced(by: range.lowerBound)
+            for i in range { mask[i] = g.nextFloat() < rate ? 0 : keep }
+        }
+        rng.advance(by: n)
     }
 
     /// `out = inp ⊙ mask` (out may alias inp).

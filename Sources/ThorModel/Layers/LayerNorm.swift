@@ -72,7 +72,8 @@ public final class LayerNorm {
     /// `x` [n, d] → normalized [n, d]; keeps `x` for backward when `training`.
     public func forward(_ x: Tensor, training: Bool) -> Tensor {
         let n = x.rows
-        let y = Tensor(shape: [n, dim]), mean = Tensor(shape: [n]), rstd = Tensor(shape: [n])
+        let y = Tensor(uninitializedShape: [n, dim]), mean = Tensor(uninitializedShape: [n])
+        let rstd = Tensor(uninitializedShape: [n])
         LayerNormKernel.forward(out: y.pointer, mean: mean.pointer, rstd: rstd.pointer, inp: x.pointer,
                                 weight: weight.value.pointer, bias: bias.value.pointer, n: n, d: dim)
         saved = training ? (x, mean, rstd) : nil

@@ -15,7 +15,7 @@ func residualAdd(_ base: Tensor, _ branch: Tensor, mask: Tensor?) -> Tensor {
 
 /// `grad ⊙ mask` as a new tensor (a copy of `grad` for a nil mask).
 func maskedCopy(_ grad: Tensor, mask: Tensor?) -> Tensor {
-    let out = Tensor(shape: grad.shape)
+    let out = Tensor(uninitializedShape: grad.shape)
     if let mask {
         Dropout.backward(dinp: out.pointer, dout: grad.pointer, mask: mask.pointer, count: grad.count)
     } else {

@@ -164,14 +164,22 @@ public final class Transformer {
                                   sourceLength: batch.sourceLength, training: training, rng: &dropoutGenerator)
         }
         let out = decoderNorm.forward(y, training: training)
-        let logits = Tensor(shape: [b * t, v])
+        let logits = reusableLogits(rows: b * t)
         Embedding.projectForward(logits: logits.pointer, hidden: out.pointer, table: embedding.value.pointer,
                                  n: b * t, d: d, vocabularySize: v)
         lastLogits = logits
+        let softmax = training ? softmaxBuffers(rows: b * t) : nil
         let result = batch.targetOutput.withUnsafeBufferPointer { tp in
             batch.targetMask.withUnsafeBufferPointer { mp in
-                CrossEntropy.forward(logits: logits.pointer, targets: tp.baseAddress!, mask: mp.baseAddress!,
-                                     n: b * t, vocabularySize: v, smoothing: labelSmoothing)
+                if let softmax {
+                    CrossEntropy.forward(logits: logits.pointer, targets: tp.baseAddress!, mask: mp.baseAddress!,
+                                         n: b * t, vocabularySize: v, smoothing: labelSmoothing,
+                                         exponentials: softmax.exponentials.pointer,
+                                         inverseSums: softmax.inverseSums.pointer, threads: Parallel.processors)
+                } else {
+                    CrossEntropy.forward(logits: logits.pointer, targets: tp.baseAddress!, mask: mp.baseAddress!,
+                                         n: b * t, vocabularySize: v, smoothing: labelSmoothing)
+                }
             }
         }
         if training {
@@ -179,6 +187,33 @@ public final class Transformer {
                           decoderOutput: out, logits: logits, encoderOutput: enc, taskRepresentation: r)
         }
         return result
+    }
+
+    /// The logits tensor `[rows, V]` of a forward: the last one's storage again when nobody else
+    /// holds it and it has the size (no 32 MB allocation, zero-fill and page faults per step at
+    /// V = 8000), else a new one. Every element is overwritten by the output projection.
+    private func reusableLogits(rows: Int) -> Tensor {
+        let v = configuration.vocabularySize
+        if lastLogits?.count == rows * v, isKnownUniquelyReferenced(&lastLogits) {
+            let l = lastLogits!
+            lastLogits = nil
+            l.reshape([rows, v])
+            return l
+        }
+        lastLogits = nil
+        return Tensor(uninitializedShape: [rows, v])
+    }
+
+    /// `exp(logit − max)` [rows, V] and `1/Σ` [rows] of the training forward's softmax, kept for
+    /// `backward` (reused across steps).
+    private var softmax: (exponentials: Tensor, inverseSums: Tensor)?
+
+    private func softmaxBuffers(rows: Int) -> (exponentials: Tensor, inverseSums: Tensor) {
+        let v = configuration.vocabularySize
+        if let s = softmax, s.exponentials.count >= rows * v, s.inverseSums.count >= rows { return s }
+        let s = (exponentials: Tensor(uninitializedShape: [rows * v]), inverseSums: Tensor(uninitializedShape: [rows]))
+        softmax = s
+        return s
     }
 
     /// Backward of the last training `forward`: accumulates `lossScale · ∂L_mt/∂θ` into every
@@ -190,11 +225,13 @@ public final class Transformer {
         let c = configuration, batch = s.batch
         let b = batch.batchSize, t = batch.targetLength, sl = batch.sourceLength
         let d = c.modelDim, v = c.vocabularySize, scale = Float(d).squareRoot()
+        guard let softmax else { preconditionFailure("a training forward keeps the softmax") }
         batch.targetOutput.withUnsafeBufferPointer { tp in
             batch.targetMask.withUnsafeBufferPointer { mp in
-                CrossEntropy.backward(dlogits: s.logits.pointer, logits: s.logits.pointer, targets: tp.baseAddress!,
+                CrossEntropy.backward(dlogits: s.logits.pointer, exponentials: softmax.exponentials.pointer,
+                                      inverseSums: softmax.inverseSums.pointer, targets: tp.baseAddress!,
                                       mask: mp.baseAddress!, n: b * t, vocabularySize: v,
-                                      smoothing: labelSmoothing, scale: lossScale)
+                                      smoothing: labelSmoothing, scale: lossScale, threads: Parallel.processors)
             }
         }
         let dOut = Tensor(shape: [b * t, d])
