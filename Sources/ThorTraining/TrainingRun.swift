@@ -123,7 +123,10 @@ public final class TrainingRun {
         lastInjector = injector
         lastReplicas = session.runtime.remote?.replicas
         defer { injector?.finish() }
+        // Ctrl-C, SIGTERM and SIGHUP are caught from here until the final checkpoint is saved
+        // (before: their usual action ends the process; the workers follow their parent).
         let signals = TerminationSignals()
+        defer { signals.restore() }
         session.model.moe.startCollectingStatistics()
         while session.trainer.step < session.training.maxSteps {
             if let s = signals.received {
@@ -133,7 +136,7 @@ public final class TrainingRun {
             }
             try step(session)
         }
-        return try finish(session)
+        return try finish(session, signals: signals)
     }
 
     // MARK: - Steps
@@ -432,9 +435,16 @@ public final class TrainingRun {
     }
 
     /// The last checkpoint, then (unless interrupted) the test evaluation and the results.
-    func finish(_ s: Session) throws -> Summary {
+    func finish(_ s: Session, signals: TerminationSignals? = nil) throws -> Summary {
         try save(s)
         if let path = s.lastCheckpoint { info("checkpoint: \(path)") }
+        // Saved: a signal from now on ends the process as usual (the test evaluation is not
+        // worth a checkpoint); one caught while saving skips the evaluation.
+        signals?.restore()
+        if let sig = signals?.received, !s.interrupted {
+            info("\nsignal \(sig): stopping after the final checkpoint (no test evaluation)")
+            s.interrupted = true
+        }
         let elapsed = s.clock.seconds
         let trainRate = Double(s.totalTokens) / max(elapsed, 1e-9)
         var summary = Summary(steps: s.trainer.step, finalLoss: s.last?.loss ?? .nan, trainTokensPerSecond: trainRate,
