@@ -153,11 +153,8 @@ public final class ExpertHost: @unchecked Sendable {
     }
 
     public func step(learningRate: Float, clipScale: Float, step: Int) {
-        for k in keys {
-            for p in experts[k]!.parameters {
-                Adam.update(p, learningRate: learningRate, clipScale: clipScale, step: step, settings: spec.adam, threads: threads)
-            }
-        }
+        Adam.update(keys.flatMap { experts[$0]!.parameters }, learningRate: learningRate, clipScale: clipScale,
+                    step: step, settings: spec.adam, threads: threads)
         pending.removeAll()
     }
 

@@ -205,9 +205,7 @@ public final class Trainer {
         committing(true)
         try model.backend.step(learningRate: lr, clipScale: clip, step: next)
         committing(false)
-        for p in model.parameters {
-            Adam.update(p, learningRate: lr, clipScale: clip, step: next, settings: t.adam, threads: Parallel.processors)
-        }
+        Adam.update(model.parameters, learningRate: lr, clipScale: clip, step: next, settings: t.adam, threads: Parallel.processors)
         phases.add(.optimizer, since: clock)
         let tokens = Int(batch.sourceMask.reduce(0, +) + batch.targetMask.reduce(0, +))
         return StepResult(step: next, loss: total, translationLoss: Double(ce.loss), auxiliary: aux,

@@ -50,4 +50,38 @@ final class AdamTests: XCTestCase {
             }
         }
     }
+
+    /// The many-parameter update (one parallel region for all of them, pieces from a counter)
+    /// gives each parameter the bits of the scalar definition, for any thread and piece count.
+    func testManyParametersInOneRegionMatchTheScalarDefinition() {
+        let sizes = [70_005, 3, 8, 40_000, 1]
+        let settings = AdamSettings(beta1: 0.9, beta2: 0.98, epsilon: 1e-8, weightDecay: 0)
+        var rng = RandomGenerator(seed: 7)
+        func values(_ n: Int, _ std: Float) -> [Float] {
+            let t = Tensor(shape: [n])
+            rng.fillNormal(t.pointer, count: n, std: std)
+            return t.array
+        }
+        let start = sizes.map { n in (w: values(n, 0.5), g: values(n, 2), m: values(n, 0.01), v: values(n, 0.01).map { $0 * $0 }) }
+        let expected = start.map { x -> (w: [Float], m: [Float], v: [Float]) in
+            var w = x.w, m = x.m, v = x.v
+            reference(w: &w, g: x.g, m: &m, v: &v, lr: 1e-3, clip: 0.5, step: 3, s: settings)
+            return (w, m, v)
+        }
+        for (threads, piece) in [(1, 1 << 15), (2, 1 << 15), (3, 1000), (2, 8)] {
+            let params = zip(sizes, start).map { n, x -> Parameter in
+                let p = Parameter(name: "p\(n)", shape: [n])
+                p.value.copy(from: Tensor(shape: [n], values: x.w)); p.grad.copy(from: Tensor(shape: [n], values: x.g))
+                p.m.copy(from: Tensor(shape: [n], values: x.m)); p.v.copy(from: Tensor(shape: [n], values: x.v))
+                return p
+            }
+            Adam.update(params, learningRate: 1e-3, clipScale: 0.5, step: 3, settings: settings, threads: threads, piece: piece)
+            for (p, e) in zip(params, expected) {
+                XCTAssertEqual(p.value.array.map(\.bitPattern), e.w.map(\.bitPattern), "\(p.name), \(threads) threads, pieces of \(piece)")
+                XCTAssertEqual(p.m.array.map(\.bitPattern), e.m.map(\.bitPattern), "\(p.name) m")
+                XCTAssertEqual(p.v.array.map(\.bitPattern), e.v.map(\.bitPattern), "\(p.name) v")
+                XCTAssertTrue(p.grad.array.allSatisfy { $0.bitPattern == 0 }, "\(p.name): the gradient is zeroed")
+            }
+        }
+    }
 }
