@@ -42,18 +42,10 @@ public enum Adam {
     ///
     /// Elementwise: every element goes through the same IEEE operations (no FMA, the same
     /// order) whether it falls in an 8-wide vector step or in the scalar tail, so the result
-    /// has the same bits for any `threads` (the elements are split into contiguous ranges).
+    /// has the same bits for any `threads` (the elements are split into contiguous pieces).
     public static func update(_ p: Parameter, learningRate lr: Float, clipScale: Float, step: Int,
                               settings s: AdamSettings, threads: Int = 1) {
-        precondition(step >= 1, "Adam step counts from 1")
-        let c1 = 1 - Float(_pow(Double(s.beta1), Double(step)))
-        let c2 = 1 - Float(_pow(Double(s.beta2), Double(step)))
-        let k = AdamConstants(lr: lr, clip: clipScale, b1: s.beta1, b2: s.beta2, c1: c1, c2: c2,
-                              eps: s.epsilon, decay: s.weightDecay)
-        let w = p.value.pointer, g = p.grad.pointer, m = p.m.pointer, v = p.v.pointer
-        Parallel.forEachRange(p.count, threads: threads, minimumChunk: 1 << 15) { r in
-            update(w: w, g: g, m: m, v: v, range: r, k)
-        }
+        update([p], learningRate: lr, clipScale: clipScale, step: step, settings: s, threads: threads)
     }
 
     /// One Adam step on every parameter of `parameters`, in one parallel region: each parameter
