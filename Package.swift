@@ -37,7 +37,12 @@ let package = Package(
                 cSettings: [.unsafeFlags(["-O2"])],
                 linkerSettings: [.linkedLibrary("protobuf-c")]),
 
-        .target(name: "ThorTensor", dependencies: ["CBLAS"], swiftSettings: optimize),
+        // Elementwise C kernels Swift does not vectorize (Adam's square root): -O3, vector sqrt,
+        // no fused multiply-add, so the same bits as the plain Swift expression.
+        .target(name: "CThorKernels",
+                cSettings: [.unsafeFlags(["-O3", "-fno-math-errno", "-ffp-contract=off"])]),
+
+        .target(name: "ThorTensor", dependencies: ["CBLAS", "CThorKernels"], swiftSettings: optimize),
         .target(name: "ThorExperts", dependencies: ["ThorTensor"], swiftSettings: optimize),
         .target(name: "ThorModel", dependencies: ["ThorTensor", "ThorExperts"], swiftSettings: optimize),
         .target(name: "ThorData", dependencies: ["ThorTensor", "CSQLite", .product(name: "Crypto", package: "swift-crypto")],

@@ -1,3 +1,5 @@
+import CThorKernels
+
 /// A named trainable tensor with its gradient and Adam moments.
 ///
 /// Names are stable, dot-separated paths (`encoder.layers.0.attention.wq`):
@@ -41,8 +43,8 @@ public enum Adam {
     /// Zeroes the gradient afterwards (in the same pass).
     ///
     /// Elementwise: every element goes through the same IEEE operations (no FMA, the same
-    /// order) whether it falls in an 8-wide vector step or in the scalar tail, so the result
-    /// has the same bits for any `threads` (the elements are split into contiguous pieces).
+    /// order) whatever vector lane or piece it falls in, so the result has the same bits for
+    /// any `threads` (the elements are split into contiguous pieces).
     public static func update(_ p: Parameter, learningRate lr: Float, clipScale: Float, step: Int,
                               settings s: AdamSettings, threads: Int = 1) {
         update([p], learningRate: lr, clipScale: clipScale, step: step, settings: s, threads: threads)
@@ -89,38 +91,17 @@ public enum Adam {
         }
     }
 
-    /// Adam on elements `range`: 8-wide SIMD steps, then the scalar tail (the same operations).
+    /// Adam on elements `range`, in C (`thor_adam_update`, CThorKernels): Swift lowers
+    /// `SIMD8<Float>.squareRoot()` to one scalar `sqrtss` per lane, the C loop compiles to
+    /// vector square roots and divisions. Each element goes through the same correctly rounded
+    /// IEEE operations in the same order (no fused multiply-add), so the bits are those of the
+    /// scalar definition.
     static func update(w: UnsafeMutablePointer<Float>, g: UnsafeMutablePointer<Float>,
                        m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>,
                        range: Range<Int>, _ k: AdamConstants) {
-        typealias V8 = SIMD8<Float>
-        let ob1 = 1 - k.b1, ob2 = 1 - k.b2
-        var i = range.lowerBound
-        while i + 8 <= range.upperBound {
-            let gi = UnsafeRawPointer(g + i).loadUnaligned(as: V8.self) * k.clip
-            let mi = k.b1 * UnsafeRawPointer(m + i).loadUnaligned(as: V8.self) + ob1 * gi
-            let vi = k.b2 * UnsafeRawPointer(v + i).loadUnaligned(as: V8.self) + ob2 * gi * gi
-            let wi = UnsafeRawPointer(w + i).loadUnaligned(as: V8.self)
-            let mhat = mi / k.c1
-            let vhat = vi / k.c2
-            let wn = wi - k.lr * (mhat / (vhat.squareRoot() + k.eps) + k.decay * wi)
-            UnsafeMutableRawPointer(m + i).storeBytes(of: mi, as: V8.self)
-            UnsafeMutableRawPointer(v + i).storeBytes(of: vi, as: V8.self)
-            UnsafeMutableRawPointer(w + i).storeBytes(of: wn, as: V8.self)
-            UnsafeMutableRawPointer(g + i).storeBytes(of: V8(), as: V8.self)
-            i += 8
-        }
-        while i < range.upperBound {
-            let gi = g[i] * k.clip
-            let mi = k.b1 * m[i] + ob1 * gi
-            let vi = k.b2 * v[i] + ob2 * gi * gi
-            m[i] = mi; v[i] = vi
-            let mhat = mi / k.c1
-            let vhat = vi / k.c2
-            w[i] -= k.lr * (mhat / (vhat.squareRoot() + k.eps) + k.decay * w[i])
-            g[i] = 0
-            i += 1
-        }
+        let o = range.lowerBound
+        thor_adam_update(w + o, g + o, m + o, v + o, range.count,
+                         k.lr, k.clip, k.b1, k.b2, k.c1, k.c2, k.eps, k.decay)
     }
 
     /// Learning rate at `step` (from 1) for the inverse-square-root schedule
