@@ -5,8 +5,9 @@ import Dispatch
 /// thread count, the worker count or the placement, so the bits of every result depend
 /// only on the tokens each expert gets.
 ///
-/// - forward, and the `∂L/∂x` part of backward, run per **row chunk**: rows
-///   `[c·rowsPerChunk, (c+1)·rowsPerChunk)` of one expert's batch (the last chunk shorter);
+/// - forward, and the `∂L/∂x` part of backward, run per **row chunk**: the batch's rows cut
+///   into units of `rowsPerChunk` (the last one shorter), up to `unitsPerChunk` consecutive
+///   full units per chunk, and the short last unit always a chunk of its own (`rowChunks`);
 /// - the weight gradients run per **tile** of the gradient matrix (`columnsPerTile`
 ///   columns of `∂W1` [d, f1], rows of `∂W2` [dFF, d]), each tile one GEMM over all of the
 ///   expert's rows, so every gradient element is reduced over the rows in one fixed order
@@ -17,16 +18,34 @@ import Dispatch
 public struct ExpertPartition: Sendable, Equatable {
     public var rowsPerChunk: Int
     public var columnsPerTile: Int
+    /// Full units of `rowsPerChunk` rows one row chunk may take (1: every unit is a chunk).
+    public var unitsPerChunk: Int
 
-    public init(rowsPerChunk: Int, columnsPerTile: Int) {
-        precondition(rowsPerChunk > 0 && columnsPerTile > 0, "ExpertPartition sizes must be positive")
+    public init(rowsPerChunk: Int, columnsPerTile: Int, unitsPerChunk: Int = 1) {
+        precondition(rowsPerChunk > 0 && columnsPerTile > 0 && unitsPerChunk > 0, "ExpertPartition sizes must be positive")
         self.rowsPerChunk = rowsPerChunk
         self.columnsPerTile = columnsPerTile
+        self.unitsPerChunk = unitsPerChunk
     }
 
-    /// What every host of a cluster uses (the coordinator's in-process host and every worker):
-    /// 256 rows keep a chunk's GEMMs near the single-thread GEMM rate at expert shapes.
-    public static let standard = ExpertPartition(rowsPerChunk: 256, columnsPerTile: 256)
+    /// What every host of a cluster uses (the coordinator's in-process host and every worker).
+    /// Units of 256 rows, and chunks of up to 4 full units: each row GEMM call packs the
+    /// expert's whole weight matrix, so 1,024-row calls run 5–10 % faster than 256-row ones
+    /// (single-thread SkylakeX sgemm at d = 512, d_ff = 2048: 88–94 → 93–103 GFLOPS). Merging
+    /// full units keeps the bits of 256-row chunks: OpenBLAS computes a row the same way in any
+    /// call of ≥ 256 rows; only calls of a few rows take its small-matrix kernel (other bits),
+    /// and the short last unit stays a chunk of its own, as it was with 256-row chunks
+    /// (`ExpertComputeTests` checks both partitions give the same bits).
+    public static let standard = ExpertPartition(rowsPerChunk: 256, columnsPerTile: 256, unitsPerChunk: 4)
+
+    /// Row chunks of a batch of `count` rows: runs of up to `unitsPerChunk` full units of
+    /// `rowsPerChunk` rows, then the short last unit (if any) alone.
+    public func rowChunks(_ count: Int) -> [Range<Int>] {
+        let full = count / rowsPerChunk * rowsPerChunk
+        var chunks = Self.pieces(full, rowsPerChunk * unitsPerChunk)
+        if full < count { chunks.append(full..<count) }
+        return chunks
+    }
 
     /// `0..<count` cut into consecutive pieces of `size` (the last one shorter).
     static func pieces(_ count: Int, _ size: Int) -> [Range<Int>] {
@@ -173,7 +192,7 @@ enum ChunkedFeedForward {
             let s = shapes(w)
             let y = make(s[0]), h = make(s[1]), a = make(s[2])
             results.append((y, FeedForwardActivations(input: inputs[i], preActivation: h, hidden: a)))
-            for r in ExpertPartition.pieces(n, partition.rowsPerChunk) { tasks.append(Chunk(batch: i, rows: r)) }
+            for r in partition.rowChunks(n) { tasks.append(Chunk(batch: i, rows: r)) }
         }
         runTasks(tasks, threads: threads, cost: { $0.rows.count * work[$0.batch].weights.hiddenDim }) { t, _ in
             let w = work[t.batch].weights, (y, acts) = results[t.batch]
@@ -210,7 +229,7 @@ enum ChunkedFeedForward {
             dxs.append(make([n, d]))
             dhs.append(make([n, f1]))
             guard n > 0 else { continue }
-            for r in ExpertPartition.pieces(n, partition.rowsPerChunk) {
+            for r in partition.rowChunks(n) {
                 phase1.append(.rows(i, r))
                 maxChunk = max(maxChunk, r.count * f)
             }

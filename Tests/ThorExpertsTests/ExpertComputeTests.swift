@@ -75,6 +75,45 @@ final class ExpertComputeTests: XCTestCase {
         }
     }
 
+    /// The standard partition's row chunks: runs of up to 4 full 256-row units, the short
+    /// last unit alone.
+    func testRowChunksMergeFullUnitsAndKeepTheShortLastUnitAlone() {
+        let p = ExpertPartition.standard
+        XCTAssertEqual(p.rowChunks(0), [])
+        XCTAssertEqual(p.rowChunks(3), [0..<3])
+        XCTAssertEqual(p.rowChunks(256), [0..<256])
+        XCTAssertEqual(p.rowChunks(257), [0..<256, 256..<257])
+        XCTAssertEqual(p.rowChunks(1300), [0..<1024, 1024..<1280, 1280..<1300])
+        XCTAssertEqual(p.rowChunks(2048), [0..<1024, 1024..<2048])
+        XCTAssertEqual(ExpertPartition(rowsPerChunk: 7, columnsPerTile: 5).rowChunks(16), [0..<7, 7..<14, 14..<16])
+    }
+
+    /// Merging full 256-row units into one GEMM call keeps the bits of one call per unit (what
+    /// the standard partition relies on), at both benchmark expert shapes, with tails of 1–3
+    /// rows (OpenBLAS's small-matrix kernel) and longer ones.
+    func testMergedRowChunksGiveTheBitsOfSingleUnitChunks() throws {
+        for (d, f) in [(256, 1024), (512, 2048)] {
+            let spec = ExpertSpec(modelDim: d, hiddenDim: f, activation: .relu, seed: 5)
+            let rows = [1300, 257, 515, 2, 1027]
+            let keys = rows.indices.map { ExpertKey(layer: 0, expert: $0) }
+            func run(_ partition: ExpertPartition) throws -> [Tensor] {
+                let host = ExpertHost(spec: spec, keys: keys, threads: 2, partition: partition)
+                let x = rows.enumerated().map { ExpertBatch(expert: $0.offset, tokens: randomTensor([$0.element, d], seed: UInt64(20 + $0.offset))) }
+                let dy = rows.enumerated().map { ExpertBatch(expert: $0.offset, tokens: randomTensor([$0.element, d], seed: UInt64(40 + $0.offset), std: 0.1)) }
+                var out = try host.forward(layer: 0, batches: x, training: true)
+                out += try host.backward(layer: 0, gradients: dy)
+                for k in keys { out += host.experts[k]!.parameters.map(\.grad) }
+                return out
+            }
+            let merged = try run(.standard)
+            let single = try run(ExpertPartition(rowsPerChunk: 256, columnsPerTile: 256, unitsPerChunk: 1))
+            XCTAssertEqual(merged.count, single.count)
+            for (i, (a, b)) in zip(merged, single).enumerated() {
+                XCTAssertTrue(a.bitwiseEqual(b), "d=\(d) d_ff=\(f): tensor \(i) differs between 1,024-row and 256-row chunks")
+            }
+        }
+    }
+
     func assertClose(_ a: Tensor, _ b: Tensor, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
         XCTAssertEqual(a.shape, b.shape, what, file: file, line: line)
         var worst: Float = 0
