@@ -66,6 +66,50 @@ final class LayerTests: XCTestCase {
         checkGradient("ln bias", of: ln.bias.value, analytic: ln.bias.grad, loss: loss)
     }
 
+    /// LayerNorm's kernels split rows (forward, `∂x`) and columns (`∂weight`, `∂bias`) over
+    /// threads: the same bits for 1, 2 and 3 threads, and the split backward matches finite
+    /// differences.
+    func testLayerNormKernelsGiveTheSameBitsForAnyThreadCount() {
+        let n = 300, d = 40
+        let x = randomTensor([n, d], seed: 11, std: 2), dy = randomTensor([n, d], seed: 12)
+        let w = randomTensor([d], seed: 13), b = randomTensor([d], seed: 14)
+        func run(_ threads: Int) -> [Tensor] {
+            let y = Tensor(shape: [n, d]), mean = Tensor(shape: [n]), rstd = Tensor(shape: [n])
+            LayerNormKernel.forward(out: y.pointer, mean: mean.pointer, rstd: rstd.pointer, inp: x.pointer,
+                                    weight: w.pointer, bias: b.pointer, n: n, d: d, threads: threads)
+            let dx = randomTensor([n, d], seed: 15), dw = randomTensor([d], seed: 16), db = randomTensor([d], seed: 17)
+            LayerNormKernel.backward(dinp: dx.pointer, dweight: dw.pointer, dbias: db.pointer, dout: dy.pointer,
+                                     inp: x.pointer, weight: w.pointer, mean: mean.pointer, rstd: rstd.pointer,
+                                     n: n, d: d, threads: threads)
+            return [y, mean, rstd, dx, dw, db]
+        }
+        let one = run(1)
+        for threads in [2, 3] {
+            for (i, (a, c)) in zip(run(threads), one).enumerated() {
+                XCTAssertTrue(a.bitwiseEqual(c), "\(threads) threads: output \(i) differs from 1 thread")
+            }
+        }
+        // Finite differences through the split backward (2 threads): loss = Σ dy ⊙ LN(x).
+        let dx = Tensor(shape: [n, d]), dw = Tensor(shape: [d]), db = Tensor(shape: [d])
+        let mean = Tensor(shape: [n]), rstd = Tensor(shape: [n]), y = Tensor(shape: [n, d])
+        LayerNormKernel.forward(out: y.pointer, mean: mean.pointer, rstd: rstd.pointer, inp: x.pointer,
+                                weight: w.pointer, bias: b.pointer, n: n, d: d, threads: 2)
+        LayerNormKernel.backward(dinp: dx.pointer, dweight: dw.pointer, dbias: db.pointer, dout: dy.pointer,
+                                 inp: x.pointer, weight: w.pointer, mean: mean.pointer, rstd: rstd.pointer,
+                                 n: n, d: d, threads: 2)
+        let loss = { () -> Double in
+            let out = Tensor(shape: [n, d]), m = Tensor(shape: [n]), r = Tensor(shape: [n])
+            LayerNormKernel.forward(out: out.pointer, mean: m.pointer, rstd: r.pointer, inp: x.pointer,
+                                    weight: w.pointer, bias: b.pointer, n: n, d: d)
+            var s = 0.0
+            for i in 0..<(n * d) { s += Double(out[i]) * Double(dy[i]) }
+            return s
+        }
+        checkGradient("ln x (2 threads)", of: x, analytic: dx, loss: loss)
+        checkGradient("ln weight (2 threads)", of: w, analytic: dw, loss: loss)
+        checkGradient("ln bias (2 threads)", of: b, analytic: db, loss: loss)
+    }
+
     /// Self (padding), causal self (padding) and cross attention, with and without attention dropout.
     func testAttentionBackwardForEveryKind() {
         let d = 8, heads = 2, b = 2, tq = 4

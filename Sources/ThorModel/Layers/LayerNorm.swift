@@ -7,32 +7,77 @@ import ThorTensor
 public enum LayerNormKernel {
     public static let epsilon: Float = 1e-5
 
+    /// Rows below which one thread does a pass (a fork and join costs more than it saves).
+    static let minimumRows = 64
+
+    /// Rows run on up to `threads` threads; each row is computed the same way whatever the
+    /// split, so the bits never depend on `threads`.
     public static func forward(
         out: UnsafeMutablePointer<Float>, mean: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>,
-        inp: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>, n: Int, d: Int
+        inp: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>, n: Int, d: Int,
+        threads: Int = 1
     ) {
         let invD = 1 / Float(d)
-        for r in 0..<n {
-            let x = inp + r * d, y = out + r * d
-            var s: Float = 0
-            for j in 0..<d { s += x[j] }
-            let m = s * invD
-            var v: Float = 0
-            for j in 0..<d { let c = x[j] - m; v += c * c }
-            let rs = 1 / (v * invD + epsilon).squareRoot()
-            for j in 0..<d { y[j] = (x[j] - m) * rs * weight[j] + bias[j] }
-            mean[r] = m; rstd[r] = rs
+        Parallel.forEachRange(n, threads: threads, minimumChunk: minimumRows) { rows in
+            for r in rows {
+                let x = inp + r * d, y = out + r * d
+                var s: Float = 0
+                for j in 0..<d { s += x[j] }
+                let m = s * invD
+                var v: Float = 0
+                for j in 0..<d { let c = x[j] - m; v += c * c }
+                let rs = 1 / (v * invD + epsilon).squareRoot()
+                for j in 0..<d { y[j] = (x[j] - m) * rs * weight[j] + bias[j] }
+                mean[r] = m; rstd[r] = rs
+            }
         }
     }
 
     /// Backward of `forward`. Accumulates (+=) into `dinp`, `dweight` and `dbias`
     /// (accumulating `dinp` lets the residual stream's gradient be there already).
+    /// With more than one thread (and at least `2 · minimumRows` rows), part `p` of one parallel
+    /// region computes `∂x` of the `p`-th range of rows and `∂weight`, `∂bias` of the `p`-th range
+    /// of columns, summing over every row in order: each element sees the same operations in
+    /// the same order as in the single-thread loop, so the bits never depend on `threads`.
     public static func backward(
         dinp: UnsafeMutablePointer<Float>, dweight: UnsafeMutablePointer<Float>, dbias: UnsafeMutablePointer<Float>,
         dout: UnsafePointer<Float>, inp: UnsafePointer<Float>, weight: UnsafePointer<Float>,
-        mean: UnsafePointer<Float>, rstd: UnsafePointer<Float>, n: Int, d: Int
+        mean: UnsafePointer<Float>, rstd: UnsafePointer<Float>, n: Int, d: Int, threads: Int = 1
     ) {
         let invD = 1 / Float(d)
+        let parts = max(1, min(threads, n / minimumRows, d))
+        if parts > 1 {
+            Parallel.forEachRange(parts, threads: parts) { range in
+                for p in range {
+                    for r in (p * n / parts)..<((p + 1) * n / parts) {
+                        let x = inp + r * d, dy = dout + r * d, dx = dinp + r * d
+                        let m = mean[r], rs = rstd[r]
+                        var sumG: Float = 0, sumGX: Float = 0
+                        for j in 0..<d {
+                            let xhat = (x[j] - m) * rs
+                            let g = dy[j] * weight[j]
+                            sumG += g; sumGX += g * xhat
+                        }
+                        let meanG = sumG * invD, meanGX = sumGX * invD
+                        for j in 0..<d {
+                            let xhat = (x[j] - m) * rs
+                            dx[j] += rs * (dy[j] * weight[j] - meanG - xhat * meanGX)
+                        }
+                    }
+                    let cols = (p * d / parts)..<((p + 1) * d / parts)
+                    for r in 0..<n {
+                        let x = inp + r * d, dy = dout + r * d
+                        let m = mean[r], rs = rstd[r]
+                        for j in cols {
+                            let xhat = (x[j] - m) * rs
+                            dbias[j] += dy[j]
+                            dweight[j] += dy[j] * xhat
+                        }
+                    }
+                }
+            }
+            return
+        }
         for r in 0..<n {
             let x = inp + r * d, dy = dout + r * d, dx = dinp + r * d
             let m = mean[r], rs = rstd[r]
@@ -75,7 +120,8 @@ public final class LayerNorm {
         let y = Tensor(uninitializedShape: [n, dim]), mean = Tensor(uninitializedShape: [n])
         let rstd = Tensor(uninitializedShape: [n])
         LayerNormKernel.forward(out: y.pointer, mean: mean.pointer, rstd: rstd.pointer, inp: x.pointer,
-                                weight: weight.value.pointer, bias: bias.value.pointer, n: n, d: dim)
+                                weight: weight.value.pointer, bias: bias.value.pointer, n: n, d: dim,
+                                threads: BLASThreads.current)
         saved = training ? (x, mean, rstd) : nil
         return y
     }
@@ -85,7 +131,8 @@ public final class LayerNorm {
         guard let s = saved else { preconditionFailure("LayerNorm.backward without a training forward") }
         LayerNormKernel.backward(dinp: gradInput.pointer, dweight: weight.grad.pointer, dbias: bias.grad.pointer,
                                  dout: gradOutput.pointer, inp: s.inp.pointer, weight: weight.value.pointer,
-                                 mean: s.mean.pointer, rstd: s.rstd.pointer, n: s.inp.rows, d: dim)
+                                 mean: s.mean.pointer, rstd: s.rstd.pointer, n: s.inp.rows, d: dim,
+                                 threads: BLASThreads.current)
         saved = nil
     }
 }
