@@ -147,9 +147,10 @@ public final class ExpertHost: @unchecked Sendable {
     }
 
     public func squaredGradientNorms() -> [ExpertKey: Double] {
-        var r: [ExpertKey: Double] = [:]
-        for (k, e) in experts { r[k] = e.squaredGradientNorm() }
-        return r
+        // One expert per task on the host's threads; each norm is the same serial sum whichever
+        // thread computes it, so the bits never depend on `threads`.
+        let ks = keys, es = ks.map { experts[$0]! }
+        return Dictionary(uniqueKeysWithValues: zip(ks, Parallel.map(ks.count, threads: threads) { es[$0].squaredGradientNorm() }))
     }
 
     public func step(learningRate: Float, clipScale: Float, step: Int) {
