@@ -28,15 +28,18 @@ public struct ExpertPartition: Sendable, Equatable {
         self.unitsPerChunk = unitsPerChunk
     }
 
-    /// What every host of a cluster uses (the coordinator's in-process host and every worker).
-    /// Units of 256 rows, and chunks of up to 4 full units: each row GEMM call packs the
+    /// What every host of a cluster uses (the coordinator's in-process host and every worker;
+    /// all of them load the same OpenBLAS kernel set, see `BLASCore`). Units of 256 rows; with
+    /// OpenBLAS's SkylakeX kernels, chunks of up to 4 full units: each row GEMM call packs the
     /// expert's whole weight matrix, so 1,024-row calls run 5–10 % faster than 256-row ones
-    /// (single-thread SkylakeX sgemm at d = 512, d_ff = 2048: 88–94 → 93–103 GFLOPS). Merging
-    /// full units keeps the bits of 256-row chunks: OpenBLAS computes a row the same way in any
-    /// call of ≥ 256 rows; only calls of a few rows take its small-matrix kernel (other bits),
-    /// and the short last unit stays a chunk of its own, as it was with 256-row chunks
-    /// (`ExpertComputeTests` checks both partitions give the same bits).
-    public static let standard = ExpertPartition(rowsPerChunk: 256, columnsPerTile: 256, unitsPerChunk: 4)
+    /// (single-thread sgemm at d = 512, d_ff = 2048: 81–94 → 92–103 GFLOPS). With SkylakeX,
+    /// merging full units keeps the bits of 256-row chunks: it computes a row the same way in
+    /// any call of ≥ 256 rows; only calls of a few rows take its small-matrix kernel (other
+    /// bits), and the short last unit stays a chunk of its own, as it was with 256-row chunks.
+    /// The Haswell kernels give other bits for merged calls, so there every unit stays a chunk
+    /// (`ExpertComputeTests` checks that the standard partition gives the bits of 256-row chunks).
+    public static let standard = ExpertPartition(rowsPerChunk: 256, columnsPerTile: 256,
+                                                 unitsPerChunk: BLASCore.same(BLASCore.loaded, "SkylakeX") ? 4 : 1)
 
     /// Row chunks of a batch of `count` rows: runs of up to `unitsPerChunk` full units of
     /// `rowsPerChunk` rows, then the short last unit (if any) alone.

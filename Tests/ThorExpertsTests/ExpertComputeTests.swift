@@ -75,10 +75,11 @@ final class ExpertComputeTests: XCTestCase {
         }
     }
 
-    /// The standard partition's row chunks: runs of up to 4 full 256-row units, the short
-    /// last unit alone.
+    /// Row chunks of up to 4 full 256-row units (the standard partition with SkylakeX kernels),
+    /// the short last unit alone.
     func testRowChunksMergeFullUnitsAndKeepTheShortLastUnitAlone() {
-        let p = ExpertPartition.standard
+        let p = ExpertPartition(rowsPerChunk: 256, columnsPerTile: 256, unitsPerChunk: 4)
+        XCTAssertEqual(ExpertPartition.standard.unitsPerChunk, BLASCore.same(BLASCore.loaded, "SkylakeX") ? 4 : 1)
         XCTAssertEqual(p.rowChunks(0), [])
         XCTAssertEqual(p.rowChunks(3), [0..<3])
         XCTAssertEqual(p.rowChunks(256), [0..<256])
@@ -88,9 +89,9 @@ final class ExpertComputeTests: XCTestCase {
         XCTAssertEqual(ExpertPartition(rowsPerChunk: 7, columnsPerTile: 5).rowChunks(16), [0..<7, 7..<14, 14..<16])
     }
 
-    /// Merging full 256-row units into one GEMM call keeps the bits of one call per unit (what
-    /// the standard partition relies on), at both benchmark expert shapes, with tails of 1–3
-    /// rows (OpenBLAS's small-matrix kernel) and longer ones.
+    /// The standard partition (with SkylakeX kernels: full 256-row units merged into calls of up
+    /// to 1,024 rows) gives the bits of one call per unit, at both benchmark expert shapes, with
+    /// tails of 1–3 rows (OpenBLAS's small-matrix kernel) and longer ones.
     func testMergedRowChunksGiveTheBitsOfSingleUnitChunks() throws {
         for (d, f) in [(256, 1024), (512, 2048)] {
             let spec = ExpertSpec(modelDim: d, hiddenDim: f, activation: .relu, seed: 5)
