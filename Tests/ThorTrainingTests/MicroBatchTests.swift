@@ -134,7 +134,7 @@ final class MicroBatchTests: XCTestCase {
                 loss += Double(w.delta) * l.lastLosses.dynamic! * Double(tokens(shard, l)) / Double(total) / Double(layers.count)
             }
             let t = s.model.moe.taskLevel!
-            routing += t.predictions + [-3] + t.poolingRows.flatMap { $0 }
+            routing += t.predictions + [-3] + t.poolingRows
             for l in layers {
                 if let tr = l.lastTaskRouting { for b in 0..<tr.batch { routing += tr.candidateSet(b) } }
                 if let d = l.lastDecision { for r in 0..<d.rows { routing += d.selected(r) + [-1] + d.keptExperts(r) + [-2] } }
@@ -214,6 +214,46 @@ final class MicroBatchTests: XCTestCase {
         XCTAssertGreaterThan(checked, 50)
         print("[MicroBatchTests] C = 2 objective: \(checked) entries checked (worst relative error \(worst)), \(skipped) skipped (routing flip)")
         try s.model.zeroGradients()
+    }
+
+    /// An expert host sums its backward calls' gradients in call order, each computed from zero
+    /// (`g = g_0 + g_1`): the bias sums run row by row and the weight-gradient GEMMs reduce over
+    /// all of a call's rows (1500 and 1300 here, more than a 256-row chunk), so adding a call's rows
+    /// into a non-zero gradient would change bits; after a step or zeroing, a call computes straight
+    /// into the gradient (the whole-batch bits).
+    func testExpertHostSumsBackwardCallsInCallOrder() throws {
+        let spec = ExpertSpec(modelDim: 16, hiddenDim: 48, activation: .gelu, seed: 3)
+        let key = ExpertKey(layer: 0, expert: 0)
+        let calls = [randomBatch(rows: 1500, seed: 1), randomBatch(rows: 1300, seed: 2)]
+        let grads = [randomBatch(rows: 1500, seed: 3), randomBatch(rows: 1300, seed: 4)]
+        func run(_ host: ExpertHost, _ i: Int) throws -> Tensor {
+            _ = try host.forward(layer: 0, batches: [ExpertBatch(expert: 0, tokens: calls[i])], training: true)
+            return try host.backward(layer: 0, gradients: [ExpertBatch(expert: 0, tokens: grads[i])])[0]
+        }
+        func gradient(_ host: ExpertHost) -> [Tensor] { host.experts[key]!.parameters.map { Tensor(copying: $0.grad) } }
+        let alone = try (0..<2).map { i -> ([Tensor], Tensor) in
+            let h = ExpertHost(spec: spec, keys: [key], threads: 2)
+            let dx = try run(h, i)
+            return (gradient(h), dx)
+        }
+        let host = ExpertHost(spec: spec, keys: [key], threads: 2)
+        let dx0 = try run(host, 0), dx1 = try run(host, 1)
+        XCTAssertTrue(dx0.bitwiseEqual(alone[0].1) && dx1.bitwiseEqual(alone[1].1), "∂x does not depend on earlier calls")
+        for (j, g) in gradient(host).enumerated() {
+            let sum = Tensor(copying: alone[0].0[j])
+            Kernels.add(alone[1].0[j].pointer, into: sum.pointer, count: sum.count)
+            XCTAssertTrue(g.bitwiseEqual(sum), "parameter \(j): not g_0 + g_1")
+        }
+        host.zeroGradients()
+        _ = try run(host, 0)
+        for (j, g) in gradient(host).enumerated() { XCTAssertTrue(g.bitwiseEqual(alone[0].0[j]), "parameter \(j) after zeroing") }
+    }
+
+    func randomBatch(rows: Int, seed: UInt64) -> Tensor {
+        let t = Tensor(shape: [rows, 16])
+        var g = RandomGenerator(seed: seed)
+        g.fillNormal(t.pointer, count: t.count, std: 1)
+        return t
     }
 
     /// C = 2 on 2 workers: the same losses and the same bits (weights, moments) as C = 2 in process.
