@@ -71,6 +71,7 @@ final class MicroBatchTests: XCTestCase {
     /// auxiliary weights (their gradients show next to `L_mt`'s).
     func gradientSetup() throws -> Setup {
         var c = microConfiguration(2)
+        c.model.architecture = decoderOnly ? .decoderOnly : .encoderDecoder
         c.model.dropout = 0
         c.model.attentionDropout = 0
         c.model.activation = .gelu
@@ -101,9 +102,14 @@ final class MicroBatchTests: XCTestCase {
         return s.model.parameters + host.keys.flatMap { host.experts[$0]!.parameters }
     }
 
-    /// Non-pad tokens of `b` an MoE layer of this encoder-decoder sees.
+    /// The model of the gradient tests is the decoder-only prefix-LM.
+    var decoderOnly = false
+
+    /// Non-pad tokens of `b` an MoE layer sees: the encoder's the source, the decoder's the target,
+    /// a prefix-LM's one stack both.
     func tokens(_ b: Seq2SeqBatch, _ l: MoELayer) -> Int {
-        l.side == .encoder ? Int(b.sourceMask.reduce(0, +)) : b.targetTokens
+        let source = Int(b.sourceMask.reduce(0, +))
+        return decoderOnly ? source + b.targetTokens : (l.side == .encoder ? source : b.targetTokens)
     }
 
     /// Sets what shard `shard` of `shards` counts for (as `docs/data-parallel.md` defines it).
@@ -147,7 +153,18 @@ final class MicroBatchTests: XCTestCase {
     /// alone (bit for bit), and matches central finite differences of the C = 2 objective; the
     /// step's reported loss is that objective, and its `L_mt` the whole batch's token mean.
     func testTwoMicroBatchGradientIsTheSumOfShardGradientsAndMatchesFiniteDifferences() throws {
+        try checkTwoMicroBatchGradient()
+    }
+
+    /// The same for the decoder-only prefix-LM (its MoE layers count source and target tokens).
+    func testTwoMicroBatchGradientOfThePrefixLM() throws {
+        decoderOnly = true
+        try checkTwoMicroBatchGradient()
+    }
+
+    func checkTwoMicroBatchGradient() throws {
         let s = try gradientSetup()
+        XCTAssertEqual(s.model.configuration.model.architecture, decoderOnly ? .decoderOnly : .encoderDecoder)
         let batch = gradientBatch(tasks: s.configuration.routing.tasks)
         let shards = try MicroBatches.split(batch, into: 2, step: 1)
         var rng = RandomGenerator(seed: 5)
@@ -212,7 +229,7 @@ final class MicroBatchTests: XCTestCase {
         }
         XCTAssertGreaterThanOrEqual(checked, 5 * skipped, "too many routing flips (\(skipped) of \(checked + skipped))")
         XCTAssertGreaterThan(checked, 50)
-        print("[MicroBatchTests] C = 2 objective: \(checked) entries checked (worst relative error \(worst)), \(skipped) skipped (routing flip)")
+        print("[MicroBatchTests] C = 2 objective (\(decoderOnly ? "prefix-LM" : "encoder-decoder")): \(checked) entries checked (worst relative error \(worst)), \(skipped) skipped (routing flip)")
         try s.model.zeroGradients()
     }
 
