@@ -94,9 +94,12 @@ public final class Trainer {
             let dropout = model.network.dropoutState
             let batch = batches.next()
             committing = false
-            do { try MicroBatches.check(batch, count: model.configuration.training.microBatches, step: step + 1) } catch {
-                try batches.restore(position)   // a refused step changes no state
-                throw error
+            let microBatches = model.configuration.training.microBatches
+            if microBatches > 1 {
+                do { try MicroBatches.check(batch, count: microBatches, step: step + 1) } catch {
+                    try batches.restore(position)   // a refused step changes no state
+                    throw error
+                }
             }
             do {
                 return try trainStep(on: batch)
