@@ -81,6 +81,10 @@ public final class ExpertHost: @unchecked Sendable {
     /// activations), and one for backward (see `Workspace`).
     private var forwardSpace: [Int: Workspace] = [:]
     private let backwardSpace = Workspace()
+    /// Experts whose gradient may hold a backward's contribution (a backward since the last
+    /// step, zeroing or import), and where `backward` parks such a gradient meanwhile.
+    private var accumulating: Set<ExpertKey> = []
+    private let carrySpace = Workspace()
 
     public init(spec: ExpertSpec, keys: [ExpertKey], threads: Int = 1, partition: ExpertPartition = .standard) {
         self.spec = spec
@@ -142,8 +146,32 @@ public final class ExpertHost: @unchecked Sendable {
         }
         pending[layer] = nil
         let work = kept.map { ExpertWork(weights: experts[$0.0]!.weights, rows: $0.1.input.rows) }
-        return ChunkedFeedForward.backward(work, gradients: gradients.map(\.tokens), saved: kept.map { $0.1 },
-                                           partition: partition, threads: threads, scratch: scratch, workspace: backwardSpace)
+        // Each call's gradient is computed alone and then added to what earlier calls left, so a
+        // step in micro-batches sums per-micro-batch gradients in call order, g = g_0 + g_1 + …,
+        // whatever the GEMMs' internal blocking (docs/data-parallel.md). An expert whose gradient
+        // is still zero (every whole-batch step) computes straight into it: the same bits, no copies.
+        // Experts without rows get no contribution and keep their gradient untouched.
+        let active = kept.indices.filter { gradients[$0].tokens.rows > 0 }.map { kept[$0].0 }
+        let carry = carryOut(active.filter { accumulating.contains($0) }.map { experts[$0]!.parameters })
+        let dx = ChunkedFeedForward.backward(work, gradients: gradients.map(\.tokens), saved: kept.map { $0.1 },
+                                             partition: partition, threads: threads, scratch: scratch, workspace: backwardSpace)
+        for (p, parked) in carry { Kernels.add(parked.pointer, into: p.grad.pointer, count: p.count) }
+        accumulating.formUnion(active)
+        return dx
+    }
+
+    /// Moves the gradients of `parameters` (per expert) into `carrySpace` and zeroes them; returns
+    /// each parameter with its parked gradient, to be added back after the call's own gradient.
+    private func carryOut(_ parameters: [[Parameter]]) -> [(Parameter, Tensor)] {
+        let all = parameters.flatMap { $0 }
+        guard !all.isEmpty else { return [] }
+        carrySpace.begin(Workspace.size(all.map(\.count)))
+        return all.map { p in
+            let parked = carrySpace.tensor(p.shape)
+            parked.copy(from: p.grad)
+            p.grad.zero()
+            return (p, parked)
+        }
     }
 
     public func squaredGradientNorms() -> [ExpertKey: Double] {
@@ -157,11 +185,13 @@ public final class ExpertHost: @unchecked Sendable {
         Adam.update(keys.flatMap { experts[$0]!.parameters }, learningRate: learningRate, clipScale: clipScale,
                     step: step, settings: spec.adam, threads: threads)
         pending.removeAll()
+        accumulating.removeAll()   // Adam zeroed every gradient
     }
 
     public func zeroGradients() {
         for e in experts.values { for p in e.parameters { p.grad.zero() } }
         pending.removeAll()
+        accumulating.removeAll()
     }
 
     public func exportState() -> [ExpertKey: [String: Tensor]] {
@@ -199,12 +229,14 @@ public final class ExpertHost: @unchecked Sendable {
         }
         for (k, e) in staged { experts[k] = e }
         pending.removeAll()
+        accumulating.subtract(staged.keys)   // new experts, zero gradients
     }
 
     /// Stops hosting `keys` (e.g. after a placement change).
     public func remove(_ keys: [ExpertKey]) {
         for k in keys { experts[k] = nil }
         pending.removeAll()
+        accumulating.subtract(keys)
     }
 }
 

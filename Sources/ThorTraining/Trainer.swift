@@ -94,6 +94,13 @@ public final class Trainer {
             let dropout = model.network.dropoutState
             let batch = batches.next()
             committing = false
+            let microBatches = model.configuration.training.microBatches
+            if microBatches > 1 {
+                do { try MicroBatches.check(batch, count: microBatches, step: step + 1) } catch {
+                    try batches.restore(position)   // a refused step changes no state
+                    throw error
+                }
+            }
             do {
                 return try trainStep(on: batch)
             } catch let e as ClusterError {
@@ -168,19 +175,29 @@ public final class Trainer {
                                      committing: (Bool) -> Void = { _ in }) throws -> StepResult {
         let t = model.configuration.training
         var clock = MonotonicClock.seconds()
-        var sections = phases.sectionSeconds()
-        let ce = try model.network.forward(batch, training: true)
-        clock = phases.recordResidual(.attention, passStart: clock, sectionsBefore: sections)
-        let aux = model.moe.auxiliaryLosses
-        let total = Double(ce.loss) + aux.weighted(by: model.configuration.losses)
-        guard total.isFinite else {
-            let culprit = try firstNonFiniteWeight(model)
-            try model.zeroGradients()
-            throw TrainingError.nonFinite(step: next, quantity: "loss (\(total))", tensor: culprit)
+        let translationLoss: Double, aux: AuxiliaryLosses
+        if t.microBatches == 1 {
+            var sections = phases.sectionSeconds()
+            let ce = try model.network.forward(batch, training: true)
+            clock = phases.recordResidual(.attention, passStart: clock, sectionsBefore: sections)
+            aux = model.moe.auxiliaryLosses
+            translationLoss = Double(ce.loss)
+            let total = translationLoss + aux.weighted(by: model.configuration.losses)
+            guard total.isFinite else {
+                let culprit = try firstNonFiniteWeight(model)
+                try model.zeroGradients()
+                throw TrainingError.nonFinite(step: next, quantity: "loss (\(total))", tensor: culprit)
+            }
+            sections = phases.sectionSeconds(backward: true)
+            try model.network.backward(lossScale: 1)
+            clock = phases.recordResidual(.attentionBackward, passStart: clock, sectionsBefore: sections)
+        } else {
+            // Micro-batches: the same step on the batch's C shards, gradients summed in shard order.
+            let shards = try MicroBatches.split(batch, into: t.microBatches, step: next)
+            (translationLoss, aux) = try accumulate(model, shards: shards, step: next, phases: phases)
+            clock = MonotonicClock.seconds()
         }
-        sections = phases.sectionSeconds(backward: true)
-        try model.network.backward(lossScale: 1)
-        clock = phases.recordResidual(.attentionBackward, passStart: clock, sectionsBefore: sections)
+        let total = translationLoss + aux.weighted(by: model.configuration.losses)
         // Global gradient norm: coordinator parameters in order, then experts in key order,
         // so the sum is the same whatever the placement.
         var squared = 0.0
@@ -208,7 +225,7 @@ public final class Trainer {
         Adam.update(model.parameters, learningRate: lr, clipScale: clip, step: next, settings: t.adam, threads: Parallel.processors)
         phases.add(.optimizer, since: clock)
         let tokens = Int(batch.sourceMask.reduce(0, +) + batch.targetMask.reduce(0, +))
-        return StepResult(step: next, loss: total, translationLoss: Double(ce.loss), auxiliary: aux,
+        return StepResult(step: next, loss: total, translationLoss: translationLoss, auxiliary: aux,
                           gradientNorm: squared.squareRoot(), learningRate: lr, clipScale: clip, tokens: tokens)
     }
 }

@@ -29,7 +29,7 @@ extension MoELayer {
     /// Adds the task router's `∂L/∂r` (through `log q` and `β L_task_lb`) into `dr`; accumulates `∂L/∂W_task`.
     func backwardTaskRouting(dLogQ: Tensor?, cache k: Cache, dr: Tensor?) {
         guard let taskRouter, let tr = k.taskRouting, let r = k.r, let dr else { return }
-        let d2 = taskRouter.backward(tr, r: r, dLogQ: dLogQ, balanceScale: lossWeights.beta * lossScale)
+        let d2 = taskRouter.backward(tr, r: r, dLogQ: dLogQ, balanceScale: lossWeights.beta * lossScale * microBatchShare.batch)
         Kernels.add(d2.pointer, into: dr.pointer, count: d2.count)
     }
 }

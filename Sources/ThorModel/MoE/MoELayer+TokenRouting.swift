@@ -56,9 +56,9 @@ extension MoELayer {
                 for s in 0..<c { dpt[Int(dec.experts[base + s])] += dw[base + s] }
             }
         }
-        _ = TokenRouter.tokenBalance(p: p, decision: dec, mask: mp, scale: lossWeights.gamma * lossScale, dp: dp)
+        _ = TokenRouter.tokenBalance(p: p, decision: dec, mask: mp, scale: lossWeights.gamma * lossScale * microBatchShare.batch, dp: dp)
         if routing.resolvedSelection == .topp {
-            _ = TokenRouter.entropy(p: p, mask: mp, scale: lossWeights.delta * lossScale, dp: dp)
+            _ = TokenRouter.entropy(p: p, mask: mp, scale: lossWeights.delta * lossScale * microBatchShare.tokens, dp: dp)
         }
         let dz = Tensor(shape: p.shape)
         for t in 0..<nRows where mp[t] != 0 {

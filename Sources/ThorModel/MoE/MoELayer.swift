@@ -31,6 +31,11 @@ public final class MoELayer: FeedForwardSublayer {
     public let lossWeights: LossConfiguration
     /// `1 / (number of MoE layers)`: per-layer losses are averaged over the MoE layers.
     public let lossScale: Float
+    /// What this pass's auxiliary losses count for in the step's objective when the step runs in
+    /// micro-batches (docs/data-parallel.md); (1, 1) for a whole batch. `tokens`: the pass's share of
+    /// the step's non-pad tokens of this layer (`L_dyn` is a mean over the whole batch's tokens);
+    /// `batch`: the weight of its balance losses (1/C: computed over the micro-batch, averaged over the C).
+    public var microBatchShare: (tokens: Float, batch: Float) = (1, 1)
     public let backend: ExpertBackend
     public let taskRouter: TaskRouter?
     public let gate: ContextGate?

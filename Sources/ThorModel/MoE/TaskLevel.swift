@@ -39,6 +39,9 @@ public final class TaskLevel {
     public let encoderLayer: Int
     /// α, the weight of `L_task` in the total loss.
     public let lossWeight: Float
+    /// The share of the step's sentences this pass holds (a micro-batch's `B_c / B`, 1 for a whole
+    /// batch): `L_task` is the mean over the whole batch's sentences (docs/data-parallel.md).
+    public var sentenceShare: Float = 1
     /// `W_t` [d, T] (row-major, `logits = u · W_t + b_t`).
     public let predictorWeight: Parameter
     /// `b_t` [T].
@@ -174,7 +177,7 @@ public final class TaskLevel {
             for s in 0..<b { Kernels.add(dr.pointer + s * d, into: embeddings.grad.pointer + ids[s] * d, count: d) }
         }
         if let labels {
-            let scale = lossWeight / Float(b)
+            let scale = lossWeight * sentenceShare / Float(b)
             for s in 0..<b {
                 let row = dlogits.pointer + s * t, ps = p.pointer + s * t
                 for j in 0..<t { row[j] += scale * (ps[j] - (j == labels[s] ? 1 : 0)) }

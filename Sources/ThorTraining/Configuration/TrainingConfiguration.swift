@@ -18,6 +18,10 @@ public struct TrainingConfiguration: ConfigurationSection {
     public var weightDecay: Float = 0
     /// Source + target tokens (incl. padding) per batch.
     public var maxTokensPerBatch: Int = 4096
+    /// Micro-batches C per optimizer step: the batch's sentences are split into C shards
+    /// (sentence i → shard i mod C), each runs forward and backward alone, their gradients are
+    /// summed in shard order, then one clip and Adam step (docs/data-parallel.md). 1: the whole batch at once.
+    public var microBatches: Int = 1
     /// Optimizer steps of the run.
     public var maxSteps: Int = 100_000
     /// Seed of every random stream (data, weights, dropout).
@@ -36,13 +40,17 @@ public struct TrainingConfiguration: ConfigurationSection {
     public enum CodingKeys: String, CodingKey, CaseIterable {
         case learningRate = "learning_rate", warmupSteps = "warmup_steps", clipNorm = "clip_norm"
         case adamBeta1 = "adam_beta1", adamBeta2 = "adam_beta2", adamEpsilon = "adam_epsilon"
-        case weightDecay = "weight_decay", maxTokensPerBatch = "max_tokens_per_batch", maxSteps = "max_steps"
+        case weightDecay = "weight_decay", maxTokensPerBatch = "max_tokens_per_batch", microBatches = "micro_batches"
+        case maxSteps = "max_steps"
         case seed, samplingTemperature = "sampling_temperature", devInterval = "dev_interval"
         case checkpointInterval = "checkpoint_interval", logInterval = "log_interval"
     }
 
     /// Keys a resumed run may change: they steer the run, not the model or its optimizer state.
     public static let resumableKeys: Set<CodingKeys> = [.maxSteps, .devInterval, .checkpointInterval, .logInterval]
+
+    /// The largest `micro_batches` accepted (a batch must also hold at least that many sentences).
+    public static let maxMicroBatches = 4096
 
     /// Adam settings for every parameter.
     public var adam: AdamSettings { AdamSettings(beta1: adamBeta1, beta2: adamBeta2, epsilon: adamEpsilon, weightDecay: weightDecay) }
@@ -57,6 +65,8 @@ public struct TrainingConfiguration: ConfigurationSection {
         try Check.require(adamEpsilon > 0, p(.adamEpsilon), "must be > 0, got \(adamEpsilon)")
         try Check.require(weightDecay >= 0, p(.weightDecay), "must be ≥ 0, got \(weightDecay)")
         try Check.require(maxTokensPerBatch >= 1, p(.maxTokensPerBatch), "must be ≥ 1, got \(maxTokensPerBatch)")
+        try Check.require(microBatches >= 1 && microBatches <= Self.maxMicroBatches, p(.microBatches),
+                          "must be in 1…\(Self.maxMicroBatches) (1: the whole batch at once), got \(microBatches)")
         try Check.require(maxSteps >= 0, p(.maxSteps), "must be ≥ 0, got \(maxSteps)")
         try Check.require(samplingTemperature > 0 && samplingTemperature.isFinite, p(.samplingTemperature),
                           "must be > 0 (1: proportional to data size), got \(samplingTemperature)")
