@@ -5,13 +5,14 @@ Recomputes, in numpy, the encoder of a `thor` checkpoint up to the routing of th
 MoE layer (SPEC §1–2: scaled embeddings + sinusoidal positions, pre-LN layers, the task level on
 the FFN input of the first MoE layer, the sentence-mean context, the gate, the token router with
 log q over the K candidates, top-p selection) on a corpus file (task<TAB>source<TAB>target), and
-reports, per variant: experts per token (to check the recomputation against `thor eval`), the gate
+reports, per variant and MoE layer: experts per token (to check the recomputation against `thor eval`), the gate
 values, the norms of h, c and h~, the spread of the router logits and the entropy of the routing
 probabilities, with the trained gate and with the gate replaced by h~ = h (no context) and by
 h~ = c (context only). Inference only (no dropout); no figure here feeds back into training.
 
-usage: gate_analysis.py [--every N] CORPUS.tsv CHECKPOINT_DIR [CHECKPOINT_DIR ...]
-(--every N: every N-th line of the corpus only)
+usage: gate_analysis.py [--every N] [--decoder] CORPUS.tsv CHECKPOINT_DIR [CHECKPOINT_DIR ...]
+(--every N: every N-th line of the corpus only; --decoder: also the decoder MoE layer, through a
+teacher-forced pass that runs the encoder MoE layer's experts from the checkpoint)
 """
 import json, struct, sys
 import numpy as np
@@ -102,13 +103,15 @@ def layer_norm(x, w, b):
     return (x - m) / np.sqrt(v + 1e-5) * w + b
 
 
-def attention(x, P, pre, heads):
+def attention(x, P, pre, heads, bias=None, kv=None):
     n, d = x.shape; dh = d // heads
-    q = x @ P[pre + '.wq'] + P[pre + '.bq']; k = x @ P[pre + '.wk'] + P[pre + '.bk']; v = x @ P[pre + '.wv'] + P[pre + '.bv']
+    kv = x if kv is None else kv
+    q = x @ P[pre + '.wq'] + P[pre + '.bq']; k = kv @ P[pre + '.wk'] + P[pre + '.bk']; v = kv @ P[pre + '.wv'] + P[pre + '.bv']
     out = np.empty_like(x)
     for h in range(heads):
         s = slice(h * dh, (h + 1) * dh)
         a = q[:, s] @ k[:, s].T / np.float32(np.sqrt(dh))
+        if bias is not None: a = a + bias
         a = np.exp(a - a.max(-1, keepdims=True)); a /= a.sum(-1, keepdims=True)
         out[:, s] = a @ v[:, s]
     return out @ P[pre + '.wo'] + P[pre + '.bo']
@@ -133,90 +136,147 @@ def entropy(p):
         return -(np.where(p > 0, p * np.log(p), 0)).sum(-1)
 
 
-def analyse(corpus, ckpt, every=1):
+KEYS = ['n_true', 'n_noctx', 'n_ctxonly', 'n_rescaled', 'H_true', 'H_noctx', 'H_ctxonly', 'H_rescaled',
+        'zspread_true', 'zspread_noctx', 'zspread_ctxonly', 'zspread_rescaled', 'pmax_true', 'pmax_noctx',
+        'g', 'nh', 'nc', 'nht', 'cos_hc']
+
+
+def route_stats(acc, P, pre, h, c, logq, allowed, thr):
+    """Routing of one sentence's rows h [n, d] with contexts c [n, d] in MoE layer `pre`; returns the
+    trained routing's (p, selected count) for the combine."""
+    d = h.shape[1]
+    W = P[pre + '.router.w']
+
+    def route(ht):
+        z = ht @ W
+        if logq is not None: z = z + logq
+        if allowed is not None: z = np.where(allowed, z, -np.inf)
+        p = softmax(z)
+        zc = np.where(np.isfinite(z), z, np.nan)
+        return p, np.nanstd(zc, -1)
+
+    if pre + '.gate.w' in P:
+        Wg = P[pre + '.gate.w']
+        g = 1 / (1 + np.exp(-(h @ Wg[:d] + c @ Wg[d:] + P[pre + '.gate.b'])))
+        ht = g * h + (1 - g) * c
+        acc['g'] += list(g.mean(-1)); acc['nht'] += list(np.linalg.norm(ht, axis=-1))
+    else:
+        ht = h
+    nh = np.linalg.norm(h, axis=-1); nc = np.linalg.norm(c, axis=-1)
+    acc['nh'] += list(nh); acc['nc'] += list(nc)
+    acc['cos_hc'] += list((h * c).sum(-1) / (nh * nc + 1e-12))
+    # h~ scaled to the norm of h, row by row: the trained mix's direction at h's length
+    rescaled = ht * (nh / np.linalg.norm(ht, axis=-1))[:, None]
+    out = None
+    for name, inp in [('true', ht), ('noctx', h), ('ctxonly', c), ('rescaled', rescaled)]:
+        p, zs = route(inp)
+        n = topp_count(p, np.float32(thr))
+        acc['n_' + name] += list(n); acc['H_' + name] += list(entropy(p)); acc['zspread_' + name] += list(zs)
+        if name in ('true', 'noctx'): acc['pmax_' + name] += list(p.max(-1))
+        if name == 'true': out = (p, n)
+    return out
+
+
+def topp_combine(P, experts, pre_index, h, p, thr):
+    """y = Σ_{e ∈ S_t} p_e E_e(h_t) (raw top-p weights, SPEC §2.7–8), relu experts."""
+    y = np.zeros_like(h)
+    order = np.argsort(-p, axis=-1, kind='stable')
+    cs = np.cumsum(np.take_along_axis(p, order, -1), -1, dtype=np.float32)
+    for t in range(h.shape[0]):
+        n = int(np.argmax(cs[t] > thr)) + 1 if (cs[t] > thr).any() else int((p[t] > 0).sum())
+        for e in sorted(order[t, :n]):
+            X = experts[(pre_index, int(e))]
+            y[t] += p[t, e] * (np.maximum(h[t] @ X['w1'] + X['b1'], 0) @ X['w2'] + X['b2'])
+    return y
+
+
+def analyse(corpus, ckpt, every=1, decoder=False):
     P, meta = load_safetensors(ckpt + '/coordinator.safetensors')
     cfg = json.load(open(ckpt + '/config.json'))
     tasks = json.loads(meta['state'])['tasks']
     bpe = BPE(ckpt + '/tokenizer.json')
-    m = cfg['model']; d = m['model_dim']; heads = m['heads']; thr = cfg['routing']['threshold']
+    m = cfg['model']; d = m['model_dim']; heads = m['heads']; thr = np.float32(cfg['routing']['threshold'])
+    assert m['activation'] == 'relu' and cfg['routing']['variant'] in ('thor-topp', 'topp', 'no-context', 'no-task-level')
     E = P['embedding.weight']
     pos = np.zeros((m['max_positions'], d), np.float32)
     for p_ in range(m['max_positions']):
         for i in range(d // 2):
             a = p_ / 10000.0 ** (2 * i / d)
             pos[p_, i] = np.sin(a); pos[p_, d // 2 + i] = np.cos(a)
-    moe = [i for i in range(m['encoder_layers']) if f'encoder.layers.{i}.moe.router.w' in P][0]
-    pre = f'encoder.layers.{moe}.moe'
-    has_gate = pre + '.gate.w' in P
     has_task = 'task_level.predictor.w' in P
     K = cfg['routing'].get('k') or cfg['routing']['experts'] // 2
-    acc = {k: [] for k in ['n_true', 'n_noctx', 'n_ctxonly', 'n_rescaled', 'H_true', 'H_noctx', 'H_ctxonly', 'H_rescaled',
-                           'g', 'g_tok', 'nh', 'nc', 'nht', 'cos_hc', 'zspread_true', 'zspread_noctx', 'zspread_ctxonly',
-                           'zspread_rescaled',
-                           'pmax_true', 'pmax_noctx', 'n_in_sent_var']}
+    experts = {}
+    if decoder:
+        import glob, re
+        for f in glob.glob(ckpt + '/experts/*.safetensors'):
+            X, _ = load_safetensors(f)
+            for k, v in X.items():
+                mm = re.match(r'moe\.(\d+)\.experts\.(\d+)\.(\w+)$', k)
+                experts.setdefault((int(mm.group(1)), int(mm.group(2))), {})[mm.group(3)] = v
+    moe_names = [f'{side}.layers.{i}.moe' for side, n in (('encoder', m['encoder_layers']), ('decoder', m['decoder_layers']))
+                 for i in range(n) if f'{side}.layers.{i}.moe.router.w' in P]
+    accs = {pre: {k: [] for k in KEYS} for pre in moe_names}
     correct = total = 0
+    emb = lambda ids: E[ids] * np.float32(np.sqrt(d)) + pos[:len(ids)]
+    ffn = lambda h, L: np.maximum(h @ P[L + '.ffn.w1'] + P[L + '.ffn.b1'], 0) @ P[L + '.ffn.w2'] + P[L + '.ffn.b2']
     for lineno, line in enumerate(open(corpus, encoding='utf-8')):
         if lineno % every: continue
-        task, src, _ = line.rstrip('\n').split('\t')
+        task, src, tgt = line.rstrip('\n').split('\t')
         ids = [CLS] + bpe.encode(src) + [EOS]
-        if len(ids) > m['max_positions']: continue
-        x = E[ids] * np.float32(np.sqrt(d)) + pos[:len(ids)]
-        for i in range(moe + 1):
+        tin = [BOS] + bpe.encode(tgt)
+        if len(ids) > m['max_positions'] or len(tin) > m['max_positions']: continue
+        x = emb(ids)
+        logq = {}; allowed = {}
+        for i in range(m['encoder_layers']):
             L = f'encoder.layers.{i}'
             x = x + attention(layer_norm(x, P[L + '.self_attn_norm.weight'], P[L + '.self_attn_norm.bias']), P, L + '.self_attn', heads)
             h = layer_norm(x, P[L + '.ffn_norm.weight'], P[L + '.ffn_norm.bias'])
-            if i < moe:
-                x = x + np.maximum(h @ P[L + '.ffn.w1'] + P[L + '.ffn.b1'], 0) @ P[L + '.ffn.w2'] + P[L + '.ffn.b2']
-        logq = None; allowed = None
-        if has_task:
-            u = h.max(0)
-            pt = softmax(u @ P['task_level.predictor.w'] + P['task_level.predictor.b'])
-            correct += int(tasks[int(pt.argmax())] == task); total += 1
-            r = pt @ P['task_level.embeddings']
-            lq = np.log(softmax(r @ P[pre + '.task_router.w']))
-            q = np.exp(lq)
-            cand = np.argsort(-q, kind='stable')[:K]
-            allowed = np.zeros_like(q, dtype=bool); allowed[cand] = True
-            logq = lq
-        W = P[pre + '.router.w']
-
-        def route(ht):
-            z = ht @ W
-            if logq is not None: z = z + logq
-            if allowed is not None: z = np.where(allowed, z, -np.inf)
-            p = softmax(z)
-            zc = np.where(np.isfinite(z), z, np.nan)
-            return p, np.nanstd(zc, -1)
-
-        c = h.mean(0, keepdims=True)
-        if has_gate:
-            Wg = P[pre + '.gate.w']
-            g = 1 / (1 + np.exp(-(h @ Wg[:d] + c @ Wg[d:] + P[pre + '.gate.b'])))
-            ht = g * h + (1 - g) * c
-            acc['g'].append(g.mean()); acc['g_tok'] += list(g.mean(-1))
-            acc['nht'] += list(np.linalg.norm(ht, axis=-1))
-        else:
-            ht = h
-        acc['nh'] += list(np.linalg.norm(h, axis=-1)); acc['nc'] += [float(np.linalg.norm(c))] * len(ids)
-        acc['cos_hc'] += list((h @ c[0]) / (np.linalg.norm(h, axis=-1) * np.linalg.norm(c) + 1e-12))
-        # h~ scaled to the norm of h, token by token: the trained mix's direction at h's length
-        rescaled = ht * (np.linalg.norm(h, axis=-1, keepdims=True) / np.linalg.norm(ht, axis=-1, keepdims=True))
-        for name, inp in [('true', ht), ('noctx', h), ('ctxonly', np.repeat(c, len(ids), 0)), ('rescaled', rescaled)]:
-            p, zs = route(inp)
-            n = topp_count(p, np.float32(thr))
-            acc['n_' + name] += list(n); acc['H_' + name] += list(entropy(p)); acc['zspread_' + name] += list(zs)
-            if name in ('true', 'noctx'): acc['pmax_' + name] += list(p.max(-1))
-    out = {k: float(np.mean(v)) for k, v in acc.items() if v}
+            pre = L + '.moe'
+            if pre not in moe_names:
+                x = x + ffn(h, L); continue
+            if has_task and not logq:  # the task level reads the first MoE sub-block's input
+                pt = softmax(h.max(0) @ P['task_level.predictor.w'] + P['task_level.predictor.b'])
+                correct += int(tasks[int(pt.argmax())] == task); total += 1
+                r = pt @ P['task_level.embeddings']
+                for name in moe_names:
+                    lq = np.log(softmax(r @ P[name + '.task_router.w']))
+                    a = np.zeros(lq.shape, dtype=bool); a[np.argsort(-np.exp(lq), kind='stable')[:K]] = True
+                    logq[name] = lq; allowed[name] = a
+            c = np.repeat(h.mean(0, keepdims=True), len(ids), 0)
+            p, _ = route_stats(accs[pre], P, pre, h, c, logq.get(pre), allowed.get(pre), thr)
+            if not decoder: break
+            x = x + topp_combine(P, experts, moe_names.index(pre), h, p, thr)
+        if not decoder: continue
+        enc = layer_norm(x, P['encoder.norm.weight'], P['encoder.norm.bias'])
+        y = emb(tin); n = len(tin)
+        causal = np.triu(np.full((n, n), -np.inf, np.float32), 1)
+        for i in range(m['decoder_layers']):
+            L = f'decoder.layers.{i}'
+            y = y + attention(layer_norm(y, P[L + '.self_attn_norm.weight'], P[L + '.self_attn_norm.bias']), P, L + '.self_attn', heads, causal)
+            y = y + attention(layer_norm(y, P[L + '.cross_attn_norm.weight'], P[L + '.cross_attn_norm.bias']), P, L + '.cross_attn', heads, None, enc)
+            h = layer_norm(y, P[L + '.ffn_norm.weight'], P[L + '.ffn_norm.bias'])
+            pre = L + '.moe'
+            if pre not in moe_names:
+                y = y + ffn(h, L); continue
+            c = np.cumsum(h, 0) / np.arange(1, n + 1, dtype=np.float32)[:, None]
+            p, _ = route_stats(accs[pre], P, pre, h, c, logq.get(pre), allowed.get(pre), thr)
+            y = y + topp_combine(P, experts, moe_names.index(pre), h, p, thr)
+    out = {'variant': cfg['routing']['variant'], 'seed': cfg['training']['seed']}
     if total: out['task_accuracy'] = correct / total
-    out['has_gate'] = has_gate; out['has_task_level'] = has_task; out['layer'] = pre
-    if acc['g_tok']:
-        gt = np.array(acc['g_tok']); out['g_tok_p10_p50_p90'] = [float(x) for x in np.percentile(gt, [10, 50, 90])]
+    for pre, acc in accs.items():
+        if not acc['nh']: continue
+        o = {k: float(np.mean(v)) for k, v in acc.items() if v}
+        if acc['g']: o['g_p10_p50_p90'] = [float(x) for x in np.percentile(acc['g'], [10, 50, 90])]
+        out[pre] = o
     return out
 
 
 if __name__ == '__main__':
-    args = sys.argv[1:]; every = 1
-    if args[0] == '--every': every = int(args[1]); args = args[2:]
+    args = sys.argv[1:]; every = 1; decoder = False
+    while args[0].startswith('--'):
+        if args[0] == '--every': every = int(args[1]); args = args[2:]
+        elif args[0] == '--decoder': decoder = True; args = args[1:]
+        else: sys.exit(__doc__)
     corpus = args[0]
     for ck in args[1:]:
-        print(json.dumps({'checkpoint': ck, 'every': every, **analyse(corpus, ck, every)}), flush=True)
+        print(json.dumps({'checkpoint': ck, 'every': every, **analyse(corpus, ck, every, decoder)}), flush=True)
