@@ -60,15 +60,15 @@ for v in order:
 print()
 print("Paired by seed: THOR top-p minus the variant (per seed; mean ± sd; paired t, df = n − 1;"
       " |t| > 4.30 is p < 0.05 two-sided at n = 3).\n")
-print("| THOR top-p minus | seeds | Δ average BLEU per seed | Δ BLEU mean ± sd | t | Δ test L_mt per seed | Δ L_mt mean | Δ experts/token per seed | Δ experts/token mean | t |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("| THOR top-p minus | seeds | Δ average BLEU per seed | Δ BLEU mean ± sd | t | Δ test L_mt per seed | Δ L_mt mean | t | Δ experts/token per seed | Δ experts/token mean | t |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 
 
-def paired(xs):
-    if len(xs) < 2: return f"{xs[0]:+.2f}", "–"
+def paired(xs, n=2):
+    if len(xs) < 2: return f"{xs[0]:+.{n}f}", "–"
     m, s = st.mean(xs), st.stdev(xs)
     t = m / (s / len(xs) ** 0.5) if s > 0 else float('inf')
-    return f"{m:+.2f} ± {s:.2f}", f"{t:+.1f}"
+    return f"{m:+.{n}f} ± {s:.{n}f}", f"{t:+.1f}"
 
 
 for v in order:
@@ -79,7 +79,7 @@ for v in order:
     db = [A[s]['bleu'] - B[s]['bleu'] for s in seeds]
     dl = [A[s]['loss'] - B[s]['loss'] for s in seeds]
     de = [A[s]['ept'] - B[s]['ept'] for s in seeds if B[s]['ept'] is not None]
-    mb, tb = paired(db)
+    mb, tb = paired(db); ml, tl = paired(dl, 3)
     if de:
         me = st.mean(de); se = st.stdev(de) if len(de) > 1 else 0
         te = f"{me / (se / len(de) ** 0.5):+.1f}" if len(de) > 1 and se > 0 else "–"
@@ -87,7 +87,7 @@ for v in order:
     else:
         des, mes, te = "–", "–", "–"
     print(f"| {labels[v]} | {','.join(map(str, seeds))} | " + " / ".join(f"{x:+.2f}" for x in db) + f" | {mb} | {tb} | "
-          + " / ".join(f"{x:+.3f}" for x in dl) + f" | {st.mean(dl):+.3f} | {des} | {mes} | {te} |")
+          + " / ".join(f"{x:+.3f}" for x in dl) + f" | {ml} | {tl} | {des} | {mes} | {te} |")
 print()
 print("Wall-clock time per variant run (s; data, training, test evaluation; machine shared, see the setup):\n")
 print("| variant | " + " | ".join(f"seed {s}" for s, _ in sweeps) + " |")
