@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Markdown tables for reproduction.md §9: the 5-domain sweep of §8 over seeds.
 
-usage: seed_tables.py SEED=SWEEP_DIR [SEED=SWEEP_DIR ...]
-Each SWEEP_DIR is an `--out` of `thor experiment paper` (one result.json per variant).
+usage: seed_tables.py SEED=SWEEP_DIR[,SWEEP_DIR...] [SEED=...]
+Each SWEEP_DIR is an `--out` of `thor experiment paper` (one result.json per variant); a variant
+found in several directories of one seed is an error.
 Per variant: mean, min–max and (n ≥ 3) the sample sd over the seeds found; then, paired by seed,
 THOR top-p minus each other variant, with the paired t statistic (df = n − 1).
 """
@@ -11,10 +12,11 @@ import json, os, sys, statistics as st
 order = ["top2", "topp", "thor-topp", "no-task-level", "no-context", "dense"]
 sweeps = [(int(a.split('=')[0]), a.split('=')[1]) for a in sys.argv[1:]]
 res = {}  # variant -> seed -> result
-for seed, d in sweeps:
-    for v in order:
+for seed, ds in sweeps:
+    for d, v in ((d, v) for d in ds.split(',') for v in order):
         p = f"{d}/{v}/result.json"
         if os.path.exists(p):
+            assert seed not in res.get(v, {}), f"{v} of seed {seed} found twice"
             r = json.load(open(p))
             cfg = json.loads(r['configuration'])
             assert cfg['training']['seed'] == seed, (p, cfg['training']['seed'])
