@@ -91,7 +91,7 @@ for v in order:
     print(f"| {labels[v]} | {','.join(map(str, seeds))} | " + " / ".join(f"{x:+.2f}" for x in db) + f" | {mb} | {tb} | "
           + " / ".join(f"{x:+.3f}" for x in dl) + f" | {ml} | {tl} | {des} | {mes} | {te} |")
 print()
-print("Wall-clock time per variant run (s; data, training, test evaluation; machine shared, see the setup):\n")
+print("Wall-clock time per variant run as `result.json` gives it (s; data, training, test evaluation; of an interrupted and continued run only the last part; machine shared: see §9.1):\n")
 print("| variant | " + " | ".join(f"seed {s}" for s, _ in sweeps) + " |")
 print("|---" * (len(sweeps) + 1) + "|")
 for v in order:
