@@ -85,6 +85,8 @@ public final class ClusterCoordinator {
     public var counters = TransportCounters()
     /// Where forward and backward exchanges record encode / send / wait / decode (nil: nowhere).
     public var phaseTimer: PhaseTimer?
+    /// Forward and backward exchanges are appended here while it is not nil (`ExchangeTrace`).
+    public var traces: [ExchangeTrace]?
     /// Each worker's own timings (carried by its replies), summed since the coordinator started.
     public private(set) var workerTotals: [String: WorkerTotals] = [:]
     /// Called for each newly registered worker (and each new incarnation of one).
@@ -284,6 +286,10 @@ public final class ClusterCoordinator {
         var replyFaults: [UInt64: FaultAction] = [:]  // the injector's faults on replies, by request id
         var heldReplies: [(at: Double, reply: (UInt64, String, WireMessage, Double))] = []
         var t0 = monotonicSeconds()
+        let traced = traces != nil && (phase == .forward || phase == .backward)
+        var traceReplies: [ExchangeTrace.Reply] = []
+        var firstSent: [UInt64: Double] = [:]
+        let traceStart = t0
         let phases: (encode: Phase, send: Phase, wait: Phase, decode: Phase)? =
             phase == .forward ? (.encode, .send, .wait, .decode)
             : phase == .backward ? (.encodeBackward, .sendBackward, .waitBackward, .decodeBackward) : nil
@@ -292,6 +298,7 @@ public final class ClusterCoordinator {
         func send(_ i: Int, id: UInt64, action: FaultAction) throws -> Bool {
             let r = requests[i]
             sentAt[id] = monotonicSeconds()
+            if traced, firstSent[id] == nil { firstSent[id] = sentAt[id] }
             if action == .drop || isCut(r.worker) { return true }
             guard let route = routes[r.worker] else { return true }
             let frame = WireCodec.encode(Envelope(requestID: id, sender: "coordinator", session: session, message: r.message),
@@ -338,6 +345,7 @@ public final class ClusterCoordinator {
         }
         counters.requests += requests.count
         counters.encodeSeconds += monotonicSeconds() - t0
+        let traceSent = monotonicSeconds()
         if let phases, let timer = phaseTimer {
             timer.add(phases.encode, monotonicSeconds() - t0 - sendSeconds)
             timer.add(phases.send, sendSeconds)
@@ -351,6 +359,10 @@ public final class ClusterCoordinator {
             let wait = monotonicSeconds() - waitStart - decodeSeconds
             counters.waitSeconds += wait
             counters.decodeSeconds += decodeSeconds
+            if traced {
+                traces?.append(ExchangeTrace(operation: operation, phase: phase, started: traceStart, sent: traceSent,
+                                             finished: monotonicSeconds(), replies: traceReplies))
+            }
             if let phases, let timer = phaseTimer {
                 timer.add(phases.wait, wait)
                 timer.add(phases.decode, decodeSeconds)
@@ -379,7 +391,7 @@ public final class ClusterCoordinator {
             var due = heldReplies.filter { $0.at <= now }.map(\.reply)
             heldReplies.removeAll { $0.at <= now }
             func next() throws -> Received {
-                if !due.isEmpty { return Received(any: true, reply: due.removeFirst()) }
+                if !due.isEmpty { return Received(any: true, reply: due.removeFirst(), arrivedAt: monotonicSeconds()) }
                 return try receiveOne(timeout: max(0, wait), pending: pending,
                                       damaging: Set(replyFaults.filter { $0.value == .corruptReply }.keys))
             }
@@ -424,6 +436,11 @@ public final class ClusterCoordinator {
                 }
                 pending[id] = nil
                 outcomes[i] = .reply(message)
+                if traced {
+                    traceReplies.append(ExchangeTrace.Reply(worker: worker, sentAt: firstSent[id] ?? traceStart,
+                                                            arrivedAt: received.arrivedAt, decodeSeconds: seconds,
+                                                            timings: received.timings))
+                }
             }
             // Lazy Pirate: a request unanswered for longer than its kind usually takes, to a worker
             // that is alive, is sent again (a lost request; a repeat is answered from the reply cache).
@@ -534,6 +551,9 @@ public final class ClusterCoordinator {
     struct Received {
         var any: Bool
         var reply: (UInt64, String, WireMessage, Double)?
+        /// When the reply's frames came out of the socket, and the worker's timings it carried.
+        var arrivedAt = 0.0
+        var timings: WorkerTimings? = nil
         /// A worker that answered a frame it could not decode (an Error naming no request).
         var refusedBy: String? = nil
         /// A worker whose frame this coordinator could not decode (damaged on the way).
@@ -555,6 +575,7 @@ public final class ClusterCoordinator {
         } catch let e as ZMQError {
             throw ClusterError.transport("receive: \(e)")
         }
+        let arrivalTime = monotonicSeconds()
         guard frames.count >= 2 else { return .handled }  // not a thor worker
         let route = frames[0].string
         counters.bytesReceived += frames.dropFirst().reduce(0) { $0 + $1.count }
@@ -597,7 +618,8 @@ public final class ClusterCoordinator {
         }
         guard envelope.requestID != 0, pending[envelope.requestID] != nil else { return .handled }  // a beat, stale or duplicate
         if phaseTimer?.isEnabled ?? true { recordTimings(envelope.timings, of: worker) }
-        return Received(any: true, reply: (envelope.requestID, worker, envelope.message, seconds))
+        return Received(any: true, reply: (envelope.requestID, worker, envelope.message, seconds),
+                        arrivedAt: arrivalTime, timings: envelope.timings)
     }
 
     private func recordTimings(_ timings: WorkerTimings?, of worker: String) {

@@ -78,9 +78,11 @@ public final class ExpertHost: @unchecked Sendable {
     public let partition: ExpertPartition
     private let scratch = ScratchPool()
     /// Storage reused across steps: per MoE layer for training forwards (outputs and kept
-    /// activations), and one for backward (see `Workspace`).
-    private var forwardSpace: [Int: Workspace] = [:]
-    private let backwardSpace = Workspace()
+    /// activations), and one ring for every backward (see `Workspace`, `WorkspaceRing`). The
+    /// backward ring has room for the replies an expert worker keeps (its last 4) and the call
+    /// in progress: backward calls of successive layers follow each other.
+    private var forwardSpace: [Int: WorkspaceRing] = [:]
+    private let backwardSpace = WorkspaceRing(limit: 6)
     /// Experts whose gradient may hold a backward's contribution (a backward since the last
     /// step, zeroing or import), and where `backward` parks such a gradient meanwhile.
     private var accumulating: Set<ExpertKey> = []
@@ -122,9 +124,9 @@ public final class ExpertHost: @unchecked Sendable {
         // other forwards allocate, so they never touch what a pending backward needs.
         var space: Workspace? = nil
         if training {
-            if forwardSpace[layer] == nil { forwardSpace[layer] = Workspace() }
-            space = forwardSpace[layer]
             pending[layer] = nil   // releases the previous step's activations before the storage is checked
+            if forwardSpace[layer] == nil { forwardSpace[layer] = WorkspaceRing() }
+            space = forwardSpace[layer]!.next()
         }
         let results = ChunkedFeedForward.forward(work, inputs: batches.map(\.tokens), partition: partition, threads: threads,
                                                  workspace: space)
@@ -154,7 +156,8 @@ public final class ExpertHost: @unchecked Sendable {
         let active = kept.indices.filter { gradients[$0].tokens.rows > 0 }.map { kept[$0].0 }
         let carry = carryOut(active.filter { accumulating.contains($0) }.map { experts[$0]!.parameters })
         let dx = ChunkedFeedForward.backward(work, gradients: gradients.map(\.tokens), saved: kept.map { $0.1 },
-                                             partition: partition, threads: threads, scratch: scratch, workspace: backwardSpace)
+                                             partition: partition, threads: threads, scratch: scratch,
+                                             workspace: backwardSpace.next())
         for (p, parked) in carry { Kernels.add(parked.pointer, into: p.grad.pointer, count: p.count) }
         accumulating.formUnion(active)
         return dx
@@ -237,6 +240,29 @@ public final class ExpertHost: @unchecked Sendable {
         for k in keys { experts[k] = nil }
         pending.removeAll()
         accumulating.subtract(keys)
+    }
+}
+
+/// Up to `limit` workspaces of one kind of call, taken in turn: a call gets the first whose
+/// storage no earlier call's tensors hold any more. An expert worker keeps its last few replies
+/// (to answer a resent request), and with them the outputs of its last call: with one workspace
+/// every call would then find its storage held and take fresh pages (page faults on every
+/// element of y, h, a or ∂x, ∂h); with two, a one-layer step alternates between them. When
+/// every workspace is held, the first one gets a fresh block (`Workspace.begin`): storage a
+/// caller still holds is never carved again.
+final class WorkspaceRing {
+    private var spaces: [Workspace] = []
+    let limit: Int
+
+    init(limit: Int = 2) { self.limit = max(1, limit) }
+
+    func next() -> Workspace {
+        if let free = spaces.first(where: { $0.isReusable }) { return free }
+        if spaces.count < limit {
+            spaces.append(Workspace())
+            return spaces[spaces.count - 1]
+        }
+        return spaces[0]
     }
 }
 

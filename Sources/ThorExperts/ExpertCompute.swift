@@ -153,6 +153,10 @@ final class Workspace {
     private var block: StorageBlock?
     private var used = 0
 
+    /// Whether a call may carve this workspace's block again: no tensor of an earlier call holds it
+    /// (a workspace that has no block yet counts as reusable).
+    var isReusable: Bool { block == nil || isKnownUniquelyReferenced(&block) }
+
     /// Starts a call that needs `count` floats in all; `tensor(_:)` then carves them in order.
     func begin(_ count: Int) {
         if !isKnownUniquelyReferenced(&block) || block!.capacity < count {

@@ -97,8 +97,25 @@ final class WorkerTimingsTests: XCTestCase {
         let before = coordinator.workerTotals["old"] ?? WorkerTotals()  // the registration probe's heartbeat reply
         var rng = RandomGenerator(seed: 5)
         let batches = randomBatches(experts: 2, modelDim: 4, rng: &rng)
+        coordinator.traces = []
         let outcomes = try coordinator.exchangeTolerant([(worker: "old", message: .forward(layer: 0, training: false, batches: batches, replyDType: nil))],
                                                         operation: "Forward layer 0", phase: .forward, timeout: 20)
+        // The exchange's trace: sent, arrived, decoded, in that order; no timings from this worker.
+        let traces = try XCTUnwrap(coordinator.traces)
+        XCTAssertEqual(traces.count, 1)
+        let trace = try XCTUnwrap(traces.first)
+        XCTAssertEqual(trace.phase, .forward)
+        XCTAssertEqual(trace.operation, "Forward layer 0")
+        let reply = try XCTUnwrap(trace.last)
+        XCTAssertEqual(trace.replies.count, 1)
+        XCTAssertEqual(reply.worker, "old")
+        XCTAssertNil(reply.timings)
+        XCTAssertEqual(reply.servedSeconds, 0)
+        XCTAssertLessThanOrEqual(trace.started, reply.sentAt)
+        XCTAssertLessThanOrEqual(reply.sentAt, trace.sent)
+        XCTAssertLessThan(trace.sent, reply.arrivedAt)
+        XCTAssertLessThanOrEqual(reply.arrivedAt, trace.finished)
+        XCTAssertEqual(reply.transferSeconds, reply.arrivedAt - reply.sentAt)
         guard case .forwardReply(_, let outs)? = outcomes[0].message else { return XCTFail("no ForwardReply: \(outcomes[0])") }
         assertBitwiseEqual(outs.map(\.tokens), batches.map(\.tokens), "echoed tokens")
         let totals = try XCTUnwrap(coordinator.workerTotals["old"]) - before
@@ -109,6 +126,10 @@ final class WorkerTimingsTests: XCTestCase {
         XCTAssertGreaterThan(timer[.wait], 0)
         XCTAssertGreaterThan(timer[.encode], 0)
         XCTAssertEqual(timer[.waitBackward], 0)
+        // Only forward and backward exchanges are traced, and only while `traces` is set.
+        _ = try coordinator.heartbeat(timeout: 20)
+        XCTAssertEqual(coordinator.traces?.count, 1)
+        coordinator.traces = nil
     }
 }
 

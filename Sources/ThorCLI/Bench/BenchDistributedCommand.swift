@@ -13,7 +13,7 @@ struct BenchDistributedCommand: ParsableCommand {
         discussion: """
         Forward + backward of one THOR top-p encoder MoE layer with the experts in this process \
         (InProcessExpertBackend, --threads threads) and on --threads `thor worker` processes over \
-        ipc (1 thread each), on the same machine, timed rounds interleaved, best of --repeats. \
+        ipc (--worker-threads threads each, default 1), on the same machine, timed rounds interleaved, best of --repeats. \
         The distributed step is split into routing, combine (coordinator), encode, wait and decode \
         (transport counters); expert compute of a distributed row is measured by the workers \
         (their replies carry their own decode, queue, compute and encode times): the busiest \
@@ -21,7 +21,13 @@ struct BenchDistributedCommand: ParsableCommand {
         transfer, imbalance between workers). The in-process row's compute is its backend time. \
         JSON: measured_worker_* (ms over the best round, summed over workers, or the busiest \
         worker's compute), measured_wire_ms, and inferred_worker_compute_ms (the in-process \
-        backend's time of the same batches, what earlier versions reported). Also: WireCodec encode + decode of the forward request against memcpy \
+        backend's time of the same batches, what earlier versions reported). timeline_forward and \
+        timeline_backward: the best distributed f32 round in order (coordinator work before the \
+        backend call, the backend's grouping, encode + send, wait for the last reply — split into \
+        that worker's own service and the transfer — decode, unpacking, coordinator work after), \
+        from the coordinator's exchange traces; in_process_experts_forward_ms / _backward_ms for \
+        comparison; minor page faults per step of the coordinator and of the workers. \
+        Also: WireCodec encode + decode of the forward request against memcpy \
         of the same bytes (encode_decode_over_memcpy = 2·memcpy time / (encode + decode time): \
         each direction moves the bytes once; encode_decode_over_one_memcpy is the plain ratio). \
         Goals: distributed ≥ 0.9 × in-process, encode_decode_over_memcpy ≥ 0.8.
@@ -31,7 +37,9 @@ struct BenchDistributedCommand: ParsableCommand {
     @OptionGroup var output: BenchOutputOptions
     @OptionGroup var shape: MoELayerBenchOptions
     @Option(help: "top-p threshold.") var threshold: Float = 0.5
-    @Option(help: "Expert threads in process; also the number of worker processes (1 thread each).") var threads = 2
+    @Option(help: "Expert threads in process; also the number of worker processes.") var threads = 2
+    @Option(help: "Expert threads of each worker process (more than one lets a worker use a core the other worker left idle; results do not depend on it).")
+    var workerThreads = 1
     @Option(help: "Transport between coordinator and workers (ipc or tcp).") var transport = "ipc"
     @Option(help: "Expert placement (round-robin or blocked).") var placement = "round-robin"
 
@@ -42,9 +50,9 @@ struct BenchDistributedCommand: ParsableCommand {
         guard Placement.Strategy(rawValue: placement) != nil else {
             throw ValidationError("--placement must be round-robin or blocked, got \(placement)")
         }
-        guard threads >= 1, shape.experts >= 2, shape.sentences >= 1, shape.length >= 1,
+        guard threads >= 1, workerThreads >= 1, shape.experts >= 2, shape.sentences >= 1, shape.length >= 1,
               shape.modelDim >= 1, shape.hiddenDim >= 1 else {
-            throw ValidationError("--threads, --sentences, --length, --model-dim, --hidden-dim must be ≥ 1 and --experts ≥ 2")
+            throw ValidationError("--threads, --worker-threads, --sentences, --length, --model-dim, --hidden-dim must be ≥ 1 and --experts ≥ 2")
         }
     }
 
@@ -60,7 +68,7 @@ struct BenchDistributedCommand: ParsableCommand {
         let localLayer = FirstMoELayer(try MoEStack(model: model, routing: routing, losses: LossConfiguration(), backend: local, seed: 1))
 
         // Coordinator + workers (same seeds: same routers, same expert weights).
-        let cluster = try LocalCluster(workers: threads, transport: LocalCluster.Transport(rawValue: transport)!, threadsPerWorker: 1)
+        let cluster = try LocalCluster(workers: threads, transport: LocalCluster.Transport(rawValue: transport)!, threadsPerWorker: workerThreads)
         defer { cluster.shutdown() }
         let place = try Placement(keys: keys, workers: cluster.workerIDs, strategy: Placement.Strategy(rawValue: placement)!)
         let remote = try RemoteExpertBackend(coordinator: cluster.coordinator, spec: spec, placement: place)
@@ -84,6 +92,8 @@ struct BenchDistributedCommand: ParsableCommand {
         // The workers' own timings (carried by their replies) of each configuration's best round.
         var bestWorkers = [[String: WorkerTotals]](repeating: [:], count: 3)
         var totals: [[Double]] = [[], [], []]
+        // The timeline of the best distributed f32 round (from the coordinator's exchange traces).
+        var timeline = DistributedTimeline()
         for round in 0...max(1, output.repeats) {
             for c in 0..<3 {
                 let s: StepSplit
@@ -94,8 +104,12 @@ struct BenchDistributedCommand: ParsableCommand {
                     remote.wireDType = c == 1 ? .f32 : .bf16
                     remote.resetCounters()
                     let before = cluster.coordinator.workerTotals
+                    cluster.coordinator.traces = []
                     s = try StepSplit.measure(remoteLayer, probe, x: x, dy: dy, layout: layout, pids: cluster.processIDs)
+                    let traces = cluster.coordinator.traces ?? []
+                    cluster.coordinator.traces = nil
                     if s.total < best[c].total {
+                        if c == 1 { timeline = DistributedTimeline(s, traces: traces) }
                         bestCounters[c] = remote.counters
                         bestWorkers[c] = cluster.coordinator.workerTotals.reduce(into: [:]) { $0[$1.key] = $1.value - (before[$1.key] ?? WorkerTotals()) }
                     }
@@ -189,6 +203,19 @@ struct BenchDistributedCommand: ParsableCommand {
         report.set("measured_wire_ms", r((bestCounters[1].waitSeconds - measured.maxServed) * 1000, 1000))
         report.set("inferred_worker_compute_ms", r(compute * 1000, 1000))
         report.set("measured_timed_replies", measured.timedReplies)
+        report.set("in_process_experts_forward_ms", r(best[0].expertsForward * 1000, 10))
+        report.set("in_process_experts_backward_ms", r(best[0].expertsBackward * 1000, 10))
+        report.set("in_process_minor_faults_per_step", best[0].coordinatorFaults)
+        report.set("coordinator_minor_faults_per_step", best[1].coordinatorFaults)
+        report.set("worker_minor_faults_per_step", best[1].workerFaults)
+        if output.json {
+            report.set("timeline_forward", timeline.forward.fields)
+            report.set("timeline_backward", timeline.backward.fields)
+        } else {
+            report.set("timeline_forward", "\n    " + timeline.forward.line)
+            report.set("timeline_backward", "\n    " + timeline.backward.line)
+        }
+        report.set("worker_threads", workerThreads)
         report.set("load_average", loadAverage())
         report.set("distributed_bit_identical_f32", identical)
         report.set("bf16_max_relative_error", Double(String(format: "%.2e", bf16Error))!)

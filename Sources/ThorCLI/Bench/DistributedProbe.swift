@@ -51,13 +51,22 @@ func now() -> Double { MonotonicClock.seconds() }
 /// `experts` = inside the backend (forward + backward).
 struct StepSplit {
     var total = 0.0, routing = 0.0, combine = 0.0, experts = 0.0
+    /// Inside the backend in forward and in backward.
+    var expertsForward = 0.0, expertsBackward = 0.0
     /// CPU seconds of this process (all threads) and of `pids` (summed) during the step.
     var coordinatorCPU = 0.0, workerCPU = 0.0
+    /// Minor page faults of this process and of `pids` (summed) during the step.
+    var coordinatorFaults = 0, workerFaults = 0
+    /// Monotonic marks: step start, forward's backend call entered/returned, forward done,
+    /// backward's backend call entered/returned, step end.
+    var marks = Marks()
+    struct Marks { var start = 0.0, forwardEnter = 0.0, forwardExit = 0.0, forwardEnd = 0.0, backwardEnter = 0.0, backwardExit = 0.0, end = 0.0 }
 
     static func measure(_ layer: FirstMoELayer, _ probe: ProbeBackend, x: Tensor, dy: Tensor, layout: TokenLayout,
                         pids: [Int32] = []) throws -> StepSplit {
         probe.reset()
         let c0 = processCPUSeconds(), w0 = pids.reduce(0) { $0 + processCPUSeconds(pid: $1) }
+        let f0 = minorFaults(), wf0 = pids.reduce(0) { $0 + minorFaults(pid: $1) }
         let t0 = now()
         let y = try layer.forward(x, layout: layout, training: true)
         let t1 = now()
@@ -67,6 +76,12 @@ struct StepSplit {
         var s = StepSplit()
         s.coordinatorCPU = processCPUSeconds() - c0
         s.workerCPU = pids.reduce(0) { $0 + processCPUSeconds(pid: $1) } - w0
+        s.coordinatorFaults = minorFaults() - f0
+        s.workerFaults = pids.reduce(0) { $0 + minorFaults(pid: $1) } - wf0
+        s.expertsForward = probe.forwardSeconds
+        s.expertsBackward = probe.backwardSeconds
+        s.marks = Marks(start: t0, forwardEnter: probe.forwardEnter, forwardExit: probe.forwardExit, forwardEnd: t1,
+                        backwardEnter: probe.backwardEnter, backwardExit: probe.backwardExit, end: t2)
         s.total = t2 - t0
         s.experts = probe.forwardSeconds + probe.backwardSeconds
         s.routing = (probe.forwardEnter - t0) + (t2 - probe.backwardExit)
@@ -174,6 +189,15 @@ func processCPUSeconds(pid: Int32) -> Double {
     let fields = text[text.index(after: close)...].split(separator: " ")
     guard fields.count > 12, let u = Double(fields[11]), let s = Double(fields[12]) else { return 0 }
     return (u + s) / Double(sysconf(Int32(_SC_CLK_TCK)))
+}
+
+/// Minor page faults of process `pid` so far (from /proc; 0 when unreadable).
+func minorFaults(pid: Int32) -> Int {
+    guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+          let close = text.lastIndex(of: ")") else { return 0 }
+    // Fields after "(comm)": state is field 3, minflt field 10.
+    let fields = text[text.index(after: close)...].split(separator: " ")
+    return fields.count > 7 ? Int(fields[7]) ?? 0 : 0
 }
 
 /// Minor page faults of this process so far.
