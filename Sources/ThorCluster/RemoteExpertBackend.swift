@@ -441,13 +441,21 @@ public final class RemoteExpertBackend: ExpertBackend {
 
     /// Places the missing experts (fresh) on live workers so that `importState` can fill them
     /// from a checkpoint (`--on-expert-loss restore`): every expert gets up to `replicas`
-    /// hosts among the live workers and joined spares.
-    public func replaceMissingExperts() throws {
+    /// hosts among the live workers and joined spares. When no worker is left at all (every
+    /// one missed its heartbeats at once, e.g. on an overloaded machine, or all crashed), waits
+    /// up to `joinTimeout` seconds for one to register (back) before giving up.
+    public func replaceMissingExperts(joinTimeout: Double = 0) throws {
         try integrateJoins()
+        let end = monotonicSeconds() + joinTimeout
+        while placement.workers.isEmpty && spares.isEmpty && monotonicSeconds() < end {
+            try coordinator.poll(timeout: 0.1)
+            try integrateJoins()
+        }
         var workers = placement.workers
         for w in spares where !workers.contains(w) { workers.append(w); coordinator.acceptJoin(w) }
         guard !workers.isEmpty else {
-            throw ClusterError.placement("no live worker left to host \(missing.count) experts")
+            throw ClusterError.placement("no live worker left to host \(missing.count) experts"
+                + (joinTimeout > 0 ? " (none registered within \(Int(joinTimeout)) s)" : ""))
         }
         var hosts = placement.hosts
         var load = Dictionary(uniqueKeysWithValues: workers.map { w in (w, hosts.values.filter { $0.contains(w) }.count) })

@@ -17,6 +17,9 @@ public final class ExpertLossRecovery {
     public let runtime: ExpertRuntime
     /// Seconds `wait` waits before giving up.
     public var waitTimeout: Double = 3600
+    /// Seconds `restore` waits for a worker to register when none is left at all (every
+    /// worker declared lost at once; a local cluster's workers register again on their own).
+    public var joinTimeout: Double = 60
     /// The newest complete checkpoint directory (nil: none yet).
     public var lastCheckpoint: () -> String?
     /// Lines for the user.
@@ -61,7 +64,7 @@ public final class ExpertLossRecovery {
             throw TrainingError.expertsLost("no replica of experts \(names) came back within \(Int(waitTimeout)) s (--on-expert-loss wait). Resume: \(resume)")
         case .wait, .restore:
             let t0 = monotonicSeconds()
-            try remote.replaceMissingExperts()
+            try remote.replaceMissingExperts(joinTimeout: joinTimeout)
             let from: String
             if let path = lastCheckpoint() {
                 try trainer.restore(from: try RunCheckpoint(directory: path))

@@ -92,4 +92,35 @@ final class ExpertLossTests: XCTestCase {
         XCTAssertEqual(cluster.processID(of: "w1"), pid, "the same process came back")
         assertBitwiseEqual(expected, try s.snapshot(), "waited and redone")
     }
+
+    /// Every worker misses its heartbeats at once (both stopped, as an overloaded machine can
+    /// starve them): `restore` waits for them to register again instead of ending the run, and
+    /// the replay still ends bit-identical.
+    func testRestoreWaitsForAWorkerWhenEveryWorkerIsLostAtOnce() throws {
+        let expected = try reference(steps: 4)
+        let s = try Setup(tinyConfiguration(workers: 2))
+        defer { s.runtime.shutdown() }
+        let recovery = try ExpertLossRecovery(policy: .restore, runtime: s.runtime, trainer: s.trainer,
+                                              lastCheckpoint: { nil }, say: { _ in })
+        recovery.joinTimeout = 30
+        recovery.install(on: s.trainer)
+        var events: [ClusterEvent] = []
+        recovery.onEvent = { events.append($0) }
+        let cluster = s.runtime.cluster!
+        let pids = ["w0", "w1"].map { cluster.processID(of: $0) }
+        defer { for pid in pids { kill(pid, SIGCONT) } }
+        var stopped = false
+        cluster.coordinator.faultHook = { p in
+            if p.step == 2, p.phase == .forward, !stopped {
+                stopped = true
+                for pid in pids { kill(pid, SIGSTOP) }
+                DispatchQueue.global().asyncAfter(deadline: .now() + 2) { for pid in pids { kill(pid, SIGCONT) } }
+            }
+            return .none
+        }
+        while s.trainer.step < 4 { try s.trainer.trainStep() }
+        XCTAssertTrue(stopped)
+        XCTAssertTrue(events.contains { $0.kind == .restored }, "\(events)")
+        assertBitwiseEqual(expected, try s.snapshot(), "every worker lost, waited for, restored and replayed")
+    }
 }
