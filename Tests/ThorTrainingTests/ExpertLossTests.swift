@@ -123,4 +123,31 @@ final class ExpertLossTests: XCTestCase {
         XCTAssertTrue(events.contains { $0.kind == .restored }, "\(events)")
         assertBitwiseEqual(expected, try s.snapshot(), "every worker lost, waited for, restored and replayed")
     }
+
+    /// Every worker process crashes at once: the local cluster restarts them while `restore`
+    /// waits, the new incarnations receive the experts from the in-memory start, and the replay
+    /// ends bit-identical.
+    func testRestoreWaitsForRestartedWorkersWhenEveryWorkerCrashes() throws {
+        let expected = try reference(steps: 4)
+        let s = try Setup(tinyConfiguration(workers: 2))
+        defer { s.runtime.shutdown() }
+        let recovery = try ExpertLossRecovery(policy: .restore, runtime: s.runtime, trainer: s.trainer,
+                                              lastCheckpoint: { nil }, say: { _ in })
+        recovery.joinTimeout = 30
+        recovery.install(on: s.trainer)
+        let cluster = s.runtime.cluster!
+        let pids = ["w0", "w1"].map { cluster.processID(of: $0) }
+        var killed = false
+        cluster.coordinator.faultHook = { p in
+            if p.step == 3, p.phase == .backward, !killed {
+                killed = true
+                for pid in pids { kill(pid, SIGKILL) }
+            }
+            return .none
+        }
+        while s.trainer.step < 4 { try s.trainer.trainStep() }
+        XCTAssertTrue(killed)
+        XCTAssertFalse(["w0", "w1"].map { cluster.processID(of: $0) }.contains { pids.contains($0) }, "new processes serve")
+        assertBitwiseEqual(expected, try s.snapshot(), "every worker crashed, restarted, restored and replayed")
+    }
 }
