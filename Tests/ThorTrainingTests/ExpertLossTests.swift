@@ -93,10 +93,12 @@ final class ExpertLossTests: XCTestCase {
         assertBitwiseEqual(expected, try s.snapshot(), "waited and redone")
     }
 
-    /// Every worker misses its heartbeats at once (both stopped, as an overloaded machine can
-    /// starve them): `restore` waits for them to register again instead of ending the run, and
-    /// the replay still ends bit-identical.
-    func testRestoreWaitsForAWorkerWhenEveryWorkerIsLostAtOnce() throws {
+    /// Trains 4 steps on 2 replicated workers under `restore` (waiting up to 30 s for a worker to
+    /// register when none is left); `fault` runs once, at `step`'s `phase`, with the workers'
+    /// process ids. Checks a restore happened and the end is bit-identical to an uninterrupted
+    /// run; returns the workers' process ids at the end.
+    func restoreAfterLosingEveryWorker(step: Int, phase: FaultPhase, what: String,
+                                       fault: @escaping ([pid_t]) -> Void) throws -> (before: [pid_t], after: [pid_t]) {
         let expected = try reference(steps: 4)
         let s = try Setup(tinyConfiguration(workers: 2))
         defer { s.runtime.shutdown() }
@@ -109,45 +111,38 @@ final class ExpertLossTests: XCTestCase {
         let cluster = s.runtime.cluster!
         let pids = ["w0", "w1"].map { cluster.processID(of: $0) }
         defer { for pid in pids { kill(pid, SIGCONT) } }
-        var stopped = false
+        var struck = false
         cluster.coordinator.faultHook = { p in
-            if p.step == 2, p.phase == .forward, !stopped {
-                stopped = true
-                for pid in pids { kill(pid, SIGSTOP) }
-                DispatchQueue.global().asyncAfter(deadline: .now() + 2) { for pid in pids { kill(pid, SIGCONT) } }
+            if p.step == step, p.phase == phase, !struck {
+                struck = true
+                fault(pids)
             }
             return .none
         }
         while s.trainer.step < 4 { try s.trainer.trainStep() }
-        XCTAssertTrue(stopped)
+        XCTAssertTrue(struck)
         XCTAssertTrue(events.contains { $0.kind == .restored }, "\(events)")
-        assertBitwiseEqual(expected, try s.snapshot(), "every worker lost, waited for, restored and replayed")
+        assertBitwiseEqual(expected, try s.snapshot(), what)
+        return (pids, ["w0", "w1"].map { cluster.processID(of: $0) })
+    }
+
+    /// Every worker misses its heartbeats at once (both stopped, as an overloaded machine can
+    /// starve them): `restore` waits for them to register again instead of ending the run, and
+    /// the replay still ends bit-identical.
+    func testRestoreWaitsForAWorkerWhenEveryWorkerIsLostAtOnce() throws {
+        _ = try restoreAfterLosingEveryWorker(step: 2, phase: .forward, what: "every worker lost, waited for, restored and replayed") { pids in
+            for pid in pids { kill(pid, SIGSTOP) }
+            DispatchQueue.global().asyncAfter(deadline: .now() + 2) { for pid in pids { kill(pid, SIGCONT) } }
+        }
     }
 
     /// Every worker process crashes at once: the local cluster restarts them while `restore`
     /// waits, the new incarnations receive the experts from the in-memory start, and the replay
     /// ends bit-identical.
     func testRestoreWaitsForRestartedWorkersWhenEveryWorkerCrashes() throws {
-        let expected = try reference(steps: 4)
-        let s = try Setup(tinyConfiguration(workers: 2))
-        defer { s.runtime.shutdown() }
-        let recovery = try ExpertLossRecovery(policy: .restore, runtime: s.runtime, trainer: s.trainer,
-                                              lastCheckpoint: { nil }, say: { _ in })
-        recovery.joinTimeout = 30
-        recovery.install(on: s.trainer)
-        let cluster = s.runtime.cluster!
-        let pids = ["w0", "w1"].map { cluster.processID(of: $0) }
-        var killed = false
-        cluster.coordinator.faultHook = { p in
-            if p.step == 3, p.phase == .backward, !killed {
-                killed = true
-                for pid in pids { kill(pid, SIGKILL) }
-            }
-            return .none
+        let pids = try restoreAfterLosingEveryWorker(step: 3, phase: .backward, what: "every worker crashed, restarted, restored and replayed") { pids in
+            for pid in pids { kill(pid, SIGKILL) }
         }
-        while s.trainer.step < 4 { try s.trainer.trainStep() }
-        XCTAssertTrue(killed)
-        XCTAssertFalse(["w0", "w1"].map { cluster.processID(of: $0) }.contains { pids.contains($0) }, "new processes serve")
-        assertBitwiseEqual(expected, try s.snapshot(), "every worker crashed, restarted, restored and replayed")
+        XCTAssertFalse(pids.after.contains { pids.before.contains($0) }, "new processes serve")
     }
 }
