@@ -191,6 +191,34 @@ final class MoEGradientTests: XCTestCase {
                      expectParameters: taskLevel + layerParams(["gate.w", "gate.b", "router.w"]))
     }
 
+    // `context_norm = match-state` (h̃ rescaled to ‖h‖ before the token router, docs/reproduction.md §11):
+    // the gate's and every input's gradient through the rescale, with the task level, without it, and with infuse's `+ r`.
+    func testThorTopPMatchStateGradients() throws {
+        try checkAll(routing(.thorTopP) { $0.contextNorm = .matchState }, label: "thor-topp match-state",
+                     expectParameters: taskLevel + layerParams(["task_router.w", "gate.w", "gate.b", "router.w"]))
+    }
+
+    func testNoTaskLevelMatchStateGradients() throws {
+        try checkAll(routing(.noTaskLevel) { $0.contextNorm = .matchState }, label: "no-task-level match-state",
+                     expectParameters: layerParams(["gate.w", "gate.b", "router.w"]))
+    }
+
+    func testInfuseMatchStateGradients() throws {
+        try checkAll(routing(.infuse) { $0.selection = .topk; $0.contextNorm = .matchState }, label: "infuse match-state",
+                     expectParameters: taskLevel + layerParams(["gate.w", "gate.b", "router.w"]))
+    }
+
+    /// The option is not ignored: same weights and inputs, the router's `p` differs from SPEC's in every layer.
+    func testMatchStateChangesTheRouterProbabilities() throws {
+        let spec = try MoEHarness(routing: routing(.thorTopP)), rescaled = try MoEHarness(routing: routing(.thorTopP) { $0.contextNorm = .matchState })
+        _ = try spec.loss(); _ = try rescaled.loss()
+        for (a, b) in zip(spec.layers, rescaled.layers) {
+            let pa = try XCTUnwrap(a.lastProbabilities), pb = try XCTUnwrap(b.lastProbabilities)
+            XCTAssertEqual(pa.shape, pb.shape)
+            XCTAssertGreaterThan(Kernels.maxAbsDifference(pa.pointer, pb.pointer, count: pa.count), 1e-3, a.name)
+        }
+    }
+
     func testTop1Gradients() throws {
         try checkAll(routing(.top1), label: "top1", expectParameters: layerParams(["router.w"]))
     }

@@ -153,6 +153,10 @@ final class PrefixLMDecodingTests: XCTestCase {
     func testIncrementalDecodingInfuse() throws { try checkIncrementalDecoding(routing(.infuse), "infuse") }
     func testIncrementalDecodingHard() throws { try checkIncrementalDecoding(routing(.hard), "hard") }
     func testIncrementalDecodingNoContext() throws { try checkIncrementalDecoding(routing(.noContext), "no-context") }
+    func testIncrementalDecodingThorTopPWithMatchStateContextNorm() throws {
+        var r = routing(.thorTopP); r.contextNorm = .matchState
+        try checkIncrementalDecoding(r, "thor-topp, context_norm = match-state")
+    }
     func testIncrementalDecodingThorTopPWithTaskPriorAndCapacity() throws {
         var r = routing(.thorTopP); r.taskPrior = true; r.capacityFactor = 1; r.maxExperts = 2
         try checkIncrementalDecoding(r, "thor-topp+task_prior+capacity(train only)")

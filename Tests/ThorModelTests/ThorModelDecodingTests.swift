@@ -82,6 +82,13 @@ final class ThorModelDecodingTests: XCTestCase {
         try checkIncrementalDecoding(mask, "thor-topp, hard mask (task_prior = false)")
     }
 
+    func testIncrementalDecodingWithMatchStateContextNorm() throws {
+        for v in [RoutingVariant.thorTopP, .noTaskLevel, .infuse] {
+            var r = routing(v); r.contextNorm = .matchState
+            try checkIncrementalDecoding(r, "\(v.rawValue), context_norm = match-state")
+        }
+    }
+
     func testIncrementalDecodingThorTopKEveryOtherLayer() throws {
         try checkIncrementalDecoding(routing(.thorTopK, moeEvery: 2), "thor-topk/every2")
     }

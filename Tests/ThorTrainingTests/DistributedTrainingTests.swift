@@ -9,8 +9,10 @@ import ThorTraining
 final class DistributedTrainingTests: XCTestCase {
     /// Three steps over `workers` workers give the same losses, coordinator weights and expert
     /// weights as in process, bit for bit.
-    func checkDistributedTrainingMatchesInProcess(workers: Int, placement: Placement.Strategy) throws {
-        let c = tinyConfiguration()
+    func checkDistributedTrainingMatchesInProcess(workers: Int, placement: Placement.Strategy,
+                                                  edit: (inout ThorConfiguration) -> Void = { _ in }) throws {
+        var c = tinyConfiguration()
+        edit(&c)
         let reference = try Setup(c)
         let expected = try (0..<3).map { _ in try reference.trainer.trainStep().loss }
         let expectedState = try reference.snapshot()
@@ -40,6 +42,11 @@ final class DistributedTrainingTests: XCTestCase {
 
     func testDistributedTrainingOnThreeWorkersBlockedMatchesInProcessBitForBit() throws {
         try checkDistributedTrainingMatchesInProcess(workers: 3, placement: .blocked)
+    }
+
+    /// The `routing.context_norm = match-state` ablation (coordinator side only) keeps the bits too.
+    func testDistributedTrainingWithMatchStateContextNormMatchesInProcessBitForBit() throws {
+        try checkDistributedTrainingMatchesInProcess(workers: 2, placement: .roundRobin) { $0.routing.contextNorm = .matchState }
     }
 
     /// A checkpoint written by an in-process run resumes on 2 workers with the same bits.

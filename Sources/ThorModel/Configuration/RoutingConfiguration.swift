@@ -89,6 +89,15 @@ public enum TaskRepresentation: String, Sendable, Codable {
     case argmax
 }
 
+/// What is done to the context gate's output `h̃` before the token router reads it
+/// (`routing.context_norm`; an ablation outside SPEC, docs/reproduction.md §11).
+public enum ContextNormalization: String, CaseIterable, Sendable, Codable {
+    /// SPEC §2.5 as written: the router reads `h̃`.
+    case none
+    /// `h̃` rescaled token by token to the length of the state: `h̃ · ‖h‖ / ‖h̃‖` (`ContextNorm`).
+    case matchState = "match-state"
+}
+
 /// Expert selection from the token router's probabilities (SPEC §2.7).
 public enum SelectionRule: String, CaseIterable, Sendable, Codable {
     case topk, topp
@@ -122,6 +131,9 @@ public struct RoutingConfiguration: ConfigurationSection {
     public var taskPrior: Bool?
     /// `T`, number of tasks (0: taken from the training data).
     public var tasks: Int = 0
+    /// What is done to `h̃` before the token router (only variants with the context gate):
+    /// `none` (SPEC) or `match-state` (rescaled to `‖h‖`, an ablation).
+    public var contextNorm: ContextNormalization = .none
 
     public init() {}
 
@@ -130,11 +142,12 @@ public struct RoutingConfiguration: ConfigurationSection {
                 candidates: Int? = nil, selection: SelectionRule? = nil, k: Int? = nil,
                 threshold: Float = RoutingConfiguration().threshold, maxExperts: Int? = nil, capacityFactor: Float? = nil,
                 moeEvery: Int = RoutingConfiguration().moeEvery, sharedExperts: Int = RoutingConfiguration().sharedExperts,
-                taskPrior: Bool? = nil, tasks: Int = RoutingConfiguration().tasks) {
+                taskPrior: Bool? = nil, tasks: Int = RoutingConfiguration().tasks,
+                contextNorm: ContextNormalization = RoutingConfiguration().contextNorm) {
         self.variant = variant; self.experts = experts; self.candidates = candidates
         self.selection = selection; self.k = k; self.threshold = threshold; self.maxExperts = maxExperts
         self.capacityFactor = capacityFactor; self.moeEvery = moeEvery; self.sharedExperts = sharedExperts
-        self.taskPrior = taskPrior; self.tasks = tasks
+        self.taskPrior = taskPrior; self.tasks = tasks; self.contextNorm = contextNorm
     }
 
     /// Candidates actually offered to the token router: `K` with the task mask, else `N`.
@@ -155,7 +168,7 @@ public struct RoutingConfiguration: ConfigurationSection {
     public enum CodingKeys: String, CodingKey, CaseIterable {
         case variant, experts, candidates, selection, k, threshold, maxExperts = "max_experts"
         case capacityFactor = "capacity_factor", moeEvery = "moe_every", sharedExperts = "shared_experts"
-        case taskPrior = "task_prior", tasks
+        case taskPrior = "task_prior", tasks, contextNorm = "context_norm"
     }
 
     /// Checks every value; errors name the key (`routing.k`) and the allowed range.
@@ -193,6 +206,10 @@ public struct RoutingConfiguration: ConfigurationSection {
         if taskPrior == true {
             try Check.require(variant.usesTaskMask, p(.taskPrior),
                               "needs a variant with the task-level mask (thor-topk, thor-topp, no-context, gold, non-mixed), variant is \(variant.rawValue)")
+        }
+        if contextNorm != .none {
+            try Check.require(variant.usesContextGate, p(.contextNorm),
+                              "\(contextNorm.rawValue) needs a variant with the context gate (thor-topk, thor-topp, no-task-level, gold, non-mixed, infuse), variant is \(variant.rawValue); omit the key or set it to none")
         }
     }
 }

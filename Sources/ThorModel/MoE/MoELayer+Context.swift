@@ -11,8 +11,11 @@ struct GatedContext {
     let rowsPerContext: Int
     /// `g` [rows, d].
     let g: Tensor
-    /// `h̃` [rows, d].
+    /// `h̃` [rows, d]: what the token router reads (rescaled with `context_norm = match-state`).
     let ht: Tensor
+    /// With `context_norm = match-state`: the gate's output before the rescale [rows, d] and the
+    /// norms `‖h‖`, `‖h̃‖` [rows] (`ContextNorm`); nil otherwise.
+    var rescale: (unscaled: Tensor, stateNorm: Tensor, mixNorm: Tensor)? = nil
 }
 
 /// Context and gate of one MoE layer.
@@ -48,7 +51,16 @@ extension MoELayer {
         let infused: UnsafePointer<Float>? = routing.variant == .infuse ? r.map { UnsafePointer($0.pointer) } : nil
         gate.forward(h: x.pointer, c: c.pointer, rows: nRows, rowsPerContext: rowsPerContext,
                      r: infused, rowsPerSentence: len, g: g.pointer, ht: ht.pointer)
-        return GatedContext(c: c, inverse: inverse, rowsPerContext: rowsPerContext, g: g, ht: ht)
+        switch routing.contextNorm {
+        case .none:
+            return GatedContext(c: c, inverse: inverse, rowsPerContext: rowsPerContext, g: g, ht: ht)
+        case .matchState:
+            let scaled = Tensor(shape: [nRows, d]), a = Tensor(shape: [nRows]), bn = Tensor(shape: [nRows])
+            ContextNorm.matchStateForward(h: x.pointer, u: ht.pointer, rows: nRows, dim: d, y: scaled.pointer,
+                                          stateNorm: a.pointer, mixNorm: bn.pointer)
+            return GatedContext(c: c, inverse: inverse, rowsPerContext: rowsPerContext, g: g, ht: scaled,
+                                rescale: (ht, a, bn))
+        }
     }
 
     /// The layer's typed decoding state for `b` rows, or a clear error.
@@ -70,8 +82,15 @@ extension MoELayer {
             Kernels.add(dht.pointer, into: dx.pointer, count: dx.count)
             return
         }
+        // match-state: ∂L/∂h̃' → ∂L/∂h̃ (the gate's output), plus the path through ‖h‖ into dx
+        var dGate = dht
+        if let rs = ctx.rescale {
+            dGate = Tensor(uninitializedShape: [nRows, d])  // every row is written
+            ContextNorm.matchStateBackward(dy: dht.pointer, h: k.x.pointer, u: rs.unscaled.pointer, stateNorm: rs.stateNorm.pointer,
+                                           mixNorm: rs.mixNorm.pointer, rows: nRows, dim: d, du: dGate.pointer, dh: dx.pointer)
+        }
         let dc = Tensor(shape: ctx.c.shape)
-        gate.backward(dht: dht.pointer, h: k.x.pointer, c: ctx.c.pointer, g: ctx.g.pointer, rows: nRows,
+        gate.backward(dht: dGate.pointer, h: k.x.pointer, c: ctx.c.pointer, g: ctx.g.pointer, rows: nRows,
                       rowsPerContext: ctx.rowsPerContext, rowsPerSentence: k.length,
                       dh: dx.pointer, dc: dc.pointer, dr: routing.variant == .infuse ? dr?.pointer : nil)
         if k.prefixLength > 0 {
