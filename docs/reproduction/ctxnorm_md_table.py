@@ -13,5 +13,5 @@ for s in (1, 2):
             r = json.loads(line)
             if r.get('split') != 'dev': continue
             L = r['experts_per_token_by_layer']
-            print(f"| {n} | {s} | {r['step']} | {r['bleu']:.2f} | {' / '.join(f'{r[f'bleu_{t}']:.2f}' for t in T)} | {r['loss']:.3f} | "
+            print(f"| {n} | {s} | {r['step']} | {r['bleu']:.2f} | {' / '.join('%.2f' % r['bleu_' + t] for t in T)} | {r['loss']:.3f} | "
                   f"{L['encoder.layers.1.moe']:.3f} | {L['decoder.layers.1.moe']:.3f} | {r['experts_per_token']:.3f} | {r.get('task_accuracy', 0):.3f} |")
