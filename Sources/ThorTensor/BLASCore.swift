@@ -22,8 +22,9 @@ public enum BLASCore {
     /// at 2.1 GHz) instead of OpenBLAS's 2^28 (≈ 0.13 s). With 2^28 the worker thread of the
     /// coordinator's 2-thread GEMMs kept spinning through the parallel regions that follow them
     /// (expert chunks, cross-entropy, Adam, layer norms on our own two threads), a third runnable
-    /// thread on two cores: 24 % of `thor bench train`'s samples, and ≈ 11 % of its in-process step time (the 2-worker bench step measured ≈ 5 % slower)
-    /// (docs/benchmarks.md, stepfast2). 2^20 still bridges back-to-back GEMMs (the projections)
+    /// thread on two cores: 24 % of `thor bench train`'s samples and ≈ 11 % of its in-process
+    /// step time (its 2-worker step measured ≈ 5 % slower; docs/benchmarks.md, stepfast2).
+    /// 2^20 still bridges back-to-back GEMMs (the projections)
     /// without a wake-up; 2^4 (sleep at once) and 2^24 measured slower. It only decides when an
     /// idle thread sleeps: results are the same bits whatever it is.
     public static let threadTimeout = 20
