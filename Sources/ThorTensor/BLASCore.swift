@@ -14,6 +14,21 @@ public enum BLASCore {
     /// Environment variable OpenBLAS reads for its kernel choice.
     public static let environmentVariable = "OPENBLAS_CORETYPE"
 
+    /// Environment variable OpenBLAS reads (at load) for how long an idle worker thread spins
+    /// (`sched_yield` in a loop) before it sleeps: 2^N cycles, N clamped to 4…30.
+    public static let threadTimeoutVariable = "OPENBLAS_THREAD_TIMEOUT"
+
+    /// The `OPENBLAS_THREAD_TIMEOUT` `thor` sets unless the caller did: 2^20 cycles (≈ 0.5 ms
+    /// at 2.1 GHz) instead of OpenBLAS's 2^28 (≈ 0.13 s). With 2^28 the worker thread of the
+    /// coordinator's 2-thread GEMMs kept spinning through the parallel regions that follow them
+    /// (expert chunks, cross-entropy, Adam, layer norms on our own two threads), a third runnable
+    /// thread on two cores: 24 % of `thor bench train`'s samples and ≈ 11 % of its in-process
+    /// step time (its 2-worker step measured ≈ 5 % slower; docs/benchmarks.md, stepfast2).
+    /// 2^20 still bridges back-to-back GEMMs (the projections)
+    /// without a wake-up; 2^4 (sleep at once) and 2^24 measured slower. It only decides when an
+    /// idle thread sleeps: results are the same bits whatever it is.
+    public static let threadTimeout = 20
+
     /// The kernel sets `thor` chooses from, best first, with the CPU flags (as in
     /// /proc/cpuinfo) each needs: SkylakeX is OpenBLAS's AVX-512 set, Haswell its AVX2 + FMA set.
     public static let candidates: [(name: String, flags: [String])] = [

@@ -200,8 +200,13 @@ public final class Trainer {
         let total = translationLoss + aux.weighted(by: model.configuration.losses)
         // Global gradient norm: coordinator parameters in order, then experts in key order,
         // so the sum is the same whatever the placement.
+        // Each parameter's sum of squares on any thread (dynamic order), added here in parameter
+        // order: the same bits as one serial loop.
+        let parameters = model.parameters
         var squared = 0.0
-        for p in model.parameters { squared += Kernels.sumOfSquares(p.grad.pointer, count: p.count) }
+        for s in Parallel.map(parameters.count, threads: Parallel.processors, {
+            Kernels.sumOfSquares(parameters[$0].grad.pointer, count: parameters[$0].count)
+        }) { squared += s }
         let expertNorms = try model.backend.squaredGradientNorms()
         for key in expertNorms.keys.sorted() { squared += expertNorms[key]! }
         // A non-finite gradient stops here, before any weight changes.

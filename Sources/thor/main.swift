@@ -4,13 +4,16 @@ import ThorTensor
 import Glibc
 #endif
 
-// OpenBLAS picks its kernels when it loads; make the choice explicit (and the same in
-// every process of a cluster) by re-executing once with OPENBLAS_CORETYPE set.
-if getenv(BLASCore.environmentVariable) == nil {
-    setenv(BLASCore.environmentVariable, BLASCore.preferredCoreType() ?? "", 1)
-    if BLASCore.preferredCoreType() != nil {
-        execv("/proc/self/exe", CommandLine.unsafeArgv)
-    }
+// OpenBLAS reads its settings when it loads: make the kernel choice explicit (and the same in
+// every process of a cluster) and shorten its idle threads' spinning (`BLASCore.threadTimeout`)
+// by re-executing once with OPENBLAS_CORETYPE and OPENBLAS_THREAD_TIMEOUT set (either one the
+// caller set is kept). On a CPU without a preferred kernel set nothing is re-executed.
+let needsCoreType = getenv(BLASCore.environmentVariable) == nil
+let needsThreadTimeout = getenv(BLASCore.threadTimeoutVariable) == nil
+if needsCoreType { setenv(BLASCore.environmentVariable, BLASCore.preferredCoreType() ?? "", 1) }
+if needsThreadTimeout { setenv(BLASCore.threadTimeoutVariable, String(BLASCore.threadTimeout), 1) }
+if (needsCoreType || needsThreadTimeout) && BLASCore.preferredCoreType() != nil {
+    execv("/proc/self/exe", CommandLine.unsafeArgv)
 }
 
 // A training step allocates and frees its activations and gradients (up to tens of MB each)

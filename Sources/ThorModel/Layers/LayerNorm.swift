@@ -35,10 +35,11 @@ public enum LayerNormKernel {
 
     /// Backward of `forward`. Accumulates (+=) into `dinp`, `dweight` and `dbias`
     /// (accumulating `dinp` lets the residual stream's gradient be there already).
-    /// With more than one thread (and at least `2 · minimumRows` rows), part `p` of one parallel
-    /// region computes `∂x` of the `p`-th range of rows and `∂weight`, `∂bias` of the `p`-th range
-    /// of columns, summing over every row in order: each element sees the same operations in
-    /// the same order as in the single-thread loop, so the bits never depend on `threads`.
+    /// The work splits into `parts` (up to `threads`, one when there are fewer than
+    /// `2 · minimumRows` rows), run as one parallel region: part `p` computes `∂x` of the `p`-th
+    /// range of rows and `∂weight`, `∂bias` of the `p`-th range of columns, summing over every
+    /// row in order. Each element sees the same operations in the same order whatever `parts`
+    /// is, so the bits never depend on `threads`.
     public static func backward(
         dinp: UnsafeMutablePointer<Float>, dweight: UnsafeMutablePointer<Float>, dbias: UnsafeMutablePointer<Float>,
         dout: UnsafePointer<Float>, inp: UnsafePointer<Float>, weight: UnsafePointer<Float>,
@@ -46,53 +47,33 @@ public enum LayerNormKernel {
     ) {
         let invD = 1 / Float(d)
         let parts = max(1, min(threads, n / minimumRows, d))
-        if parts > 1 {
-            Parallel.forEachRange(parts, threads: parts) { range in
-                for p in range {
-                    for r in (p * n / parts)..<((p + 1) * n / parts) {
-                        let x = inp + r * d, dy = dout + r * d, dx = dinp + r * d
-                        let m = mean[r], rs = rstd[r]
-                        var sumG: Float = 0, sumGX: Float = 0
-                        for j in 0..<d {
-                            let xhat = (x[j] - m) * rs
-                            let g = dy[j] * weight[j]
-                            sumG += g; sumGX += g * xhat
-                        }
-                        let meanG = sumG * invD, meanGX = sumGX * invD
-                        for j in 0..<d {
-                            let xhat = (x[j] - m) * rs
-                            dx[j] += rs * (dy[j] * weight[j] - meanG - xhat * meanGX)
-                        }
+        Parallel.forEachRange(parts, threads: parts) { range in
+            for p in range {
+                for r in (p * n / parts)..<((p + 1) * n / parts) {
+                    let x = inp + r * d, dy = dout + r * d, dx = dinp + r * d
+                    let m = mean[r], rs = rstd[r]
+                    var sumG: Float = 0, sumGX: Float = 0
+                    for j in 0..<d {
+                        let xhat = (x[j] - m) * rs
+                        let g = dy[j] * weight[j]
+                        sumG += g; sumGX += g * xhat
                     }
-                    let cols = (p * d / parts)..<((p + 1) * d / parts)
-                    for r in 0..<n {
-                        let x = inp + r * d, dy = dout + r * d
-                        let m = mean[r], rs = rstd[r]
-                        for j in cols {
-                            let xhat = (x[j] - m) * rs
-                            dbias[j] += dy[j]
-                            dweight[j] += dy[j] * xhat
-                        }
+                    let meanG = sumG * invD, meanGX = sumGX * invD
+                    for j in 0..<d {
+                        let xhat = (x[j] - m) * rs
+                        dx[j] += rs * (dy[j] * weight[j] - meanG - xhat * meanGX)
                     }
                 }
-            }
-            return
-        }
-        for r in 0..<n {
-            let x = inp + r * d, dy = dout + r * d, dx = dinp + r * d
-            let m = mean[r], rs = rstd[r]
-            var sumG: Float = 0, sumGX: Float = 0
-            for j in 0..<d {
-                let xhat = (x[j] - m) * rs
-                let g = dy[j] * weight[j]
-                sumG += g; sumGX += g * xhat
-                dbias[j] += dy[j]
-                dweight[j] += dy[j] * xhat
-            }
-            let meanG = sumG * invD, meanGX = sumGX * invD
-            for j in 0..<d {
-                let xhat = (x[j] - m) * rs
-                dx[j] += rs * (dy[j] * weight[j] - meanG - xhat * meanGX)
+                let cols = (p * d / parts)..<((p + 1) * d / parts)
+                for r in 0..<n {
+                    let x = inp + r * d, dy = dout + r * d
+                    let m = mean[r], rs = rstd[r]
+                    for j in cols {
+                        let xhat = (x[j] - m) * rs
+                        dbias[j] += dy[j]
+                        dweight[j] += dy[j] * xhat
+                    }
+                }
             }
         }
     }
