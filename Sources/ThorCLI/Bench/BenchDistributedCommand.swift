@@ -13,7 +13,7 @@ struct BenchDistributedCommand: ParsableCommand {
         discussion: """
         Forward + backward of one THOR top-p encoder MoE layer with the experts in this process \
         (InProcessExpertBackend, --threads threads) and on --threads `thor worker` processes over \
-        ipc (--worker-threads threads each, default 1), on the same machine, timed rounds interleaved, best of --repeats. \
+        ipc (--worker-threads threads each, default 2 as in `thor train`), on the same machine, timed rounds interleaved, best of --repeats. \
         The distributed step is split into routing, combine (coordinator), encode, wait and decode \
         (transport counters); expert compute of a distributed row is measured by the workers \
         (their replies carry their own decode, queue, compute and encode times): the busiest \
@@ -38,8 +38,8 @@ struct BenchDistributedCommand: ParsableCommand {
     @OptionGroup var shape: MoELayerBenchOptions
     @Option(help: "top-p threshold.") var threshold: Float = 0.5
     @Option(help: "Expert threads in process; also the number of worker processes.") var threads = 2
-    @Option(help: "Expert threads of each worker process (more than one lets a worker use a core the other worker left idle; results do not depend on it).")
-    var workerThreads = 1
+    @Option(help: "Expert threads of each worker process (as `thor train`'s cluster.expert_threads; more than one lets a worker use a core the other worker left idle; results do not depend on it).")
+    var workerThreads = 2
     @Option(help: "Transport between coordinator and workers (ipc or tcp).") var transport = "ipc"
     @Option(help: "Expert placement (round-robin or blocked).") var placement = "round-robin"
 
