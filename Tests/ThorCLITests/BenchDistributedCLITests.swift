@@ -25,16 +25,20 @@ final class BenchDistributedCLITests: XCTestCase {
     func testWorkerThreadsDefaultToTwoAndKeepTheBits() throws {
         let tiny = ["bench", "distributed", "--json", "--repeats", "1", "--model-dim", "16", "--hidden-dim", "32",
                     "--experts", "4", "--sentences", "2", "--length", "8"]
-        for (extra, threads) in [([String](), 2), (["--worker-threads", "1"], 1), (["--worker-threads", "3"], 3)] {
+        for (extra, threads, local) in [([String](), 2, 2), (["--worker-threads", "1"], 1, 2), (["--worker-threads", "3"], 3, 2),
+                                        (["--in-process-threads", "4"], 2, 4)] {
             let r = try Thor.run(tiny + extra)
             XCTAssertEqual(r.status, 0, r.stderr)
             let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], r.stdout)
             XCTAssertEqual(json["worker_threads"] as? Int, threads, "\(extra)")
+            XCTAssertEqual(json["in_process_threads"] as? Int, local, "\(extra)")
             XCTAssertEqual(json["distributed_bit_identical_f32"] as? Bool, true, "\(extra)")
         }
-        let bad = try Thor.run(tiny + ["--worker-threads", "0"])
-        XCTAssertNotEqual(bad.status, 0)
-        XCTAssertTrue(bad.stderr.contains("--worker-threads"), bad.stderr)
+        for option in ["--worker-threads", "--in-process-threads"] {
+            let bad = try Thor.run(tiny + [option, "0"])
+            XCTAssertNotEqual(bad.status, 0)
+            XCTAssertTrue(bad.stderr.contains(option), bad.stderr)
+        }
     }
 }
 
