@@ -19,4 +19,44 @@ final class BenchDistributedCLITests: XCTestCase {
             XCTAssertNotNil(json[key], key)
         }
     }
+
+    /// Workers run 2 expert threads by default (as `thor train`'s cluster.expert_threads), and the
+    /// distributed layer computes the in-process bits whatever the worker threads.
+    func testWorkerThreadsDefaultToTwoAndKeepTheBits() throws {
+        let tiny = ["bench", "distributed", "--json", "--repeats", "1", "--model-dim", "16", "--hidden-dim", "32",
+                    "--experts", "4", "--sentences", "2", "--length", "8"]
+        for (extra, threads, local) in [([String](), 2, 2), (["--worker-threads", "1"], 1, 2), (["--worker-threads", "3"], 3, 2),
+                                        (["--in-process-threads", "4"], 2, 4)] {
+            let r = try Thor.run(tiny + extra)
+            XCTAssertEqual(r.status, 0, r.stderr)
+            let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], r.stdout)
+            XCTAssertEqual(json["worker_threads"] as? Int, threads, "\(extra)")
+            XCTAssertEqual(json["in_process_threads"] as? Int, local, "\(extra)")
+            XCTAssertEqual(json["distributed_bit_identical_f32"] as? Bool, true, "\(extra)")
+        }
+        for option in ["--worker-threads", "--in-process-threads"] {
+            let bad = try Thor.run(tiny + [option, "0"])
+            XCTAssertNotEqual(bad.status, 0)
+            XCTAssertTrue(bad.stderr.contains(option), bad.stderr)
+        }
+    }
+}
+
+/// `thor bench train`: the distributed case's workers run --worker-threads expert threads (default 2)
+/// and compute the in-process losses bit for bit.
+final class BenchTrainCLITests: XCTestCase {
+    func testWorkerThreadsKeepTheLossesBitIdentical() throws {
+        let tiny = ["bench", "train", "--json", "--repeats", "1", "--sentences", "2", "--length", "4"]
+        for (extra, threads) in [([String](), 2), (["--worker-threads", "1"], 1)] {
+            let r = try Thor.run(tiny + extra)
+            XCTAssertEqual(r.status, 0, r.stderr)
+            let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], r.stdout)
+            XCTAssertEqual(json["worker_threads"] as? Int, threads, "\(extra)")
+            XCTAssertEqual(json["distributed_losses_bit_identical"] as? Bool, true, "\(extra)")
+            XCTAssertGreaterThan(json["distributed_ms_per_step"] as? Double ?? 0, 0, r.stdout)
+        }
+        let bad = try Thor.run(tiny + ["--worker-threads", "0"])
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertTrue(bad.stderr.contains("--worker-threads"), bad.stderr)
+    }
 }

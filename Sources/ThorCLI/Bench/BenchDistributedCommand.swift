@@ -13,7 +13,7 @@ struct BenchDistributedCommand: ParsableCommand {
         discussion: """
         Forward + backward of one THOR top-p encoder MoE layer with the experts in this process \
         (InProcessExpertBackend, --threads threads) and on --threads `thor worker` processes over \
-        ipc (--worker-threads threads each, default 1), on the same machine, timed rounds interleaved, best of --repeats. \
+        ipc (--worker-threads threads each, default 2 as in `thor train`), on the same machine, timed rounds interleaved, best of --repeats. \
         The distributed step is split into routing, combine (coordinator), encode, wait and decode \
         (transport counters); expert compute of a distributed row is measured by the workers \
         (their replies carry their own decode, queue, compute and encode times): the busiest \
@@ -38,8 +38,10 @@ struct BenchDistributedCommand: ParsableCommand {
     @OptionGroup var shape: MoELayerBenchOptions
     @Option(help: "top-p threshold.") var threshold: Float = 0.5
     @Option(help: "Expert threads in process; also the number of worker processes.") var threads = 2
-    @Option(help: "Expert threads of each worker process (more than one lets a worker use a core the other worker left idle; results do not depend on it).")
-    var workerThreads = 1
+    @Option(help: "Expert threads of each worker process (as `thor train`'s cluster.expert_threads; more than one lets a worker use a core the other worker left idle; results do not depend on it).")
+    var workerThreads = 2
+    @Option(help: "Expert threads of the in-process case (default: --threads). With --threads × --worker-threads, both cases run as many expert threads: a fair race on a machine busy with other work, where the scheduler shares the cores per thread.")
+    var inProcessThreads: Int?
     @Option(help: "Transport between coordinator and workers (ipc or tcp).") var transport = "ipc"
     @Option(help: "Expert placement (round-robin or blocked).") var placement = "round-robin"
 
@@ -50,9 +52,9 @@ struct BenchDistributedCommand: ParsableCommand {
         guard Placement.Strategy(rawValue: placement) != nil else {
             throw ValidationError("--placement must be round-robin or blocked, got \(placement)")
         }
-        guard threads >= 1, workerThreads >= 1, shape.experts >= 2, shape.sentences >= 1, shape.length >= 1,
+        guard threads >= 1, workerThreads >= 1, (inProcessThreads ?? 1) >= 1, shape.experts >= 2, shape.sentences >= 1, shape.length >= 1,
               shape.modelDim >= 1, shape.hiddenDim >= 1 else {
-            throw ValidationError("--threads, --worker-threads, --sentences, --length, --model-dim, --hidden-dim must be ≥ 1 and --experts ≥ 2")
+            throw ValidationError("--threads, --worker-threads, --in-process-threads, --sentences, --length, --model-dim, --hidden-dim must be ≥ 1 and --experts ≥ 2")
         }
     }
 
@@ -64,7 +66,8 @@ struct BenchDistributedCommand: ParsableCommand {
         let keys = MoEStack.expertKeys(model: model, routing: routing).filter { $0.layer == 0 }
 
         // In process.
-        let local = ProbeBackend(InProcessExpertBackend(spec: spec, keys: keys, threads: threads))
+        let localThreads = inProcessThreads ?? threads
+        let local = ProbeBackend(InProcessExpertBackend(spec: spec, keys: keys, threads: localThreads))
         let localLayer = FirstMoELayer(try MoEStack(model: model, routing: routing, losses: LossConfiguration(), backend: local, seed: 1))
 
         // Coordinator + workers (same seeds: same routers, same expert weights).
@@ -85,7 +88,7 @@ struct BenchDistributedCommand: ParsableCommand {
         let bf16Error = relativeError(yBF16, yLocal)
 
         // Timed rounds, interleaved: in process, distributed f32, distributed bf16.
-        let labels = ["in-process (\(threads) threads)", "distributed f32 (\(threads) workers, \(transport))",
+        let labels = ["in-process (\(localThreads) threads)", "distributed f32 (\(threads) workers, \(transport))",
                       "distributed bf16 (\(threads) workers, \(transport))"]
         var best = [StepSplit](repeating: StepSplit(total: .infinity), count: 3)
         var bestCounters = [TransportCounters](repeating: TransportCounters(), count: 3)
@@ -216,6 +219,7 @@ struct BenchDistributedCommand: ParsableCommand {
             report.set("timeline_backward", "\n    " + timeline.backward.line)
         }
         report.set("worker_threads", workerThreads)
+        report.set("in_process_threads", localThreads)
         report.set("load_average", loadAverage())
         report.set("distributed_bit_identical_f32", identical)
         report.set("bf16_max_relative_error", Double(String(format: "%.2e", bf16Error))!)

@@ -16,7 +16,7 @@ struct BenchTrainCommand: ParsableCommand {
         3 + 3 layers, an MoE layer in every layer with 8 experts (THOR top-p, p = 0.5), \
         vocabulary 8000, 32 sentences × 32 tokens on each side, dropout 0.1, 4 tasks. \
         Cases: experts in this process (--threads expert threads), and on --workers local \
-        `thor worker` processes over ipc (1 expert thread each). Timed steps of the cases are \
+        `thor worker` processes over ipc (--worker-threads expert threads each). Timed steps of the cases are \
         interleaved (load from other processes hits them alike); best of --repeats. \
         Reported: ms per step, target tokens/s (non-pad target tokens: what PyTorch's figure counts) \
         and all tokens/s (source + target).
@@ -26,12 +26,14 @@ struct BenchTrainCommand: ParsableCommand {
     @OptionGroup var output: BenchOutputOptions
     @Option(help: "Expert threads in process.") var threads = 2
     @Option(help: "Worker processes of the distributed case (0: skip it).") var workers = 2
+    @Option(help: "Expert threads of each worker process (as `thor train`'s cluster.expert_threads, default 2: a worker uses the core the other left idle; results do not depend on it).")
+    var workerThreads = 2
     @Option(help: "Sentences per batch.") var sentences = 32
     @Option(help: "Tokens per sentence, each side.") var length = 32
 
     func validate() throws {
-        guard threads >= 1, workers >= 0, sentences >= 1, length >= 3, output.repeats >= 1 else {
-            throw ValidationError("--threads, --sentences and --repeats must be ≥ 1, --workers ≥ 0, --length ≥ 3")
+        guard threads >= 1, workerThreads >= 1, workers >= 0, sentences >= 1, length >= 3, output.repeats >= 1 else {
+            throw ValidationError("--threads, --worker-threads, --sentences and --repeats must be ≥ 1, --workers ≥ 0, --length ≥ 3")
         }
     }
 
@@ -69,8 +71,8 @@ struct BenchTrainCommand: ParsableCommand {
         ]
         if workers > 0 {
             writeStandardError("thor bench train: starting \(workers) workers")
-            cases.append(("\(workers) workers (ipc, 1 thread each)", "distributed",
-                          try ExpertRuntime(configuration: config, workers: workers, threads: 1)))
+            cases.append(("\(workers) workers (ipc, \(workerThreads) thread\(workerThreads == 1 ? "" : "s") each)", "distributed",
+                          try ExpertRuntime(configuration: config, workers: workers, threads: workerThreads)))
         }
         defer { for c in cases { c.runtime.shutdown() } }
         let models = try cases.map { try TranslationModel(configuration: config, backend: $0.runtime.backend) }
@@ -108,6 +110,7 @@ struct BenchTrainCommand: ParsableCommand {
         report.set("target_tokens_per_step", targetTokens)
         report.set("blas_core", BLASCore.loaded)
         report.set("expert_threads", threads)
+        if workers > 0 { report.set("worker_threads", workerThreads) }
         try report.emit(json: output.json, csvPath: output.csv)
     }
 }
