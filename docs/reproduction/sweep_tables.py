@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Markdown tables for reproduction.md §10: settings of THOR top-p against the default, on dev.
 
-usage: sweep_tables.py [--step N] REF_LABEL=DIR[,DIR...] LABEL=DIR[,DIR...] ...
+usage: sweep_tables.py [--step N] REF_LABEL=DIR[,DIR...] LABEL=DIR[,DIR...] ...  (split at the last "=")
 Each DIR is a `thor train --save-dir` (config.json + metrics.jsonl; shell globs are expanded).
 The first argument is the reference (the default), paired by seed with every other setting.
 Reads the dev record of step N (default 800) of each run's metrics.jsonl (the last one written
@@ -11,8 +11,10 @@ MoE layer), task accuracy; mean ± sd per setting; then the differences to the r
 by seed, with the paired t statistic (df = n − 1; |t| > 12.71 at n = 2, > 4.30 at n = 3 is
 p < 0.05 two-sided). It also prints each setting's configuration keys that differ from the
 reference's (a check that the runs differ only in what the label says).
+A FILE.json in place of a DIR is the output of `thor eval checkpoint --json` (test-set figures),
+its seed taken from the name `…-sSEED.json`.
 """
-import glob, json, os, sys, statistics as st
+import glob, json, os, re, sys, statistics as st
 
 args = sys.argv[1:]
 step = 800
@@ -32,10 +34,14 @@ def flat(d, prefix=""):
 
 settings = []  # (label, {seed: record}, config of one run)
 for a in args:
-    label, ds = a.split("=", 1)
-    dirs = sorted(d for pat in ds.split(",") for d in (glob.glob(pat) or [pat]))
+    label, ds = a.rsplit("=", 1)  # the label may contain "="; the directories do not
+    dirs = sorted(d for pat in ds.split(",") for d in (glob.glob(pat) or [pat]) if os.path.isdir(d) or d.endswith(".json"))
     runs, cfg = {}, None
     for d in dirs:
+        if d.endswith(".json"):  # `thor eval checkpoint --json` output, named …-sSEED.json
+            seed = int(re.search(r"-s(\d+)\.json$", d).group(1))
+            assert seed not in runs, f"{label}: seed {seed} found twice ({d})"
+            runs[seed] = json.load(open(d)); continue
         mpath, cpath = os.path.join(d, "metrics.jsonl"), os.path.join(d, "config.json")
         if not os.path.exists(mpath) or not os.path.exists(cpath):
             print(f"<!-- {label}: {d} has no metrics.jsonl/config.json, left out -->", file=sys.stderr); continue
@@ -53,7 +59,7 @@ for a in args:
 
 ref_label, ref_runs, ref_cfg = settings[0]
 tasks = sorted(k[5:] for k in next(iter(ref_runs.values())) if k.startswith("bleu_"))
-layers = sorted(next(iter(ref_runs.values())).get("experts_per_token_by_layer", {}))
+layers = sorted(next(iter(ref_runs.values())).get("experts_per_token_by_layer", {}), key=lambda l: (not l.startswith("encoder"), l))
 short = {l: l.split(".")[0][:3] + "." + l.split(".")[2] for l in layers}  # encoder.layers.1.moe -> enc.1
 
 
@@ -77,7 +83,10 @@ def ms(xs, n):
     return f"{st.mean(xs):.{n}f} ± {st.stdev(xs):.{n}f}"
 
 
-print(f"Dev set at step {step} (200 of 400 dev sentences, greedy), per seed and mean ± sd.\n")
+if any(a.endswith(".json") for a in args):
+    print("Test set (`thor eval checkpoint --json`, 400 sentences, greedy), per seed and mean ± sd.\n")
+else:
+    print(f"Dev set at step {step} (200 of 400 dev sentences, greedy), per seed and mean ± sd.\n")
 print("| setting | seed | " + " | ".join(cols) + " |")
 print("|---|---|" + "---|" * len(cols))
 for label, runs, cfg in settings:
