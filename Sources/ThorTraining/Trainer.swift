@@ -48,6 +48,7 @@ public final class Trainer {
             }
             step = checkpoint.state.step
         }
+        model.moe.activateTaskLevel(afterSteps: step)
         for layer in model.moe.layers { layer.phaseTimer = phases }
         model.moe.taskLevel?.phaseTimer = phases
         (model.backend as? RemoteExpertBackend)?.coordinator.phaseTimer = phases
@@ -135,6 +136,7 @@ public final class Trainer {
             throw TrainingError.checkpoint("\(checkpoint.directory): \(error)")
         }
         step = checkpoint.state.step
+        model.moe.activateTaskLevel(afterSteps: step)
     }
 
     /// The run's state in memory (coordinator and expert tensors, data position, RNG, step):
@@ -156,12 +158,14 @@ public final class Trainer {
         model.network.dropoutState = snapshot.state.dropoutState
         try batches.restore(snapshot.state.dataPosition)
         step = snapshot.state.step
+        model.moe.activateTaskLevel(afterSteps: step)
     }
 
     /// One optimizer step on `batch`.
     public func trainStep(on batch: Seq2SeqBatch) throws -> StepResult {
         let result = try Self.optimizerStep(model, on: batch, step: step + 1, phases: phases) { self.committing = $0 }
         step = result.step
+        model.moe.activateTaskLevel(afterSteps: step)  // what a dev evaluation after this step routes with
         return result
     }
 
@@ -174,6 +178,7 @@ public final class Trainer {
                                      phases: PhaseTimer = PhaseTimer(),
                                      committing: (Bool) -> Void = { _ in }) throws -> StepResult {
         let t = model.configuration.training
+        model.moe.activateTaskLevel(afterSteps: next - 1)  // off during routing.task_warmup_steps
         var clock = MonotonicClock.seconds()
         let translationLoss: Double, aux: AuxiliaryLosses
         if t.microBatches == 1 {

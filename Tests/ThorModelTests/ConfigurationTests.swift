@@ -44,6 +44,7 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(c.model.dropout, 0.1)
         XCTAssertEqual(c.model.vocabularySize, 0)
         XCTAssertEqual((0..<6).filter(c.routing.isMoELayer), [1, 3, 5])
+        XCTAssertEqual(c.routing.taskWarmupSteps, 0)        // the task level routes from step 1
     }
 
     /// The convenience initializers take their defaults from the one place they are written.
@@ -61,12 +62,14 @@ final class ConfigurationTests: XCTestCase {
         {"model": {"vocabulary_size": 8000, "model_dim": 512, "hidden_dim": 2048, "heads": 8,
                    "encoder_layers": 6, "decoder_layers": 6, "activation": "swiglu"},
          "routing": {"variant": "thor-topk", "experts": 32, "candidates": 8, "k": 2, "moe_every": 1,
-                     "shared_experts": 1, "task_prior": true, "tasks": 5, "capacity_factor": 1.25},
+                     "shared_experts": 1, "task_prior": true, "tasks": 5, "capacity_factor": 1.25,
+                     "task_warmup_steps": 300},
          "losses": {"alpha": 0.02, "delta": 0}}
         """)
         XCTAssertEqual(c.model.modelDim, 512); XCTAssertEqual(c.model.activation, .swiglu)
         XCTAssertEqual(c.routing.variant, .thorTopK); XCTAssertEqual(c.routing.resolvedCandidates, 8)
         XCTAssertEqual(c.routing.capacityFactor, 1.25); XCTAssertEqual(c.routing.taskPrior, true)
+        XCTAssertEqual(c.routing.taskWarmupSteps, 300)
         XCTAssertEqual(c.losses.alpha, 0.02); XCTAssertEqual(c.losses.beta, 0.01)
         XCTAssertEqual((0..<6).filter(c.routing.isMoELayer), Array(0..<6))
         XCTAssertEqual(try parse(c.jsonValue.serialized()), c)
@@ -135,6 +138,9 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(try parse(#"{"routing": {"variant": "no-task-level", "context_norm": "match-state"}}"#).routing.contextNorm, .matchState)
         XCTAssertEqual(try parse(#"{"routing": {"variant": "topp", "context_norm": "none"}}"#).routing.contextNorm, .none)
         XCTAssertEqual(try parse("{}").routing.contextNorm, ContextNormalization.none)
+        assertError(#"{"routing": {"task_warmup_steps": -1}}"#, path: "routing.task_warmup_steps", mentions: ["≥ 0", "-1"])
+        assertError(#"{"routing": {"variant": "no-task-level", "task_warmup_steps": 100}}"#, path: "routing.task_warmup_steps",
+                    mentions: ["task-level mask", "no-task-level"])
         assertError(#"{"model": {"model_dim": 10, "heads": 4}}"#, path: "model.heads", mentions: ["divisible"])
         assertError(#"{"model": {"dropout": -0.1}}"#, path: "model.dropout", mentions: ["[0, 1)"])
         assertError(#"{"losses": {"gamma": -1}}"#, path: "losses.gamma")

@@ -134,6 +134,11 @@ public struct RoutingConfiguration: ConfigurationSection {
     /// What is done to `h̃` before the token router (only variants with the context gate):
     /// `none` (SPEC) or `match-state` (rescaled to `‖h‖`, an ablation).
     public var contextNorm: ContextNormalization = .none
+    /// Warm-up of the task level: for the first `W` optimizer steps the task level is off in
+    /// routing (every expert is a candidate, no `log q`, no `L_task_lb`: the steps route like
+    /// `no-task-level`); from step `W + 1` on it routes as the variant says. 0 = off. The task
+    /// predictor is trained by `L_task` throughout. Variants with the task-level mask only.
+    public var taskWarmupSteps: Int = 0
 
     public init() {}
 
@@ -169,6 +174,7 @@ public struct RoutingConfiguration: ConfigurationSection {
         case variant, experts, candidates, selection, k, threshold, maxExperts = "max_experts"
         case capacityFactor = "capacity_factor", moeEvery = "moe_every", sharedExperts = "shared_experts"
         case taskPrior = "task_prior", tasks, contextNorm = "context_norm"
+        case taskWarmupSteps = "task_warmup_steps"
     }
 
     /// Checks every value; errors name the key (`routing.k`) and the allowed range.
@@ -203,6 +209,11 @@ public struct RoutingConfiguration: ConfigurationSection {
         try Check.require(moeEvery >= 1, p(.moeEvery), "must be ≥ 1 (1: every layer, 2: every other layer), got \(moeEvery)")
         try Check.require(sharedExperts >= 0, p(.sharedExperts), "must be ≥ 0, got \(sharedExperts)")
         try Check.require(tasks >= 0, p(.tasks), "must be ≥ 0 (0: from the training data), got \(tasks)")
+        try Check.require(taskWarmupSteps >= 0, p(.taskWarmupSteps), "must be ≥ 0 (0: no warm-up), got \(taskWarmupSteps)")
+        if taskWarmupSteps > 0 {
+            try Check.require(variant.usesTaskMask, p(.taskWarmupSteps),
+                              "needs a variant with the task-level mask (thor-topk, thor-topp, no-context, gold, non-mixed), variant is \(variant.rawValue); set it to 0")
+        }
         if taskPrior == true {
             try Check.require(variant.usesTaskMask, p(.taskPrior),
                               "needs a variant with the task-level mask (thor-topk, thor-topp, no-context, gold, non-mixed), variant is \(variant.rawValue)")

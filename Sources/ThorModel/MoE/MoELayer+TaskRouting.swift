@@ -20,9 +20,10 @@ extension MoELayer {
         return r
     }
 
-    /// `q = softmax(W_task r)` and the candidate sets, when the variant has a task router.
+    /// `q = softmax(W_task r)` and the candidate sets, when the variant has a task router and the
+    /// task level is active (nil during its warm-up: every expert is a candidate, no `log q`).
     func routeTasks(_ r: Tensor?) -> TaskRouting? {
-        guard let taskRouter, let r else { return nil }
+        guard taskLevelActive, let taskRouter, let r else { return nil }
         return taskRouter.forward(r: r)
     }
 

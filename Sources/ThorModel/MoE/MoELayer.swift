@@ -45,6 +45,9 @@ public final class MoELayer: FeedForwardSublayer {
     public let collector: RoutingStatisticsCollector?
     /// Where the pass's sections are timed (routing, gather, experts, combine; nil: not timed).
     public var phaseTimer: PhaseTimer?
+    /// Whether the task level routes (restricts the candidates, adds `log q`, has `L_task_lb`);
+    /// false during `routing.task_warmup_steps` (`MoEStack.activateTaskLevel(afterSteps:)`).
+    public var taskLevelActive = true
 
     /// Loss values of the last training forward.
     public private(set) var lastLosses = LayerLosses()

@@ -107,6 +107,14 @@ public final class MoEStack {
         layers.first { $0.side == side && $0.name == "\(side.rawValue).layers.\(layerIndex).moe" }
     }
 
+    /// Switches the layers' task level on or off for the step after `done` optimizer steps:
+    /// off while `done < routing.task_warmup_steps` (the warm-up), on from then on. The trainer
+    /// calls it before every step and whenever its step count changes (start, resume, restore).
+    public func activateTaskLevel(afterSteps done: Int) {
+        let active = done >= routing.taskWarmupSteps
+        for layer in layers { layer.taskLevelActive = active }
+    }
+
     /// Coordinator-side parameters: the task level's, then every MoE layer's (the order the
     /// Transformer lists them in).
     public var parameters: [Parameter] { (taskLevel?.parameters ?? []) + layers.flatMap(\.parameters) }
