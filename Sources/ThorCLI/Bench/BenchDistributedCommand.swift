@@ -30,7 +30,9 @@ struct BenchDistributedCommand: ParsableCommand {
         Also: WireCodec encode + decode of the forward request against memcpy \
         of the same bytes (encode_decode_over_memcpy = 2·memcpy time / (encode + decode time): \
         each direction moves the bytes once; encode_decode_over_one_memcpy is the plain ratio). \
-        Goals: distributed ≥ 0.9 × in-process, encode_decode_over_memcpy ≥ 0.8.
+        Goals: distributed ≥ 0.95 × in-process and ≥ 8,280 tokens/s (issue 11: 1.2 × eager PyTorch's \
+        6,900 on the machine it was measured on), encode_decode_over_memcpy ≥ 0.8; \
+        goal_distributed_ge_0.9_in_process is the earlier goal, kept for older scripts.
         """
     )
 
@@ -224,6 +226,8 @@ struct BenchDistributedCommand: ParsableCommand {
         report.set("distributed_bit_identical_f32", identical)
         report.set("bf16_max_relative_error", Double(String(format: "%.2e", bf16Error))!)
         report.set("goal_distributed_ge_0.9_in_process", distRate >= 0.9 * inRate)
+        report.set("goal_distributed_ge_0.95_in_process", distRate >= 0.95 * inRate)
+        report.set("goal_distributed_ge_8280_tokens_per_s", distRate >= 8280)
         report.set("goal_encode_decode_ge_0.8_memcpy", codec.encodeDecodeOverMemcpy >= 0.8)
         try report.emit(json: output.json, csvPath: output.csv)
     }
