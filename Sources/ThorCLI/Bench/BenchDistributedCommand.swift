@@ -73,7 +73,8 @@ struct BenchDistributedCommand: ParsableCommand {
         let localLayer = FirstMoELayer(try MoEStack(model: model, routing: routing, losses: LossConfiguration(), backend: local, seed: 1))
 
         // Coordinator + workers (same seeds: same routers, same expert weights).
-        let cluster = try LocalCluster(workers: threads, transport: LocalCluster.Transport(rawValue: transport)!, threadsPerWorker: workerThreads)
+        let cluster = try LocalCluster(workers: threads, transport: LocalCluster.Transport(rawValue: transport)!, threadsPerWorker: workerThreads,
+                                       heartbeatLiveness: ScalingConfiguration.heartbeatLiveness)  // a bench, not a fault test (see benchLiveness)
         defer { cluster.shutdown() }
         let place = try Placement(keys: keys, workers: cluster.workerIDs, strategy: Placement.Strategy(rawValue: placement)!)
         let remote = try RemoteExpertBackend(coordinator: cluster.coordinator, spec: spec, placement: place)

@@ -72,7 +72,7 @@ struct BenchTrainCommand: ParsableCommand {
         if workers > 0 {
             writeStandardError("thor bench train: starting \(workers) workers")
             cases.append(("\(workers) workers (ipc, \(workerThreads) thread\(workerThreads == 1 ? "" : "s") each)", "distributed",
-                          try ExpertRuntime(configuration: config, workers: workers, threads: workerThreads)))
+                          try ExpertRuntime(configuration: config, workers: workers, threads: workerThreads, liveness: benchLiveness)))
         }
         defer { for c in cases { c.runtime.shutdown() } }
         let models = try cases.map { try TranslationModel(configuration: config, backend: $0.runtime.backend) }
@@ -119,3 +119,13 @@ struct BenchTrainCommand: ParsableCommand {
 private func writeStandardError(_ line: String) {
     FileHandle.standardError.write(Data((line + "\n").utf8))
 }
+
+/// The benches time steps; they do not test fault handling. On a loaded 2-core machine both
+/// workers were seen silent for 0.75–0.8 s at once (4 CPU hogs: 5 of 12 `bench train` runs lost
+/// their workers at step 1 with the default 3 × 0.25 s), which ends a bench run; so the benches,
+/// like the scaling sweep (`ScalingConfiguration.heartbeatLiveness`), allow 20 missed beats (5 s).
+let benchLiveness: ExpertRuntime.Liveness = {
+    var l = ExpertRuntime.Liveness()
+    l.heartbeatLiveness = ScalingConfiguration.heartbeatLiveness
+    return l
+}()
