@@ -150,7 +150,10 @@ public final class ExpertWorker: @unchecked Sendable {
         let compute = startThread { [self] in self.serveRequests(context: context, endpoint: pipeEndpoint) }
         defer {
             status.stop = true
-            try? pipe.send([Frame()])  // wakes the compute thread
+            // Wakes the compute thread if it is still waiting; never blocks: when it has already seen
+            // `stop` (its receive times out every 0.2 s) and closed its end, a blocking send on the
+            // PAIR socket would wait forever for a peer and this process would never exit.
+            try? pipe.send([Frame()], dontWait: true)
             pthread_join(compute, nil)
         }
         try socket.connect(options.endpoint)

@@ -181,7 +181,7 @@ enum ScalingRateProbe {
             }
         }
         echo.start()
-        defer { try? a.send([Frame()]) }
+        defer { try? a.send([Frame()], dontWait: true) }  // never blocks if the echo thread has gone
         func roundTrip(_ bytes: Int, _ count: Int) throws -> Double {
             let payload = [UInt8](repeating: 7, count: bytes)
             var best = Double.infinity
