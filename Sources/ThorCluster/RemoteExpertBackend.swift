@@ -60,7 +60,7 @@ public final class RemoteExpertBackend: ExpertBackend {
             (worker: $0, message: WireMessage.assign(Assignment(spec: spec, keys: placement.keys(on: $0), placementEpoch: placementEpoch)))
         }
         try expectAcks(try coordinator.exchange(requests, operation: "Assign", timeout: requestTimeout ?? 120), requests.map(\.worker), "Assign")
-        for w in placement.workers { coordinator.acceptJoin(w) }
+        for w in placement.workers { coordinator.acceptJoin(w); noteAssigned(w) }
         coordinator.currentStep = committedStep + 1
     }
 
@@ -73,11 +73,14 @@ public final class RemoteExpertBackend: ExpertBackend {
     /// Drops workers the coordinator declared dead from the placement; promotes the next
     /// replica of each of their experts; records experts left with no replica.
     private func absorbLosses() {
-        let dead = placement.workers.filter { coordinator.lost[$0] != nil }
+        let dead = placement.workers.filter { coordinator.lost[$0] != nil || restarted($0) }
         if dead.isEmpty { return }
         var hosts = placement.hosts
         for w in dead {
-            let loss = coordinator.lost[w]!
+            // A worker declared dead whose new process registered before this ran is no longer in
+            // `lost`, but it holds none of its experts: the same loss, named by its restart.
+            let loss = coordinator.lost[w] ?? WorkerLoss(worker: w, reason: "restarted as a new process holding none of its experts",
+                                                          silentSeconds: 0, declaredAt: monotonicSeconds())
             var moved: [ExpertKey: String] = [:]
             var gone: [ExpertKey] = []
             for k in hosts.keys.sorted() where hosts[k]!.contains(w) {
@@ -94,6 +97,19 @@ public final class RemoteExpertBackend: ExpertBackend {
         }
         placement = try! Placement(hosts: hosts, workers: placement.workers.filter { !dead.contains($0) })
         placementEpoch += 1
+    }
+
+    /// The incarnation (process) of each placement worker that acknowledged its Assign.
+    private var assignedIncarnation: [String: UInt64] = [:]
+
+    private func noteAssigned(_ worker: String) {
+        assignedIncarnation[worker] = coordinator.registrations[worker]?.incarnation
+    }
+
+    /// Whether `worker` registered again as another process since it acknowledged its experts.
+    private func restarted(_ worker: String) -> Bool {
+        guard let assigned = assignedIncarnation[worker], let now = coordinator.registrations[worker]?.incarnation else { return false }
+        return assigned != now
     }
 
     /// Throws `stepAborted` when a primary was lost in the step in progress (after `expertsLost`, which wins).
@@ -417,6 +433,7 @@ public final class RemoteExpertBackend: ExpertBackend {
             if !ok { continue }
             for k in copies { hosts[k]!.append(w) }
             for k in revived { hosts[k] = [w]; missing.remove(k) }
+            noteAssigned(w)
             placement = try Placement(hosts: hosts, workers: placement.workers + [w])
             onEvent?(ClusterEvent(kind: .rejoined, step: committedStep, worker: w,
                                   reason: revived.isEmpty ? "incarnation \(String(reg.incarnation, radix: 16)) received \(copies.count) experts"
@@ -470,6 +487,7 @@ public final class RemoteExpertBackend: ExpertBackend {
                                                                                            placementEpoch: placementEpoch, keepExisting: true))) }
         let outcomes = try tolerant(requests, operation: "Assign", phase: .assign)
         try expectAcks(Array(zip(requests.map(\.worker), outcomes)), "Assign")
+        for w in workers where coordinator.lost[w] == nil { noteAssigned(w) }
         placement = try Placement(hosts: next.hosts.mapValues { $0.filter { coordinator.lost[$0] == nil } }.filter { !$0.value.isEmpty },
                                   workers: workers.filter { coordinator.lost[$0] == nil })
         missing = Set(next.keys.filter { placement.hosts[$0] == nil })
