@@ -277,6 +277,51 @@ void   thor__expert_batch__free_unpacked
   assert(message->base.descriptor == &thor__expert_batch__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   thor__shard__init
+                     (Thor__Shard         *message)
+{
+  static const Thor__Shard init_value = THOR__SHARD__INIT;
+  *message = init_value;
+}
+size_t thor__shard__get_packed_size
+                     (const Thor__Shard *message)
+{
+  assert(message->base.descriptor == &thor__shard__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t thor__shard__pack
+                     (const Thor__Shard *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &thor__shard__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t thor__shard__pack_to_buffer
+                     (const Thor__Shard *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &thor__shard__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Thor__Shard *
+       thor__shard__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Thor__Shard *)
+     protobuf_c_message_unpack (&thor__shard__descriptor,
+                                allocator, len, data);
+}
+void   thor__shard__free_unpacked
+                     (Thor__Shard *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &thor__shard__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   thor__register__init
                      (Thor__Register         *message)
 {
@@ -1709,6 +1754,57 @@ const ProtobufCMessageDescriptor thor__expert_batch__descriptor =
   (ProtobufCMessageInit) thor__expert_batch__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
+static const ProtobufCFieldDescriptor thor__shard__field_descriptors[2] =
+{
+  {
+    "index",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Thor__Shard, index),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "count",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Thor__Shard, count),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned thor__shard__field_indices_by_name[] = {
+  1,   /* field[1] = count */
+  0,   /* field[0] = index */
+};
+static const ProtobufCIntRange thor__shard__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor thor__shard__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "thor.Shard",
+  "Shard",
+  "Thor__Shard",
+  "thor",
+  sizeof(Thor__Shard),
+  2,
+  thor__shard__field_descriptors,
+  thor__shard__field_indices_by_name,
+  1,  thor__shard__number_ranges,
+  (ProtobufCMessageInit) thor__shard__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
 static const ProtobufCFieldDescriptor thor__register__field_descriptors[9] =
 {
   {
@@ -2862,7 +2958,7 @@ const ProtobufCMessageDescriptor thor__worker_timings__descriptor =
   (ProtobufCMessageInit) thor__worker_timings__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor thor__envelope__field_descriptors[24] =
+static const ProtobufCFieldDescriptor thor__envelope__field_descriptors[25] =
 {
   {
     "protocol_version",
@@ -3141,6 +3237,18 @@ static const ProtobufCFieldDescriptor thor__envelope__field_descriptors[24] =
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
   {
+    "shard",
+    30,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Thor__Envelope, shard),
+    &thor__shard__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
     "timings",
     40,
     PROTOBUF_C_LABEL_NONE,
@@ -3174,17 +3282,19 @@ static const unsigned thor__envelope__field_indices_by_name[] = {
   1,   /* field[1] = request_id */
   2,   /* field[2] = sender */
   3,   /* field[3] = session */
+  23,   /* field[23] = shard */
   18,   /* field[18] = shutdown */
   12,   /* field[12] = step */
-  23,   /* field[23] = timings */
+  24,   /* field[24] = timings */
   13,   /* field[13] = zero_gradients */
 };
-static const ProtobufCIntRange thor__envelope__number_ranges[3 + 1] =
+static const ProtobufCIntRange thor__envelope__number_ranges[4 + 1] =
 {
   { 1, 0 },
   { 10, 4 },
-  { 40, 23 },
-  { 0, 24 }
+  { 30, 23 },
+  { 40, 24 },
+  { 0, 25 }
 };
 const ProtobufCMessageDescriptor thor__envelope__descriptor =
 {
@@ -3194,20 +3304,20 @@ const ProtobufCMessageDescriptor thor__envelope__descriptor =
   "Thor__Envelope",
   "thor",
   sizeof(Thor__Envelope),
-  24,
+  25,
   thor__envelope__field_descriptors,
   thor__envelope__field_indices_by_name,
-  3,  thor__envelope__number_ranges,
+  4,  thor__envelope__number_ranges,
   (ProtobufCMessageInit) thor__envelope__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCEnumValue thor__protocol_version__enum_values_by_number[2] =
 {
   { "PROTOCOL_VERSION_UNSPECIFIED", "THOR__PROTOCOL_VERSION__PROTOCOL_VERSION_UNSPECIFIED", 0 },
-  { "PROTOCOL_VERSION_CURRENT", "THOR__PROTOCOL_VERSION__PROTOCOL_VERSION_CURRENT", 3 },
+  { "PROTOCOL_VERSION_CURRENT", "THOR__PROTOCOL_VERSION__PROTOCOL_VERSION_CURRENT", 4 },
 };
 static const ProtobufCIntRange thor__protocol_version__value_ranges[] = {
-{0, 0},{3, 1},{0, 2}
+{0, 0},{4, 1},{0, 2}
 };
 static const ProtobufCEnumValueIndex thor__protocol_version__enum_values_by_name[2] =
 {
@@ -3291,7 +3401,7 @@ const ProtobufCEnumDescriptor thor__activation__descriptor =
   thor__activation__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCEnumValue thor__error_code__enum_values_by_number[13] =
+static const ProtobufCEnumValue thor__error_code__enum_values_by_number[14] =
 {
   { "ERROR_CODE_UNSPECIFIED", "THOR__ERROR_CODE__ERROR_CODE_UNSPECIFIED", 0 },
   { "ERROR_CODE_MALFORMED", "THOR__ERROR_CODE__ERROR_CODE_MALFORMED", 1 },
@@ -3306,12 +3416,14 @@ static const ProtobufCEnumValue thor__error_code__enum_values_by_number[13] =
   { "ERROR_CODE_UNEXPECTED_MESSAGE", "THOR__ERROR_CODE__ERROR_CODE_UNEXPECTED_MESSAGE", 10 },
   { "ERROR_CODE_INTERNAL", "THOR__ERROR_CODE__ERROR_CODE_INTERNAL", 11 },
   { "ERROR_CODE_DUPLICATE_WORKER_ID", "THOR__ERROR_CODE__ERROR_CODE_DUPLICATE_WORKER_ID", 12 },
+  { "ERROR_CODE_BAD_SHARD", "THOR__ERROR_CODE__ERROR_CODE_BAD_SHARD", 13 },
 };
 static const ProtobufCIntRange thor__error_code__value_ranges[] = {
-{0, 0},{0, 13}
+{0, 0},{0, 14}
 };
-static const ProtobufCEnumValueIndex thor__error_code__enum_values_by_name[13] =
+static const ProtobufCEnumValueIndex thor__error_code__enum_values_by_name[14] =
 {
+  { "ERROR_CODE_BAD_SHARD", 13 },
   { "ERROR_CODE_BAD_TENSOR", 4 },
   { "ERROR_CODE_DUPLICATE_WORKER_ID", 12 },
   { "ERROR_CODE_INTERNAL", 11 },
@@ -3333,9 +3445,9 @@ const ProtobufCEnumDescriptor thor__error_code__descriptor =
   "ErrorCode",
   "Thor__ErrorCode",
   "thor",
-  13,
+  14,
   thor__error_code__enum_values_by_number,
-  13,
+  14,
   thor__error_code__enum_values_by_name,
   1,
   thor__error_code__value_ranges,

@@ -116,6 +116,9 @@ public final class ClusterCoordinator {
     public var cutLinks: [String: Double] = [:]
     /// The optimizer step in progress (for fault points and events).
     public var currentStep = 0
+    /// The micro-batch shard of the Forward and Backward requests sent now (`Envelope.shard`,
+    /// protocol 4; set by `RemoteExpertBackend.shard`). `.whole` is not sent (absent = the whole batch).
+    public var shard: Shard = .whole
     /// Workers declared dead, with why; cleared when the worker registers again.
     public private(set) var lost: [String: WorkerLoss] = [:]
     /// Workers that registered (new, new incarnation, or back after being declared dead)
@@ -270,6 +273,14 @@ public final class ClusterCoordinator {
 
     static let deadlineReason = "no reply within the deadline"
 
+    /// The shard an Envelope carrying `message` names: `shard` on Forward and Backward, unless it is the whole batch.
+    public static func shard(of message: WireMessage, _ shard: Shard) -> Shard? {
+        switch message {
+        case .forward, .backward: return shard == .whole ? nil : shard
+        default: return nil
+        }
+    }
+
     /// Sends every request to the workers not declared dead and gathers their replies
     /// until each has answered or been declared dead (missed beats, exited process,
     /// unreachable, or no reply within `timeout` seconds, default: the learned deadline
@@ -301,8 +312,8 @@ public final class ClusterCoordinator {
             if traced, firstSent[id] == nil { firstSent[id] = sentAt[id] }
             if action == .drop || isCut(r.worker) { return true }
             guard let route = routes[r.worker] else { return true }
-            let frame = WireCodec.encode(Envelope(requestID: id, sender: "coordinator", session: session, message: r.message),
-                                         dtype: dtype)
+            let frame = WireCodec.encode(Envelope(requestID: id, sender: "coordinator", session: session, message: r.message,
+                                                  shard: Self.shard(of: r.message, shard)), dtype: dtype)
             if action == .corrupt, let p = frame.pointer { FaultInjector.corrupt(UnsafeMutableRawBufferPointer(start: p, count: frame.count)) }
             counters.bytesSent += frame.totalCount
             let sendStart = monotonicSeconds()

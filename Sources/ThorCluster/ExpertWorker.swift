@@ -286,10 +286,11 @@ public final class ExpertWorker: @unchecked Sendable {
         handle(frames, arrivedAt: arrivedAt, cachingReplies: false)
     }
 
-    /// The last few replies by (session, request id), so a request the coordinator sends again
+    /// The last few replies by (session, shard, request id), so a request the coordinator sends again
     /// (it lost the reply, or the request took longer than it expected) is answered without being
-    /// applied twice. Touched only by the compute thread.
-    private var recentReplies: [(session: UInt64, id: UInt64, message: WireMessage, dtype: WireDType)] = []
+    /// applied twice, and another shard's request with the same id is never taken for it.
+    /// Touched only by the compute thread.
+    private var recentReplies: [(session: UInt64, shard: Shard?, id: UInt64, message: WireMessage, dtype: WireDType)] = []
     static let recentReplyCount = 4
 
     func handle(_ frames: [Frame], arrivedAt: Double?, cachingReplies: Bool) -> (EncodedFrame?, WorkerExit?) {
@@ -297,9 +298,10 @@ public final class ExpertWorker: @unchecked Sendable {
         var timings = WorkerTimings(queue: arrivedAt.map { max(0, start - $0) } ?? 0)
         var computeStart = start, cpuStart = 0.0
         var session: UInt64 = 0
+        var shard: Shard? = nil
         func remember(_ id: UInt64, _ m: WireMessage, _ dtype: WireDType) {
             guard cachingReplies, id != 0 else { return }
-            recentReplies.append((session, id, m, dtype))
+            recentReplies.append((session, shard, id, m, dtype))
             if recentReplies.count > Self.recentReplyCount { recentReplies.removeFirst() }
         }
         func reply(_ id: UInt64, _ m: WireMessage, dtype: WireDType = .f32) -> EncodedFrame {
@@ -329,11 +331,13 @@ public final class ExpertWorker: @unchecked Sendable {
         cpuStart = processCPUSeconds()
         if envelope.session != 0, envelope.sender == "coordinator" { status.session = envelope.session }
         session = envelope.session
-        if cachingReplies, id != 0, let r = recentReplies.last(where: { $0.session == session && $0.id == id }) {
+        shard = envelope.shard
+        if cachingReplies, id != 0, let r = recentReplies.last(where: { $0.session == session && $0.shard == shard && $0.id == id }) {
             log("request \(id) again: answered from the reply cache")
             return (WireCodec.encode(Envelope(requestID: id, sender: options.workerID, message: r.message), dtype: r.dtype), nil)
         }
         do {
+            try checkShard(envelope)
             switch envelope.message {
             case .assign(let a):
                 try options.limits.check(a)
@@ -342,17 +346,20 @@ public final class ExpertWorker: @unchecked Sendable {
                 return (reply(id, .ack), nil)
             case .forward(let layer, let training, let batches, let dtype):
                 try checkSize(batches, "Forward")
-                let outs = try assigned().forward(layer: layer, batches: batches, training: training)
+                let outs = try assigned().forward(layer: layer, shard: shard ?? .whole, batches: batches, training: training)
                 let result = zip(batches, outs).map { ExpertBatch(expert: $0.expert, tokens: $1) }
                 return (timed(id, .forwardReply(layer: layer, outputs: result), dtype: dtype ?? .f32), nil)
             case .backward(let layer, let gradients, let dtype):
                 try checkSize(gradients, "Backward")
-                let outs = try assigned().backward(layer: layer, gradients: gradients)
+                let outs = try assigned().backward(layer: layer, shard: shard ?? .whole, gradients: gradients)
                 let result = zip(gradients, outs).map { ExpertBatch(expert: $0.expert, tokens: $1) }
                 return (timed(id, .backwardReply(layer: layer, inputGradients: result), dtype: dtype ?? .f32), nil)
             case .gradNormRequest:
-                return (timed(id, .gradNormReport(try assigned().squaredGradientNorms())), nil)
+                let h = try assigned()
+                try h.settleGradients()   // the shards' gradients summed in shard order first
+                return (timed(id, .gradNormReport(h.squaredGradientNorms())), nil)
             case .step(let lr, let clip, let step):
+                try assigned().settleGradients()
                 try assigned().step(learningRate: lr, clipScale: clip, step: step)
                 status.committedStep = step
                 return (timed(id, .ack), nil)
@@ -374,6 +381,7 @@ public final class ExpertWorker: @unchecked Sendable {
                 return (timed(id, .ack), nil)
             case .gradientsRequest(let keys):
                 let h = try assigned()
+                try h.settleGradients()
                 var out: [ExpertKey: [String: Tensor]] = [:]
                 for k in keys.isEmpty ? h.keys : keys {
                     guard let e = h.experts[k] else { throw ExpertBackendError.unknownExpert(k) }
@@ -409,7 +417,19 @@ public final class ExpertWorker: @unchecked Sendable {
         try options.limits.check(batches, spec: h.spec, hostedExperts: h.experts.count, what: what)
     }
 
-    /// Checks every tensor first, then replaces the experts' accumulated gradients.
+    /// Protocol 4: only Forward and Backward carry a shard, and it must be in range.
+    private func checkShard(_ envelope: Envelope) throws {
+        guard let s = envelope.shard else { return }
+        switch envelope.message {
+        case .forward, .backward: try s.validate()
+        default:
+            throw WorkerRequestError(code: .badShard,
+                                     message: "\(envelope.message.name) carries \(s); only Forward and Backward belong to a shard")
+        }
+    }
+
+    /// Checks every tensor first, then replaces the experts' accumulated gradients (their shard
+    /// gradients summed first, so that nothing of the step is left to add afterwards).
     private func applyGradients(_ state: [ExpertKey: [String: Tensor]], to h: ExpertHost) throws {
         var staged: [(Tensor, Tensor)] = []
         for (k, tensors) in state {
@@ -422,6 +442,7 @@ public final class ExpertWorker: @unchecked Sendable {
                 staged.append((t, p.grad))
             }
         }
+        try h.settleGradients()
         for (src, dst) in staged { dst.copy(from: src) }
     }
 

@@ -23,6 +23,11 @@ public final class RemoteExpertBackend: ExpertBackend {
     public let coordinator: ClusterCoordinator
     /// Where each expert lives now (changes on fail-over and rejoin).
     public private(set) var placement: Placement
+    /// The micro-batch shard of the following Forward and Backward requests (sent as `Envelope.shard`).
+    public var shard: Shard {
+        get { coordinator.shard }
+        set { coordinator.shard = newValue }
+    }
     /// Deadline for each exchange in seconds (nil: learned from measured times, `DeadlineEstimator`).
     public var requestTimeout: Double?
     /// Element type of tensors on the wire: `.f32` (exact) or `.bf16` (half the bytes, lossy).

@@ -73,9 +73,10 @@ extension ExpertBackendError {
     var wireCode: WireErrorCode {
         switch self {
         case .unknownExpert: return .unknownExpert
-        case .noPendingForward: return .noPendingForward
+        case .noPendingForward, .noPendingShardForward: return .noPendingForward
         case .shapeMismatch: return .shapeMismatch
         case .missingState: return .missingState
+        case .badShard: return .badShard
         }
     }
 }

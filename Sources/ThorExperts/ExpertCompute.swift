@@ -56,10 +56,23 @@ public struct ExpertPartition: Sendable, Equatable {
     }
 }
 
-/// One expert's batch in a host call: its weights, the input rows and the outputs.
+/// One expert's batch in a host call: its weights, the input rows, and where backward adds the
+/// weights' gradients (`w1`, `b1`, `w2`, `b2` in parameter order; default: the parameters' own
+/// `grad`, or a shard's buffers of those shapes, see `ExpertHost`).
 struct ExpertWork {
     let weights: FeedForwardWeights
     let rows: Int
+    let dw1: UnsafeMutablePointer<Float>, db1: UnsafeMutablePointer<Float>
+    let dw2: UnsafeMutablePointer<Float>, db2: UnsafeMutablePointer<Float>
+
+    init(weights: FeedForwardWeights, rows: Int, gradients: [Tensor]? = nil) {
+        self.weights = weights
+        self.rows = rows
+        let g = gradients ?? weights.parameters.map(\.grad)
+        precondition(g.count == 4 && zip(g, weights.parameters).allSatisfy { $0.count == $1.count },
+                     "ExpertWork: gradient destinations must have the parameters' shapes")
+        dw1 = g[0].pointer; db1 = g[1].pointer; dw2 = g[2].pointer; db2 = g[3].pointer
+    }
 }
 
 /// Runs `tasks` (largest `cost` first) on up to `threads` threads, each task with one BLAS
@@ -267,17 +280,17 @@ enum ChunkedFeedForward {
                 let w = work[i].weights, d = w.modelDim, f = w.hiddenDim
                 gemm(transA: true, m: c.count, n: d, k: work[i].rows,
                      a: saved[i].hidden.pointer + c.lowerBound, lda: f, b: gradients[i].pointer,
-                     beta: 1, c: w.w2.grad.pointer + c.lowerBound * d)
+                     beta: 1, c: work[i].dw2 + c.lowerBound * d)
             case .b2(let i):
                 let w = work[i].weights
-                Kernels.addColumnSums(gradients[i].pointer, rows: work[i].rows, cols: w.modelDim, into: w.b2.grad.pointer)
+                Kernels.addColumnSums(gradients[i].pointer, rows: work[i].rows, cols: w.modelDim, into: work[i].db2)
             case .w1(let i, let c):
                 let w = work[i].weights, d = w.modelDim, f1 = w.activation.firstProjectionWidth(dFF: w.hiddenDim)
                 let dh = dhs[i].pointer
                 gemm(transA: true, m: d, n: c.count, k: work[i].rows,
                      a: saved[i].input.pointer, b: dh + c.lowerBound, ldb: f1,
-                     beta: 1, c: w.w1.grad.pointer + c.lowerBound, ldc: f1)
-                let db1 = w.b1.grad.pointer
+                     beta: 1, c: work[i].dw1 + c.lowerBound, ldc: f1)
+                let db1 = work[i].db1
                 for r in 0..<work[i].rows {
                     let row = dh + r * f1
                     for j in c { db1[j] += row[j] }

@@ -1,5 +1,6 @@
 import ThorTensor
 import ThorModel
+import ThorExperts
 
 /// Gradient accumulation over micro-batches (`training.micro_batches = C`, docs/data-parallel.md):
 /// the reference a run with C data-parallel coordinators must equal bit for bit.
@@ -73,8 +74,8 @@ extension Trainer {
     }
 
     /// Forward and backward of `shards` in order, each into gradients of its own, summed in shard
-    /// order into every parameter's `grad` (the experts' hosts sum theirs the same way, see
-    /// `ExpertHost.backward`). Returns the step's `L_mt` (token mean over every shard) and
+    /// order into every parameter's `grad` (the experts' hosts keep each shard's gradient apart and
+    /// sum them the same way, in shard order, see `ExpertHost.settleGradients`). Returns the step's `L_mt` (token mean over every shard) and
     /// auxiliary losses (see `MicroBatches`). A non-finite loss stops before that shard's
     /// backward, with every gradient dropped.
     static func accumulate(_ model: TranslationModel, shards: [Seq2SeqBatch], step next: Int,
@@ -92,9 +93,11 @@ extension Trainer {
         let layerTotals = layers.map { l in shards.reduce(0) { $0 + tokens($1, l) } }
         let targetTotal = shards.reduce(0) { $0 + $1.targetTokens }
         let sentenceTotal = shards.reduce(0) { $0 + $1.batchSize }
+        let backend = model.backend
         defer {
             for l in layers { l.microBatchShare = (1, 1) }
             taskLevel?.sentenceShare = 1
+            backend.shard = .whole
         }
         var sums: [Tensor] = []
         var lossSum = 0.0
@@ -105,6 +108,8 @@ extension Trainer {
             let shares = layers.indices.map { Float(tokens(shard, layers[$0])) / Float(layerTotals[$0]) }
             for (l, s) in zip(layers, shares) { l.microBatchShare = (s, 1 / Float(count)) }
             taskLevel?.sentenceShare = Float(shard.batchSize) / Float(sentenceTotal)
+            // The experts keep this shard's activations and gradients apart (docs/data-parallel.md, step 2).
+            if count > 1 { backend.shard = Shard(index: c, count: count) }
 
             var clock = MonotonicClock.seconds()
             var sections = phases.sectionSeconds()

@@ -52,8 +52,9 @@ extension WireCodec {
             timings = WorkerTimings(decode: t.decode_seconds, queue: t.queue_seconds, compute: t.compute_seconds,
                                     computeCPU: t.compute_cpu_seconds, encode: t.encode_seconds)
         }
+        let shard = env.shard.map { Shard(index: Int($0.pointee.index), count: Int($0.pointee.count)) }
         return Envelope(requestID: env.request_id, sender: string(env.sender), session: env.session,
-                        message: message, version: env.protocol_version, timings: timings)
+                        message: message, version: env.protocol_version, timings: timings, shard: shard)
     }
 
     static func string(_ p: UnsafeMutablePointer<CChar>?) -> String {

@@ -120,6 +120,13 @@ public enum WireCodec {
             e.pointee.sender = arena.string(envelope.sender)
             e.pointee.session = envelope.session
             setBody(e, envelope.message, arena, dtype)
+            if let shard = envelope.shard {
+                e.pointee.shard = arena.make(Thor__Shard.self) { p in
+                    thor__shard__init(p)
+                    p.pointee.index = UInt32(clamping: shard.index)
+                    p.pointee.count = UInt32(clamping: shard.count)
+                }
+            }
             if let t = envelope.timings {
                 e.pointee.timings = arena.make(Thor__WorkerTimings.self) { p in
                     thor__worker_timings__init(p)

@@ -2,7 +2,7 @@ import ThorTensor
 import ThorExperts
 
 /// The protocol version this build speaks (`Envelope.protocol_version`, Protos/thor.proto).
-public let thorProtocolVersion: UInt32 = 3
+public let thorProtocolVersion: UInt32 = 4
 
 /// Element type of tensors on the wire. Decoded tensors are always Float32.
 public enum WireDType: Sendable, Equatable, CaseIterable {
@@ -31,6 +31,9 @@ public enum WireErrorCode: UInt32, Sendable, Equatable, CaseIterable {
     case `internal` = 11
     /// Coordinator → worker: another live worker is registered under this id; the worker exits.
     case duplicateWorkerID = 12
+    /// A shard out of range, another shard count within one step, a shard on a message that takes
+    /// none, or a GradNorm / Gradients / Step while a shard's backward is missing (protocol 4).
+    case badShard = 13
 }
 
 /// A worker announcing itself (sent on connect and after every reconnect).
@@ -181,11 +184,14 @@ public struct Envelope: @unchecked Sendable {
     public var message: WireMessage
     /// A worker reply's timings of its request (nil: not sent, e.g. by an older worker).
     public var timings: WorkerTimings?
+    /// Forward and Backward: the micro-batch shard the request belongs to (`Envelope.shard`,
+    /// field 30, protocol 4); nil: the whole batch. Decoded as sent, unchecked (the worker checks it).
+    public var shard: Shard?
 
     public init(requestID: UInt64, sender: String = "", session: UInt64 = 0, message: WireMessage,
-                version: UInt32 = thorProtocolVersion, timings: WorkerTimings? = nil) {
+                version: UInt32 = thorProtocolVersion, timings: WorkerTimings? = nil, shard: Shard? = nil) {
         self.version = version; self.requestID = requestID; self.sender = sender
-        self.session = session; self.message = message; self.timings = timings
+        self.session = session; self.message = message; self.timings = timings; self.shard = shard
     }
 }
 

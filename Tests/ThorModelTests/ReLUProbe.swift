@@ -35,6 +35,7 @@ final class ReLUProbe {
         var batches: [(layer: Int, batch: ExpertBatch)] = []
         init(_ inner: InProcessExpertBackend) { self.inner = inner }
         var spec: ExpertSpec { inner.spec }
+        var shard: Shard { get { inner.shard } set { inner.shard = newValue } }
         func forward(layer: Int, batches b: [ExpertBatch], training: Bool) throws -> [Tensor] {
             if training { batches += b.map { (layer, ExpertBatch(expert: $0.expert, tokens: Tensor(copying: $0.tokens))) } }
             return try inner.forward(layer: layer, batches: b, training: training)

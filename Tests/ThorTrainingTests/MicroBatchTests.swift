@@ -5,6 +5,7 @@ import ThorExperts
 import ThorModel
 import ThorData
 import ThorTraining
+import ThorCluster
 
 /// `training.micro_batches` (docs/data-parallel.md, step 1): the shard rule, the whole-batch step
 /// unchanged, the C = 2 gradient against the shards' gradients and finite differences of the
@@ -92,6 +93,7 @@ final class MicroBatchTests: XCTestCase {
         var g: [String: Tensor] = [:]
         for p in s.model.parameters { g[p.name] = Tensor(copying: p.grad) }
         let host = (s.model.backend as! InProcessExpertBackend).host
+        try! host.settleGradients()   // the shards' expert gradients summed in shard order
         for k in host.keys { for p in host.experts[k]!.parameters { g[p.name] = Tensor(copying: p.grad) } }
         return g
     }
@@ -288,6 +290,58 @@ final class MicroBatchTests: XCTestCase {
         let one = try Setup(tinyConfiguration())
         for _ in 0..<3 { try one.trainer.trainStep() }
         XCTAssertFalse(try one.snapshot()["embedding.weight"]!.bitwiseEqual(try s.snapshot()["embedding.weight"]!))
+    }
+
+    /// Step 2 (docs/data-parallel.md): every shard's Forward and Backward carry its shard and the
+    /// workers sum the shards' gradients in shard order: C = 2 and 3 micro-batches over 1 and 2
+    /// workers give the losses and bits of the same C in process.
+    func testMicroBatchesOnOneAndTwoWorkersMatchInProcessBitForBit() throws {
+        for (c, workers) in [(2, 1), (3, 1), (3, 2)] {
+            let conf = microConfiguration(c)
+            let reference = try Setup(conf)
+            let expected = try (0..<3).map { _ in try reference.trainer.trainStep().loss }
+            let s = try Setup(conf, workers: workers)
+            defer { s.runtime.shutdown() }
+            XCTAssertNotNil(s.runtime.remote)
+            XCTAssertEqual(try (0..<3).map { _ in try s.trainer.trainStep().loss }, expected, "C = \(c), \(workers) workers")
+            assertBitwiseEqual(try reference.snapshot(), try s.snapshot(), "micro_batches = \(c) on \(workers) workers")
+            XCTAssertEqual(s.runtime.remote!.coordinator.shard, .whole, "the whole batch again after each step")
+        }
+    }
+
+    /// The Trainer names each shard to the expert backend for that shard's passes (C > 1), and puts
+    /// the whole batch back after the step's shards.
+    func testEveryShardsExpertCallsCarryItsShard() throws {
+        final class Recording: ExpertBackend {
+            let inner: InProcessExpertBackend
+            var calls: [(backward: Bool, shard: Shard)] = []
+            init(_ inner: InProcessExpertBackend) { self.inner = inner }
+            var spec: ExpertSpec { inner.spec }
+            var shard: Shard { get { inner.shard } set { inner.shard = newValue } }
+            func forward(layer: Int, batches: [ExpertBatch], training: Bool) throws -> [Tensor] {
+                calls.append((false, shard)); return try inner.forward(layer: layer, batches: batches, training: training)
+            }
+            func backward(layer: Int, gradients: [ExpertBatch]) throws -> [Tensor] {
+                calls.append((true, shard)); return try inner.backward(layer: layer, gradients: gradients)
+            }
+            func squaredGradientNorms() throws -> [ExpertKey: Double] { try inner.squaredGradientNorms() }
+            func step(learningRate: Float, clipScale: Float, step: Int) throws { try inner.step(learningRate: learningRate, clipScale: clipScale, step: step) }
+            func zeroGradients() throws { try inner.zeroGradients() }
+            func exportState() throws -> [ExpertKey: [String: Tensor]] { try inner.exportState() }
+            func importState(_ state: [ExpertKey: [String: Tensor]]) throws { try inner.importState(state) }
+        }
+        let s = try Setup(microConfiguration(3))
+        let inner = s.model.backend as! InProcessExpertBackend
+        let recording = Recording(InProcessExpertBackend(spec: inner.spec, keys: inner.host.keys))
+        let model = try TranslationModel(configuration: s.configuration, backend: recording)
+        _ = try Trainer.accumulateGradients(model, on: gradientBatch(tasks: s.configuration.routing.tasks), microBatches: 3)
+        let layers = model.moe.layers.count
+        XCTAssertEqual(recording.calls.map(\.shard), (0..<3).flatMap { c in Array(repeating: Shard(index: c, count: 3), count: 2 * layers) })
+        XCTAssertEqual(recording.calls.filter(\.backward).count, 3 * layers)
+        XCTAssertEqual(recording.shard, .whole)
+        try model.zeroGradients()   // a step's requests share one shard count: drop the C = 3 step first
+        _ = try Trainer.accumulateGradients(model, on: gradientBatch(tasks: s.configuration.routing.tasks), microBatches: 1)
+        XCTAssertEqual(recording.calls.suffix(2 * layers).map(\.shard), Array(repeating: .whole, count: 2 * layers))
     }
 
     /// A C = 2 run saved at step 2 and resumed gives the uninterrupted run's bits.

@@ -21,6 +21,7 @@ typedef struct Thor__ExpertKey Thor__ExpertKey;
 typedef struct Thor__AdamSettings Thor__AdamSettings;
 typedef struct Thor__ExpertSpec Thor__ExpertSpec;
 typedef struct Thor__ExpertBatch Thor__ExpertBatch;
+typedef struct Thor__Shard Thor__Shard;
 typedef struct Thor__Register Thor__Register;
 typedef struct Thor__Assign Thor__Assign;
 typedef struct Thor__ForwardRequest Thor__ForwardRequest;
@@ -61,8 +62,11 @@ typedef enum _Thor__ProtocolVersion {
    *    DUPLICATE_WORKER_ID refusals.
    * 3: tensor bytes travel as their own ZeroMQ frames after the Envelope frame
    *    (Tensor.frame indexes them); Tensor.data is no longer used.
+   * 4: Forward and Backward carry their micro-batch shard (Envelope.shard); a
+   *    worker keeps activations and expert gradients per shard and sums the
+   *    shards in shard order at GradNorm / Gradients / Step (BAD_SHARD errors).
    */
-  THOR__PROTOCOL_VERSION__PROTOCOL_VERSION_CURRENT = 3
+  THOR__PROTOCOL_VERSION__PROTOCOL_VERSION_CURRENT = 4
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(THOR__PROTOCOL_VERSION)
 } Thor__ProtocolVersion;
 /*
@@ -118,7 +122,11 @@ typedef enum _Thor__ErrorCode {
   /*
    * coordinator -> worker: another live worker uses this id; the worker exits
    */
-  THOR__ERROR_CODE__ERROR_CODE_DUPLICATE_WORKER_ID = 12
+  THOR__ERROR_CODE__ERROR_CODE_DUPLICATE_WORKER_ID = 12,
+  /*
+   * shard out of range, another shard count within a step, a shard on a message that takes none, or a shard whose backward is missing at GradNorm/Gradients/Step
+   */
+  THOR__ERROR_CODE__ERROR_CODE_BAD_SHARD = 13
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(THOR__ERROR_CODE)
 } Thor__ErrorCode;
 
@@ -219,6 +227,23 @@ struct  Thor__ExpertBatch
 #define THOR__EXPERT_BATCH__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&thor__expert_batch__descriptor) \
     , 0, NULL }
+
+
+/*
+ * Which micro-batch of the step a Forward or Backward belongs to (docs/data-parallel.md):
+ * shard `index` of `count` (0 <= index < count). Absent: the whole batch (shard 0 of 1).
+ * A worker keeps each shard's activations and expert gradients apart and sums the
+ * shards' gradients in shard order 0 ... count-1, whatever order the requests arrived in.
+ */
+struct  Thor__Shard
+{
+  ProtobufCMessage base;
+  uint32_t index;
+  uint32_t count;
+};
+#define THOR__SHARD__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&thor__shard__descriptor) \
+    , 0, 0 }
 
 
 /*
@@ -628,6 +653,11 @@ struct  Thor__Envelope
    */
   uint64_t session;
   /*
+   * Forward and Backward only (protocol 4): the micro-batch shard of the request.
+   * Absent: the whole batch. The worker's reply cache is keyed by (session, shard, request_id).
+   */
+  Thor__Shard *shard;
+  /*
    * Worker replies: the worker's timings of the request (absent from older workers and
    * from coordinator frames). Numbered above the body so it is packed last.
    */
@@ -657,7 +687,7 @@ struct  Thor__Envelope
 };
 #define THOR__ENVELOPE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&thor__envelope__descriptor) \
-    , 0, 0, (char *)protobuf_c_empty_string, 0, NULL, THOR__ENVELOPE__BODY__NOT_SET, {0} }
+    , 0, 0, (char *)protobuf_c_empty_string, 0, NULL, NULL, THOR__ENVELOPE__BODY__NOT_SET, {0} }
 
 
 /* Thor__Tensor methods */
@@ -773,6 +803,25 @@ Thor__ExpertBatch *
                       const uint8_t       *data);
 void   thor__expert_batch__free_unpacked
                      (Thor__ExpertBatch *message,
+                      ProtobufCAllocator *allocator);
+/* Thor__Shard methods */
+void   thor__shard__init
+                     (Thor__Shard         *message);
+size_t thor__shard__get_packed_size
+                     (const Thor__Shard   *message);
+size_t thor__shard__pack
+                     (const Thor__Shard   *message,
+                      uint8_t             *out);
+size_t thor__shard__pack_to_buffer
+                     (const Thor__Shard   *message,
+                      ProtobufCBuffer     *buffer);
+Thor__Shard *
+       thor__shard__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   thor__shard__free_unpacked
+                     (Thor__Shard *message,
                       ProtobufCAllocator *allocator);
 /* Thor__Register methods */
 void   thor__register__init
@@ -1231,6 +1280,9 @@ typedef void (*Thor__ExpertSpec_Closure)
 typedef void (*Thor__ExpertBatch_Closure)
                  (const Thor__ExpertBatch *message,
                   void *closure_data);
+typedef void (*Thor__Shard_Closure)
+                 (const Thor__Shard *message,
+                  void *closure_data);
 typedef void (*Thor__Register_Closure)
                  (const Thor__Register *message,
                   void *closure_data);
@@ -1316,6 +1368,7 @@ extern const ProtobufCMessageDescriptor thor__expert_key__descriptor;
 extern const ProtobufCMessageDescriptor thor__adam_settings__descriptor;
 extern const ProtobufCMessageDescriptor thor__expert_spec__descriptor;
 extern const ProtobufCMessageDescriptor thor__expert_batch__descriptor;
+extern const ProtobufCMessageDescriptor thor__shard__descriptor;
 extern const ProtobufCMessageDescriptor thor__register__descriptor;
 extern const ProtobufCMessageDescriptor thor__assign__descriptor;
 extern const ProtobufCMessageDescriptor thor__forward_request__descriptor;

@@ -121,6 +121,7 @@ private func timeOnce(_ body: () throws -> Void) rethrows -> Double {
 /// Experts that cost nothing (zeros of the right shape): isolates the MoE layer's own cost.
 private final class NullExpertBackend: ExpertBackend {
     let spec: ExpertSpec
+    var shard: Shard = .whole
     init(spec: ExpertSpec) { self.spec = spec }
     func forward(layer: Int, batches: [ExpertBatch], training: Bool) throws -> [Tensor] {
         batches.map { Tensor(shape: $0.tokens.shape) }

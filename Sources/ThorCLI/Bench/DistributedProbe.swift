@@ -10,6 +10,7 @@ import ThorWire
 final class ProbeBackend: ExpertBackend {
     let inner: ExpertBackend
     var spec: ExpertSpec { inner.spec }
+    var shard: Shard { get { inner.shard } set { inner.shard = newValue } }
     /// Seconds inside `inner.forward` / `inner.backward` since the last `reset`.
     private(set) var forwardSeconds = 0.0, backwardSeconds = 0.0
     /// Monotonic times (s) of the last forward call's entry and exit, and the same for backward.

@@ -121,6 +121,7 @@ final class CoordinatorWorkerPhases: WorkerPhaseSource {
 final class ScalingProbeBackend: ExpertBackend {
     let inner: ExpertBackend
     var spec: ExpertSpec { inner.spec }
+    var shard: Shard { get { inner.shard } set { inner.shard = newValue } }
     private(set) var enter = 0.0, exit = 0.0
     /// Rows of the last forward per layer and expert.
     private(set) var rows: [Int: [Int: Int]] = [:]
