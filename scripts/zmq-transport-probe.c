@@ -103,6 +103,10 @@ int main(int argc, char **argv) {
     for (int k = 0; k < 2; k++)
         for (int w = 0; w < 2; w++) { char id[3] = {'w', (char)('0' + w), 0}; zmq_send(router[k], id, 2, ZMQ_SNDMORE); zmq_send(router[k], "x", 1, 0); }
     while (wait(NULL) > 0) {}
-    for (int k = 0; k < 2; k++) { zmq_close(router[k]); zmq_ctx_term(ctx[k]); }  // closing the listener removes its ipc file
+    for (int k = 0; k < 2; k++) {
+        zmq_close(router[k]);
+        zmq_ctx_term(ctx[k]);
+        if (strncmp(endpoint[k], "ipc://", 6) == 0) unlink(endpoint[k] + 6);
+    }
     return 0;
 }
