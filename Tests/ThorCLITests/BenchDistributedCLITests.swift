@@ -20,6 +20,25 @@ final class BenchDistributedCLITests: XCTestCase {
         }
     }
 
+    /// The transport floor: a pass's bytes per worker shipped to echo threads and back with no
+    /// compute, next to the step's distributed-minus-in-process gap and the one-copy (memcpy) bound.
+    func testReportsTheTransportFloor() throws {
+        for transport in ["ipc", "tcp"] {
+            let r = try Thor.run(["bench", "distributed", "--json", "--repeats", "1", "--model-dim", "16", "--hidden-dim", "32",
+                                  "--experts", "4", "--sentences", "2", "--length", "8", "--transport", transport])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], r.stdout)
+            let best = try XCTUnwrap(json["transport_floor_ms_per_step"] as? Double, r.stdout)
+            let median = try XCTUnwrap(json["transport_floor_median_ms_per_step"] as? Double, r.stdout)
+            XCTAssertGreaterThan(best, 0, transport)
+            XCTAssertLessThan(best, 10_000, "\(transport): a round trip of a few kilobytes")
+            XCTAssertGreaterThanOrEqual(median, best, transport)
+            XCTAssertGreaterThanOrEqual(json["one_copy_floor_ms_per_step"] as? Double ?? -1, 0, transport)
+            XCTAssertNotNil(json["distributed_gap_ms_per_step"] as? Double, transport)
+            XCTAssertNotNil(json["transport_floor_over_gap"] as? Double, transport)
+        }
+    }
+
     /// Workers run 2 expert threads by default (as `thor train`'s cluster.expert_threads), and the
     /// distributed layer computes the in-process bits whatever the worker threads.
     func testWorkerThreadsDefaultToTwoAndKeepTheBits() throws {

@@ -27,6 +27,10 @@ struct BenchDistributedCommand: ParsableCommand {
         that worker's own service and the transfer — decode, unpacking, coordinator work after), \
         from the coordinator's exchange traces; in_process_experts_forward_ms / _backward_ms for \
         comparison; minor page faults per step of the coordinator and of the workers. \
+        transport_floor_ms_per_step: the same bytes per worker shipped to echo threads and back over the \
+        same transport, no compute (best round; twice a pass: forward and backward ship alike), against \
+        distributed_gap_ms_per_step (best distributed step minus best in-process step) and \
+        one_copy_floor_ms_per_step (a memcpy of those bytes each way: what a shared-memory path would cost). \
         Also: WireCodec encode + decode of the forward request against memcpy \
         of the same bytes (encode_decode_over_memcpy = 2·memcpy time / (encode + decode time): \
         each direction moves the bytes once; encode_decode_over_one_memcpy is the plain ratio). \
@@ -132,6 +136,12 @@ struct BenchDistributedCommand: ParsableCommand {
         let codec = try CodecMeasurement.measure(batches: probe.lastBatches, dtype: .f32, repeats: max(20, 4 * output.repeats))
         let codecBF16 = try CodecMeasurement.measure(batches: probe.lastBatches, dtype: .bf16, repeats: max(20, 4 * output.repeats))
         let busiest = busiestWorkerShare(batches: probe.lastBatches) { place.primary(ExpertKey(layer: 0, expert: $0)) }
+        // The transport alone: each worker's share of a pass's bytes (one frame per expert) there and back, no compute.
+        let framesPerWorker = place.workers.map { w in
+            probe.lastBatches.filter { place.primary(ExpertKey(layer: 0, expert: $0.expert)) == w }.map { $0.tokens.count * 4 }
+        }.filter { !$0.isEmpty }
+        let floor = try TransportFloor.measure(framesPerPeer: framesPerWorker, transport: LocalCluster.Transport(rawValue: transport)!,
+                                               repeats: max(10, 2 * output.repeats))
         let dec = remoteLayer.layer.lastDecision!
         let perToken = Double(dec.keptAssignments) / Double(tokens)
 
@@ -209,6 +219,14 @@ struct BenchDistributedCommand: ParsableCommand {
         report.set("measured_wire_ms", r((bestCounters[1].waitSeconds - measured.maxServed) * 1000, 1000))
         report.set("inferred_worker_compute_ms", r(compute * 1000, 1000))
         report.set("measured_timed_replies", measured.timedReplies)
+        // A step ships a forward pass's bytes twice each way (forward request and reply, backward
+        // request and reply: all [rows, d] per expert), so its transport floor is twice a pass's.
+        let gap = best[1].total - best[0].total
+        report.set("transport_floor_ms_per_step", r(2 * floor.bestSeconds * 1000, 100))
+        report.set("transport_floor_median_ms_per_step", r(2 * floor.medianSeconds * 1000, 100))
+        report.set("one_copy_floor_ms_per_step", r(2 * floor.oneCopySeconds * 1000, 100))
+        report.set("distributed_gap_ms_per_step", r(gap * 1000, 100))
+        report.set("transport_floor_over_gap", gap > 0 ? r(2 * floor.bestSeconds / gap) : -1)
         report.set("in_process_experts_forward_ms", r(best[0].expertsForward * 1000, 10))
         report.set("in_process_experts_backward_ms", r(best[0].expertsBackward * 1000, 10))
         report.set("in_process_minor_faults_per_step", best[0].coordinatorFaults)
