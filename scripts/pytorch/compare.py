@@ -89,6 +89,7 @@ def main():
 
     thor_env = dict(os.environ)
     thor_env.pop("OPENBLAS_CORETYPE", None)
+    thor_env["THOR_BINARY"] = os.path.abspath(args.thor)      # the workers the benches spawn: this binary
     rep = [] if args.repeats is None else ["--repeats", str(args.repeats)]
 
     def torch_env(config):
