@@ -198,6 +198,34 @@ def summarize(rows, configs, rounds):
     return summary
 
 
+def per_round_table(rows, configs, rounds):
+    """One Markdown row per round: the figures the goals compare (tokens/s; train: target tokens/s)."""
+    def get(rnd, part, side, config=None):
+        return next((r for r in rows if (r["round"], r["part"], r["side"], r["config"]) == (rnd, part, side, config)), None)
+    head = (["round", "load", "thor sgemm / top-2 / THOR top-p"] + [f"PyTorch {c}: sgemm / top-2 / THOR top-p" for c in configs]
+            + ["thor distributed: in process / 2 workers", "thor train: in process / 2 workers"] + [f"PyTorch {c} train" for c in configs])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for rnd in range(1, rounds + 1):
+        loads = [r["load_before"] for r in rows if r["round"] == rnd]
+        cells = [str(rnd), f"{min(loads):.1f}–{max(loads):.1f}"]
+        tm = get(rnd, "moe", "thor")
+        cells.append(f"{tm['result']['gemm_gflops_2t']:.0f} / {tm['result']['top2_tokens_per_s']:,.0f} / "
+                     f"{tm['result']['thor_topp_tokens_per_s']:,.0f}" if tm else "")
+        for c in configs:
+            p = get(rnd, "moe", "pytorch", c)
+            cells.append(f"{p['result']['gemm_gflops']:.0f} / {p['result'].get('top2_tokens_per_s', 0):,.0f} / "
+                         f"{p['result'].get('thor_topp_tokens_per_s', 0):,.0f}" if p else "")
+        td, tt = get(rnd, "distributed", "thor"), get(rnd, "train", "thor")
+        cells.append(f"{td['result']['in_process_tokens_per_s']:,.0f} / {td['result']['distributed_tokens_per_s']:,.0f}" if td else "")
+        cells.append(f"{tt['result']['in_process_target_tokens_per_s']:,.0f} / "
+                     f"{tt['result'].get('distributed_target_tokens_per_s', 0):,.0f}" if tt else "")
+        for c in configs:
+            p = get(rnd, "train", "pytorch", c)
+            cells.append(f"{p['result']['target_tokens_per_s']:,.0f}" if p else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def print_summary(summary, rows, args):
     loads = [r["load_before"] for r in rows]
     print(f"thor ({args.thor}) against eager PyTorch, {args.rounds} interleaved rounds, "
@@ -208,6 +236,9 @@ def print_summary(summary, rows, args):
         s = summary[name]
         fmt = (lambda v: f"{v:,.0f}") if s["median"] >= 100 else (lambda v: f"{v:.3f}")
         print(f"{name:{width}}  {fmt(s['median']):>10}  {fmt(s['min']):>10}  {fmt(s['max']):>10}  {s.get('goal_met_rounds', '')}")
+    configs = sorted({r["config"] for r in rows if r["config"]}, key=list(CONFIGS).index)
+    print("\nPer round (Markdown):")
+    print(per_round_table(rows, configs, args.rounds))
 
 
 if __name__ == "__main__":
