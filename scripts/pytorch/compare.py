@@ -204,7 +204,7 @@ def per_round_table(rows, configs, rounds):
         return next((r for r in rows if (r["round"], r["part"], r["side"], r["config"]) == (rnd, part, side, config)), None)
     head = (["round", "load", "thor sgemm / top-2 / THOR top-p"] + [f"PyTorch {c}: sgemm / top-2 / THOR top-p" for c in configs]
             + ["thor distributed: in process / 2 workers", "thor train: in process / 2 workers"] + [f"PyTorch {c} train" for c in configs])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = []
     for rnd in range(1, rounds + 1):
         loads = [r["load_before"] for r in rows if r["round"] == rnd]
         cells = [str(rnd), f"{min(loads):.1f}–{max(loads):.1f}"]
@@ -222,8 +222,10 @@ def per_round_table(rows, configs, rounds):
         for c in configs:
             p = get(rnd, "train", "pytorch", c)
             cells.append(f"{p['result']['target_tokens_per_s']:,.0f}" if p else "")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        lines.append(cells)
+    keep = [i for i in range(len(head)) if any(row[i] for row in lines)]   # drop the parts --skip left out
+    return "\n".join(["| " + " | ".join(head[i] for i in keep) + " |", "|" + "---|" * len(keep)]
+                     + ["| " + " | ".join(row[i] for i in keep) + " |" for row in lines])
 
 
 def print_summary(summary, rows, args):
