@@ -30,10 +30,12 @@ struct BenchTrainCommand: ParsableCommand {
     var workerThreads = 2
     @Option(help: "Sentences per batch.") var sentences = 32
     @Option(help: "Tokens per sentence, each side.") var length = 32
+    @Option(help: "Missed heartbeats (0.25 s each) after which a worker counts as lost (default 20: the bench times steps, it does not test fault handling; 3 is `thor train`'s window before 2026-12-02 15:00).")
+    var heartbeatLiveness = benchLiveness.heartbeatLiveness
 
     func validate() throws {
-        guard threads >= 1, workerThreads >= 1, workers >= 0, sentences >= 1, length >= 3, output.repeats >= 1 else {
-            throw ValidationError("--threads, --worker-threads, --sentences and --repeats must be ≥ 1, --workers ≥ 0, --length ≥ 3")
+        guard threads >= 1, workerThreads >= 1, workers >= 0, sentences >= 1, length >= 3, output.repeats >= 1, heartbeatLiveness >= 1 else {
+            throw ValidationError("--threads, --worker-threads, --sentences, --repeats and --heartbeat-liveness must be ≥ 1, --workers ≥ 0, --length ≥ 3")
         }
     }
 
@@ -63,6 +65,8 @@ struct BenchTrainCommand: ParsableCommand {
             targets.append([1] + (0..<(length - 2)).map { _ in Int32(4 + g.nextInt(below: 7996)) } + [2])
         }
         let batch = Seq2SeqBatch(sources: sources, targets: targets, pad: 0, taskLabels: (0..<sentences).map { $0 % tasks })
+        var liveness = benchLiveness
+        liveness.heartbeatLiveness = heartbeatLiveness
         let targetTokens = Int(batch.targetMask.reduce(0, +)), allTokens = targetTokens + Int(batch.sourceMask.reduce(0, +))
 
         var cases: [(label: String, key: String, runtime: ExpertRuntime)] = [
@@ -72,7 +76,7 @@ struct BenchTrainCommand: ParsableCommand {
         if workers > 0 {
             writeStandardError("thor bench train: starting \(workers) workers")
             cases.append(("\(workers) workers (ipc, \(workerThreads) thread\(workerThreads == 1 ? "" : "s") each)", "distributed",
-                          try ExpertRuntime(configuration: config, workers: workers, threads: workerThreads, liveness: benchLiveness)))
+                          try ExpertRuntime(configuration: config, workers: workers, threads: workerThreads, liveness: liveness)))
         }
         defer { for c in cases { c.runtime.shutdown() } }
         let models = try cases.map { try TranslationModel(configuration: config, backend: $0.runtime.backend) }
@@ -110,7 +114,13 @@ struct BenchTrainCommand: ParsableCommand {
         report.set("target_tokens_per_step", targetTokens)
         report.set("blas_core", BLASCore.loaded)
         report.set("expert_threads", threads)
-        if workers > 0 { report.set("worker_threads", workerThreads) }
+        if workers > 0 {
+            report.set("worker_threads", workerThreads)
+            // How close the workers came to being declared lost (the liveness window is heartbeat_liveness × 0.25 s).
+            report.set("heartbeat_liveness", heartbeatLiveness)
+            let silence = cases.last?.runtime.cluster?.coordinator.longestSilence.values.max() ?? 0
+            report.set("longest_worker_silence_s", (silence * 1000).rounded() / 1000)
+        }
         try report.emit(json: output.json, csvPath: output.csv)
     }
 }
