@@ -30,7 +30,7 @@ struct BenchTrainCommand: ParsableCommand {
     var workerThreads = 2
     @Option(help: "Sentences per batch.") var sentences = 32
     @Option(help: "Tokens per sentence, each side.") var length = 32
-    @Option(help: "Missed heartbeats (0.25 s each) after which a worker counts as lost (default 20: the bench times steps, it does not test fault handling; 3 is `thor train`'s window before 2026-12-02 15:00).")
+    @Option(help: "Missed heartbeats (0.25 s each) after which a worker counts as lost (default 20: the bench times steps, it does not test fault handling; `thor train` uses 5). The JSON's longest_worker_silence_s says how close the workers came.")
     var heartbeatLiveness = benchLiveness.heartbeatLiveness
 
     func validate() throws {
@@ -134,6 +134,7 @@ private func writeStandardError(_ line: String) {
 /// workers were seen silent for 0.75–0.8 s at once (4 CPU hogs: 5 of 12 `bench train` runs lost
 /// their workers at step 1 with the default 3 × 0.25 s), which ends a bench run; so the benches,
 /// like the scaling sweep (`ScalingConfiguration.heartbeatLiveness`), allow 20 missed beats (5 s).
+/// (The cause, beats queued behind large replies, is fixed by `BeatChannel`; the 20 stay as a margin.)
 let benchLiveness: ExpertRuntime.Liveness = {
     var l = ExpertRuntime.Liveness()
     l.heartbeatLiveness = ScalingConfiguration.heartbeatLiveness
