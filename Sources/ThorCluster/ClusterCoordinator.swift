@@ -126,6 +126,9 @@ public final class ClusterCoordinator {
     public private(set) var joined: [String] = []
     /// Refusals sent so far (duplicate ids), newest last.
     public private(set) var refusals: [String] = []
+    /// The longest silence of each worker its liveness check saw while the coordinator waited
+    /// on it (seconds since its last sign of life): how close it came to `livenessWindow`.
+    public private(set) var longestSilence: [String: Double] = [:]
 
     private var nextRequestID: UInt64 = 1
     private var routes: [String: String] = [:]          // worker id → routing id
@@ -471,6 +474,7 @@ public final class ClusterCoordinator {
                 for w in waitingOn { sendBeat(to: w) }
             }
             for w in waitingOn where lost[w] == nil {
+                if let h = lastHeard[w] { longestSilence[w] = max(longestSilence[w] ?? 0, t - h) }
                 if let h = lastHeard[w], t - h > livenessWindow {
                     declareLost(w, reason: "missed \(heartbeatLiveness) heartbeats (silent for \(decimal(t - h, 2)) s)")
                 }
@@ -588,7 +592,10 @@ public final class ClusterCoordinator {
         }
         let arrivalTime = monotonicSeconds()
         guard frames.count >= 2 else { return .handled }  // not a thor worker
-        let route = frames[0].string
+        // A worker's beat connection (`BeatChannel`) speaks for the worker of the data routing id it names.
+        var route = frames[0].string
+        let onBeatChannel = BeatChannel.dataRoute(of: route)
+        if let dataRoute = onBeatChannel { route = dataRoute }
         counters.bytesReceived += frames.dropFirst().reduce(0) { $0 + $1.count }
         let t0 = monotonicSeconds()
         var decoded = try? WireCodec.decode(frames: frames.dropFirst(), maxFrameBytes: maxFrameBytes)
@@ -602,6 +609,10 @@ public final class ClusterCoordinator {
             return .handled
         }
         let seconds = monotonicSeconds() - t0
+        if onBeatChannel != nil {
+            // Only beats travel there: anything else on it is not a worker's word.
+            guard envelope.requestID == 0, case .heartbeat = envelope.message else { return .handled }
+        }
         if case .register(let r) = envelope.message {
             guard r.routingID == route, !r.workerID.isEmpty, !isCut(r.workerID) else { return .handled }
             if let old = registrations[r.workerID], old.incarnation != r.incarnation, lost[r.workerID] == nil {

@@ -141,6 +141,9 @@ public final class ExpertWorker: @unchecked Sendable {
         if let s = options.security { try socket.makeCurveClient(keyPair: s.keyPair, serverPublicKey: s.serverPublicKey) }
         let monitor = try socket.monitor(events: [.handshakeSucceeded, .disconnected, .handshakeFailedAuth, .handshakeFailedProtocol])
         defer { monitor.close() }
+        // Beats also go out on a connection of their own, where they never wait behind a reply in flight.
+        let beats = try connectBeatChannel(context: context)
+        defer { beats.close() }
         // The compute thread's end of the request pipe.
         let pipeEndpoint = "inproc://thor-worker-compute-\(incarnation)"
         let pipe = try Socket(context: context, type: .pair)
@@ -204,8 +207,11 @@ public final class ExpertWorker: @unchecked Sendable {
                 nextBeat = monotonicSeconds() + options.heartbeatInterval
                 if connected {
                     beat += 1
-                    try send(Envelope(requestID: 0, sender: options.workerID, session: status.session,
-                                      message: .heartbeat(sequence: beat, sentUnixNanos: unixNanoseconds())), on: socket)
+                    let e = Envelope(requestID: 0, sender: options.workerID, session: status.session,
+                                     message: .heartbeat(sequence: beat, sentUnixNanos: unixNanoseconds()))
+                    try send(e, on: socket)
+                    try? beats.send(WireCodec.encode(e).zmqFrames(), dontWait: true)
+                    while (try? beats.receive(timeout: 0)) != nil {}  // nothing is sent to it; never let it pile up
                 }
             }
             if let s = signals?.received { return .signal(s) }
@@ -215,6 +221,26 @@ public final class ExpertWorker: @unchecked Sendable {
                                      : .neverConnected(endpoint: options.endpoint, seconds: options.orphanTimeout)
             }
         }
+    }
+
+    /// The beat connection (`BeatChannel`): a DEALER with the data connection's settings, connected to the
+    /// coordinator's endpoint, on which the I/O thread sends only its liveness beats.
+    private func connectBeatChannel(context: ZMQContext) throws -> Socket {
+        let beats = try Socket(context: context, type: .dealer)
+        do {
+            try beats.setRoutingID(BeatChannel.route(forDataRoute: Registration.routingID(workerID: options.workerID, incarnation: incarnation)))
+            try beats.setHighWaterMarks(send: 64, receive: 64)  // a beat not sent while disconnected is worth nothing later
+            try beats.setReconnectInterval(milliseconds: 100)
+            try beats.setHeartbeat(interval: options.heartbeatInterval,
+                                   timeout: options.heartbeatInterval * Double(max(1, options.heartbeatLiveness)))
+            try beats.setMaxMessageSize(64 * 1024)
+            if let s = options.security { try beats.makeCurveClient(keyPair: s.keyPair, serverPublicKey: s.serverPublicKey) }
+            try beats.connect(options.endpoint)
+        } catch {
+            beats.close()
+            throw error
+        }
+        return beats
     }
 
     /// Why the coordinator's security handshake turned this worker away, if `event` says so

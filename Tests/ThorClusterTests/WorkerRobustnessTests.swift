@@ -17,6 +17,8 @@ final class RawCoordinator {
     let workerID: String
     /// The worker's ZeroMQ routing id (`workerID#incarnation`), learned from its Register.
     var route = ""
+    /// The routing ids liveness beats (request id 0) arrived from.
+    var beatRoutes: Set<String> = []
     var nextID: UInt64 = 100
 
     init(workerID: String = "victim", arguments: [String]) throws {
@@ -49,12 +51,17 @@ final class RawCoordinator {
             let frames = try XCTUnwrap(router.receive(timeout: 20), "no reply from the worker")
             XCTAssertGreaterThanOrEqual(frames.count, 2)
             XCTAssertTrue(frames[0].string.hasPrefix(workerID + "#"), frames[0].string)
-            route = frames[0].string
             let e: Envelope
             do { e = try WireCodec.decode(frames: frames.dropFirst()) } catch {
                 XCTFail("undecodable reply \(frames[1].array): \(error)"); throw error
             }
-            if case .heartbeat = e.message, e.requestID == 0 { continue }
+            if case .heartbeat = e.message, e.requestID == 0 {
+                beatRoutes.insert(frames[0].string)
+                continue
+            }
+            // Only beats come from the worker's beat connection (`BeatChannel`); the rest names its data route.
+            XCTAssertNil(BeatChannel.dataRoute(of: frames[0].string), "\(e.message.name) on the beat connection")
+            route = frames[0].string
             return e
         }
     }

@@ -18,7 +18,9 @@ struct WorkerCommand: ParsableCommand {
         an Error reply naming the problem and changes nothing.
 
         It sends a liveness beat every --heartbeat-interval, also while computing \
-        (a busy worker is alive, a silent one is dead). When its coordinator goes \
+        (a busy worker is alive, a silent one is dead), on its data connection and on \
+        a second connection that carries only beats (so that a beat never waits behind \
+        a large reply crossing the data connection). When its coordinator goes \
         away it keeps its experts and re-registers with whichever coordinator session \
         answers at the endpoint. It exits on Shutdown, on SIGTERM/SIGINT, when \
         --parent-pid is given and that process is gone, after being disconnected \
