@@ -296,6 +296,10 @@ public final class ClusterCoordinator {
         var pending: [UInt64: Int] = [:]
         var sentAt: [UInt64: Double] = [:]
         var attempts: [UInt64: Int] = [:]
+        // The process (incarnation) each request was sent to: only it owes the reply. A worker
+        // that registered again as a new process during the exchange holds none of that state.
+        var owedBy: [UInt64: UInt64] = [:]
+        func replaced(_ id: UInt64, _ i: Int) -> Bool { registrations[requests[i].worker]?.incarnation != owedBy[id] }
         var held: [(at: Double, id: UInt64)] = []  // delayed by the injector
         var replyFaults: [UInt64: FaultAction] = [:]  // the injector's faults on replies, by request id
         var heldReplies: [(at: Double, reply: (UInt64, String, WireMessage, Double))] = []
@@ -335,7 +339,7 @@ public final class ClusterCoordinator {
         }
         /// Sends request `id` again (same id: the worker answers a repeat from its reply cache).
         func resend(_ id: UInt64, why: String) throws {
-            guard let i = pending[id], lost[requests[i].worker] == nil else { return }
+            guard let i = pending[id], lost[requests[i].worker] == nil, !replaced(id, i) else { return }
             attempts[id, default: 0] += 1
             onResend?(requests[i].worker, operation, why)
             _ = try send(i, id: id, action: .none)
@@ -349,6 +353,7 @@ public final class ClusterCoordinator {
             nextRequestID += 1
             let action = faultHook?(FaultPoint(step: currentStep, phase: phase, layer: layer, worker: r.worker, operation: operation)) ?? .none
             pending[id] = i
+            owedBy[id] = registrations[r.worker]?.incarnation
             if action != .none, action.sendsRequest { replyFaults[id] = action }
             if case .delay(let seconds) = action {
                 held.append((at: monotonicSeconds() + seconds, id: id))
@@ -395,7 +400,7 @@ public final class ClusterCoordinator {
                 break
             }
             // Requests the injector held back go out when their time comes.
-            for h in held where h.at <= now && pending[h.id] != nil { _ = try send(pending[h.id]!, id: h.id, action: .none) }
+            for h in held where h.at <= now && pending[h.id] != nil && !replaced(h.id, pending[h.id]!) { _ = try send(pending[h.id]!, id: h.id, action: .none) }
             held.removeAll { $0.at <= now }
             // Drain everything queued before judging liveness: after a long busy stretch of the
             // coordinator, a worker's recent beats may sit behind other frames.
@@ -461,7 +466,7 @@ public final class ClusterCoordinator {
             let retryAfter = deadlines.retryAfter(for: operation)
             let tr = monotonicSeconds()
             for (id, i) in pending where tr - (sentAt[id] ?? tr) > retryAfter && attempts[id, default: 0] < maxResends
-                && lost[requests[i].worker] == nil {
+                && lost[requests[i].worker] == nil && !replaced(id, i) {
                 try resend(id, why: "no reply after \(decimal(tr - sentAt[id]!, 2)) s")
             }
             // Liveness both ways: beat to the workers we wait on; a silent or exited one is dead.
@@ -479,8 +484,10 @@ public final class ClusterCoordinator {
                     declareLost(w, reason: "missed \(heartbeatLiveness) heartbeats (silent for \(decimal(t - h, 2)) s)")
                 }
             }
-            for (id, i) in pending where lost[requests[i].worker] != nil {
-                outcomes[i] = .lost(lost[requests[i].worker]!.reason)
+            for (id, i) in pending where lost[requests[i].worker] != nil || replaced(id, i) {
+                // Lost, or declared lost and already back as a new process (its registration cleared
+                // the mark): either way the process that owed this reply is gone.
+                outcomes[i] = .lost(lost[requests[i].worker]?.reason ?? "restarted as a new process while \(operation) was pending")
                 pending[id] = nil
             }
         }
