@@ -127,6 +127,21 @@ enum ScalingRateProbe {
         return Double(p.count) / t
     }
 
+    /// Binds `socket` on this host for a bench's own links: an ipc socket in a new temporary
+    /// directory named after `name` (returned; the caller removes it) or a loopback tcp port (nil).
+    static func bindLoopback(_ socket: Socket, _ transport: LocalCluster.Transport, name: String) throws -> String? {
+        switch transport {
+        case .ipc:
+            let dir = NSTemporaryDirectory() + "\(name)-\(getpid())-\(UInt32.random(in: 0..<UInt32.max))"
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            try socket.bind("ipc://\(dir)/s")
+            return dir
+        case .tcp:
+            try socket.bind("tcp://127.0.0.1:*")
+            return nil
+        }
+    }
+
     /// One-way latency (64-byte ping-pong, best round trip / 2), bandwidth (1 MiB ping-pong:
     /// bytes / (best round trip / 2 − latency)) and the send path's cost per request (WireCodec
     /// encode + the send call of a forward request of 8 batches, best case) between two ZeroMQ
@@ -135,16 +150,7 @@ enum ScalingRateProbe {
         let context = try ZMQContext()
         let a = try Socket(context: context, type: .pair)
         defer { a.close() }
-        var directory: String? = nil
-        switch transport {
-        case .ipc:
-            let dir = NSTemporaryDirectory() + "thor-link-\(getpid())-\(UInt32.random(in: 0..<UInt32.max))"
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-            directory = dir
-            try a.bind("ipc://\(dir)/s")
-        case .tcp:
-            try a.bind("tcp://127.0.0.1:*")
-        }
+        let directory = try bindLoopback(a, transport, name: "thor-link")
         defer { if let directory { try? FileManager.default.removeItem(atPath: directory) } }
         return try pingPong(a, name: transport.rawValue, echoContext: context, namespace: nil)
     }

@@ -28,16 +28,7 @@ struct TransportFloor {
         defer { router.close() }
         try router.setRouterMandatory(true)
         try router.setHighWaterMarks(send: 0, receive: 0)
-        var directory: String? = nil
-        switch transport {
-        case .ipc:
-            let dir = NSTemporaryDirectory() + "thor-floor-\(getpid())-\(UInt32.random(in: 0..<UInt32.max))"
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-            directory = dir
-            try router.bind("ipc://\(dir)/s")
-        case .tcp:
-            try router.bind("tcp://127.0.0.1:*")
-        }
+        let directory = try ScalingRateProbe.bindLoopback(router, transport, name: "thor-floor")
         defer { if let directory { try? FileManager.default.removeItem(atPath: directory) } }
         let endpoint = try router.lastEndpoint()
 
