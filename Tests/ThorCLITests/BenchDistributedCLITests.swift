@@ -73,6 +73,13 @@ final class BenchTrainCLITests: XCTestCase {
             XCTAssertEqual(json["worker_threads"] as? Int, threads, "\(extra)")
             XCTAssertEqual(json["distributed_losses_bit_identical"] as? Bool, true, "\(extra)")
             XCTAssertGreaterThan(json["distributed_ms_per_step"] as? Double ?? 0, 0, r.stdout)
+            // Every timed step is listed; the best of them is the reported figure.
+            for key in ["in_process", "distributed"] {
+                let each = try XCTUnwrap(json["\(key)_ms_per_step_each"] as? [Double], r.stdout)
+                XCTAssertEqual(each.count, 1, "--repeats 1")
+                XCTAssertEqual(each.min(), json["\(key)_ms_per_step"] as? Double, r.stdout)
+                XCTAssertEqual(json["\(key)_ms_per_step_median"] as? Double, each[0], r.stdout)
+            }
         }
         let bad = try Thor.run(tiny + ["--worker-threads", "0"])
         XCTAssertNotEqual(bad.status, 0)

@@ -20,6 +20,19 @@ struct BenchReport {
         if let i = fields.firstIndex(where: { $0.0 == key }) { fields[i].1 = value } else { fields.append((key, value)) }
     }
 
+    /// Every timed repetition of a case (`<key>_each`, milliseconds in run order) and their
+    /// median (`<key>_median`), beside the best one a bench reports: a reader can tell one slow
+    /// repetition from a slow machine.
+    mutating func setRepetitions(_ key: String, seconds: [Double]) {
+        let ms = seconds.map { ($0 * 10000).rounded() / 10 }
+        set(key + "_each", ms)
+        let sorted = ms.sorted()
+        if !sorted.isEmpty {
+            let median = sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+            set(key + "_median", (median * 10).rounded() / 10)
+        }
+    }
+
     /// The table as aligned text.
     func table() -> String {
         let header = [""] + columns

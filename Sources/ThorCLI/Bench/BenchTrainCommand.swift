@@ -83,13 +83,14 @@ struct BenchTrainCommand: ParsableCommand {
         var steps = [Int](repeating: 0, count: cases.count)
         var losses = [[Double]](repeating: [], count: cases.count)
         var best = [Double](repeating: .infinity, count: cases.count)
+        var timed = [[Double]](repeating: [], count: cases.count)  // every timed step, in order
         for round in 0...output.repeats {
             for (i, model) in models.enumerated() {
                 let t0 = MonotonicClock.seconds()
                 steps[i] += 1
                 losses[i].append(try Trainer.optimizerStep(model, on: batch, step: steps[i]).loss)
                 let t = MonotonicClock.seconds() - t0
-                if round > 0 { best[i] = min(best[i], t) }  // round 0 warms up
+                if round > 0 { best[i] = min(best[i], t); timed[i].append(t) }  // round 0 warms up
                 writeStandardError("thor bench train: \(cases[i].key) step \(steps[i]): \(String(format: "%.3f", t)) s")
             }
         }
@@ -105,6 +106,7 @@ struct BenchTrainCommand: ParsableCommand {
             report.set("\(c.key)_ms_per_step", (best[i] * 10000).rounded() / 10)
             report.set("\(c.key)_target_tokens_per_s", (rate * 10).rounded() / 10)
             report.set("\(c.key)_tokens_per_s", (Double(allTokens) / best[i] * 10).rounded() / 10)
+            report.setRepetitions(c.key + "_ms_per_step", seconds: timed[i])
         }
         if cases.count > 1 {
             report.set("distributed_over_in_process", ((best[0] / best[1]) * 1000).rounded() / 1000)
