@@ -44,7 +44,7 @@ let package = Package(
 
         .target(name: "ThorTensor", dependencies: ["CBLAS", "CThorKernels"], swiftSettings: optimize),
         .target(name: "ThorExperts", dependencies: ["ThorTensor"], swiftSettings: optimize),
-        .target(name: "ThorModel", dependencies: ["ThorTensor", "ThorExperts"], swiftSettings: optimize),
+        .target(name: "ThorModel", dependencies: ["ThorTensor", "ThorExperts", "CThorKernels"], swiftSettings: optimize),
         .target(name: "ThorData", dependencies: ["ThorTensor", "CSQLite", .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: optimize),
         .target(name: "ThorCheckpoint", dependencies: ["ThorTensor", .product(name: "Crypto", package: "swift-crypto")],

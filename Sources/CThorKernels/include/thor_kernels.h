@@ -14,4 +14,20 @@ void thor_adam_update(float *w, float *g, float *m, float *v, long count,
                       float lr, float clip, float b1, float b2, float c1, float c2,
                       float eps, float decay);
 
+/// e^x with exactly the bits of glibc's `expf` (its x86-64 FMA variant, glibc ≥ 2.28) for every
+/// float, NaN, ±inf, overflow (+inf) and underflow (+0, or 2^-149 just above log 2^-150) included,
+/// on any x86-64 CPU (expf.c; checked over all 2^32 inputs). Not rounding-mode aware (nearest
+/// only) and does not set errno.
+float thor_expf(float x);
+
+/// out[i] = thor_expf(x[i]) for i < count, vectorized (AVX-512, AVX2 + FMA or baseline clone).
+void thor_expf_array(const float *x, float *out, long count);
+
+/// out[i] = thor_expf(x[i] − shift), the subtraction rounded to float first (as Swift's
+/// `expf(x[i] - shift)`). `x` and `out` must not overlap; see `thor_expf_shifted_in_place`.
+void thor_expf_shifted(const float *x, float shift, float *out, long count);
+
+/// x[i] = thor_expf(x[i] − shift) in place.
+void thor_expf_shifted_in_place(float *x, float shift, long count);
+
 #endif

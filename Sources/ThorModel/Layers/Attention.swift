@@ -1,5 +1,6 @@
 import Dispatch
 import ThorTensor
+import CThorKernels
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -62,8 +63,11 @@ public enum AttentionKernel {
                     if j >= visible || (m != nil && m![j] == 0) { row[j] = -Float.infinity } else { mx = max(mx, row[j]) }
                 }
                 if mx == -Float.infinity { row.update(repeating: 0, count: tk); continue }
+                // mx > −inf here, so a hidden entry gives expf(−inf − mx) = +0: glibc's `expf` bits,
+                // vectorized (CThorKernels); the sum stays in index order.
+                thor_expf_shifted_in_place(row, mx, tk)
                 var sum: Float = 0
-                for j in 0..<tk { let e = row[j] == -Float.infinity ? 0 : expf(row[j] - mx); row[j] = e; sum += e }
+                for j in 0..<tk { sum += row[j] }
                 let inv = 1 / sum
                 for j in 0..<tk { row[j] *= inv }
             }

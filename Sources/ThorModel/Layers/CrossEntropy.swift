@@ -1,4 +1,5 @@
 import ThorTensor
+import CThorKernels
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -31,12 +32,16 @@ public enum CrossEntropy {
         n: Int, vocabularySize v: Int, smoothing eps: Float
     ) -> CrossEntropyResult {
         var total = 0.0, nll = 0.0, count = 0
+        // One row of exponentials at a time (`thor_expf_shifted`: glibc's `expf` bits, vectorized).
+        let e = UnsafeMutablePointer<Float>.allocate(capacity: max(v, 1))
+        defer { e.deallocate() }
         for r in 0..<n where mask[r] != 0 {
             let row = logits + r * v
             var mx = -Float.infinity
             for j in 0..<v { mx = max(mx, row[j]) }
+            thor_expf_shifted(row, mx, e, v)
             var sumExp = 0.0, sumLogits = 0.0
-            for j in 0..<v { sumExp += Double(expf(row[j] - mx)); sumLogits += Double(row[j]) }
+            for j in 0..<v { sumExp += Double(e[j]); sumLogits += Double(row[j]) }
             let logZ = Double(mx) + log(sumExp)
             let logpTarget = Double(row[Int(targets[r])]) - logZ
             let sumLogp = sumLogits - Double(v) * logZ
@@ -52,7 +57,7 @@ public enum CrossEntropy {
     /// `e_j = exp(logit_j − max)` in `exponentials` [n, V] and `1 / Σ_j e_j` (summed in Float, in
     /// index order, as `backward` sums it) in `inverseSums` [n]; pad rows of both are not written.
     /// Rows run on up to `threads` threads; the per-row terms are added in row order, so the
-    /// result has the same bits as `forward` for any `threads`.
+    /// result has the same bits as `forward` for any `threads`. `exponentials` must not overlap `logits`.
     public static func forward(
         logits: UnsafePointer<Float>, targets: UnsafePointer<Int32>, mask: UnsafePointer<Float>,
         n: Int, vocabularySize v: Int, smoothing eps: Float,
@@ -66,11 +71,13 @@ public enum CrossEntropy {
                 let row = logits + r * v, e = exponentials + r * v
                 var mx = -Float.infinity
                 for j in 0..<v { mx = max(mx, row[j]) }
+                // e_j = expf(logit_j − max) with glibc's bits, vectorized (CThorKernels); the sums
+                // below stay in index order.
+                thor_expf_shifted(row, mx, e, v)
                 var sumExp = 0.0, sumLogits = 0.0
                 var floatSum: Float = 0
                 for j in 0..<v {
-                    let x = expf(row[j] - mx)
-                    e[j] = x
+                    let x = e[j]
                     floatSum += x
                     sumExp += Double(x); sumLogits += Double(row[j])
                 }
@@ -130,8 +137,13 @@ public enum CrossEntropy {
             if mask[r] == 0 { out.update(repeating: 0, count: v); continue }
             var mx = -Float.infinity
             for j in 0..<v { mx = max(mx, row[j]) }
+            if UnsafePointer(out) == row {
+                thor_expf_shifted_in_place(out, mx, v)
+            } else {
+                thor_expf_shifted(row, mx, out, v)
+            }
             var sumExp: Float = 0
-            for j in 0..<v { let e = expf(row[j] - mx); out[j] = e; sumExp += e }
+            for j in 0..<v { sumExp += out[j] }
             let inv = 1 / sumExp
             for j in 0..<v { out[j] = k * (out[j] * inv - uniform) }
             out[Int(targets[r])] -= k * (1 - eps)
