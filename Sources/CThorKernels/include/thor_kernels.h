@@ -30,4 +30,10 @@ void thor_expf_shifted(const float *x, float shift, float *out, long count);
 /// x[i] = thor_expf(x[i] − shift) in place.
 void thor_expf_shifted_in_place(float *x, float shift, long count);
 
+/// The running maximum `m = −inf; for i in 0..<count { m = x[i] >= m ? x[i] : m }` (Swift's
+/// `max(m, x[i])` in index order), vectorized with the same bits for every input: the largest
+/// non-NaN element (NaNs are skipped; −inf if there is none), and for a zero maximum the sign of the
+/// last zero (running_max.c).
+float thor_running_max(const float *x, long count);
+
 #endif

@@ -37,8 +37,7 @@ public enum CrossEntropy {
         defer { e.deallocate() }
         for r in 0..<n where mask[r] != 0 {
             let row = logits + r * v
-            var mx = -Float.infinity
-            for j in 0..<v { mx = max(mx, row[j]) }
+            let mx = thor_running_max(row, v)
             thor_expf_shifted(row, mx, e, v)
             var sumExp = 0.0, sumLogits = 0.0
             for j in 0..<v { sumExp += Double(e[j]); sumLogits += Double(row[j]) }
@@ -69,8 +68,7 @@ public enum CrossEntropy {
         Parallel.forEachRange(n, threads: threads, minimumChunk: 16) { rows in
             for r in rows where mask[r] != 0 {
                 let row = logits + r * v, e = exponentials + r * v
-                var mx = -Float.infinity
-                for j in 0..<v { mx = max(mx, row[j]) }
+                let mx = thor_running_max(row, v)  // `max(mx, row[j])` in index order, vectorized
                 // e_j = expf(logit_j − max) with glibc's bits, vectorized (CThorKernels); the sums
                 // below stay in index order.
                 thor_expf_shifted(row, mx, e, v)
@@ -135,8 +133,7 @@ public enum CrossEntropy {
         for r in 0..<n {
             let row = logits + r * v, out = dlogits + r * v
             if mask[r] == 0 { out.update(repeating: 0, count: v); continue }
-            var mx = -Float.infinity
-            for j in 0..<v { mx = max(mx, row[j]) }
+            let mx = thor_running_max(row, v)
             if UnsafePointer(out) == row {
                 thor_expf_shifted_in_place(out, mx, v)
             } else {
