@@ -1,6 +1,8 @@
 #ifndef THOR_KERNELS_H
 #define THOR_KERNELS_H
 
+#include <stdint.h>
+
 /// Elementwise kernels that Swift does not vectorize well, compiled as plain C with -O3
 /// (-fno-math-errno so that sqrtf becomes a vector square root; -ffp-contract=off so that no
 /// multiply and add fuse). Every operation is a single correctly rounded IEEE operation in the
@@ -35,5 +37,10 @@ void thor_expf_shifted_in_place(float *x, float shift, long count);
 /// non-NaN element (NaNs are skipped; −inf if there is none), and for a zero maximum the sign of the
 /// last zero (running_max.c).
 float thor_running_max(const float *x, long count);
+
+/// A dropout mask from a SplitMix64 generator in state `state` (ThorTensor's `RandomGenerator`):
+/// mask[i] = u_i < rate ? 0 : keep, u_i = (draw i+1 >> 40) · 2^-24, the draws `nextFloat()` makes
+/// one by one; vectorized (dropout.c). The caller advances its generator by `count`.
+void thor_dropout_mask(float *mask, long count, uint64_t state, float rate, float keep);
 
 #endif

@@ -1,4 +1,5 @@
 import ThorTensor
+import CThorKernels
 import ThorExperts
 
 /// The context gate of one MoE layer (SPEC §2.5):
@@ -41,10 +42,16 @@ public final class ContextGate {
         gemm(m: n, n: d, k: d, a: h, b: wh, beta: 1, c: g)
         // Rows are independent: split over the BLAS thread count (same bits for any split).
         Parallel.forEachRange(n, threads: BLASThreads.current, minimumChunk: 64) { rows in
+            // σ(x) = 1 / (1 + expf(−x)) as `FeedForward.sigmoid`, the exponentials of a row at once
+            // (vectorized, glibc's `expf` bits: −x − 0 = −x for every x).
+            let e = UnsafeMutablePointer<Float>.allocate(capacity: d)
+            defer { e.deallocate() }
             for t in rows {
                 let gt = g + t * d, ct = c + (t / l) * d, htt = ht + t * d, hh = h + t * d
+                for j in 0..<d { e[j] = -gt[j] }
+                thor_expf_shifted_in_place(e, 0, d)
                 for j in 0..<d {
-                    let s = FeedForward.sigmoid(gt[j])
+                    let s = 1 / (1 + e[j])
                     gt[j] = s
                     htt[j] = s * hh[j] + (1 - s) * ct[j]
                 }
