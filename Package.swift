@@ -37,8 +37,9 @@ let package = Package(
                 cSettings: [.unsafeFlags(["-O2"])],
                 linkerSettings: [.linkedLibrary("protobuf-c")]),
 
-        // Elementwise C kernels Swift does not vectorize (Adam's square root): -O3, vector sqrt,
-        // no fused multiply-add, so the same bits as the plain Swift expression.
+        // Elementwise C kernels Swift does not vectorize (Adam's square root, glibc's expf bit for bit,
+        // a row maximum, dropout draws): -O3, vector sqrt, no implicit fused multiply-add (expf's
+        // fma calls are explicit), so the same bits as the plain Swift loops they replace.
         .target(name: "CThorKernels",
                 cSettings: [.unsafeFlags(["-O3", "-fno-math-errno", "-ffp-contract=off"])]),
 

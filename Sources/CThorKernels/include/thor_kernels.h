@@ -5,8 +5,10 @@
 
 /// Elementwise kernels that Swift does not vectorize well, compiled as plain C with -O3
 /// (-fno-math-errno so that sqrtf becomes a vector square root; -ffp-contract=off so that no
-/// multiply and add fuse). Every operation is a single correctly rounded IEEE operation in the
-/// order written, so the results have the same bits as the same expression in Swift.
+/// multiply and add fuse unless the source calls `fma`, as expf.c does where glibc fuses). Every
+/// operation is a single correctly rounded IEEE operation in the order written, so the results
+/// have the same bits as the same expression in Swift (or, for `thor_expf`, as glibc's `expf`),
+/// whichever clone (AVX-512, AVX2 + FMA, baseline) the loader picks.
 
 /// One Adam step on `count` elements (Kingma & Ba with bias correction, AdamW decay):
 ///   g' = clip·g;  m = b1·m + (1−b1)·g';  v = b2·v + (1−b2)·g'·g'
