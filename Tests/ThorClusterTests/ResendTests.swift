@@ -13,8 +13,8 @@ import Glibc
 /// serving, or a reply they say is on its way, is not sent again however long it takes; a request
 /// the worker never got still is.
 final class ResendTests: XCTestCase {
-    /// Worker "w0" played by a raw DEALER in a thread: registers, beats every `interval` on its
-    /// data connection reporting what it holds (`Envelope.progress`, as `thor worker` does), and
+    /// Worker "w0" played by raw DEALERs in a thread: registers, beats every `interval` on its
+    /// beat connection reporting what it holds (`Envelope.progress`, as `thor worker` does), and
     /// answers Export requests with a state of `floats` floats after `compute` seconds, the reply then
     /// held back `inTransit` seconds (a slow link: the beats already say it was answered).
     /// With `dropFirst`, the first Export is ignored without a trace (lost on the way).
@@ -45,6 +45,11 @@ final class ResendTests: XCTestCase {
             try data.setRoutingID(registration.routingID)
             try data.setHighWaterMarks(send: 0, receive: 0)
             try data.connect(endpoint)
+            // Beats on a connection of their own (`BeatChannel`, as `thor worker`): never behind the 108 MB reply.
+            let beats = try Socket(context: context, type: .dealer)
+            defer { beats.close() }
+            try beats.setRoutingID(BeatChannel.route(forDataRoute: registration.routingID))
+            try beats.connect(endpoint)
             func frames(_ id: UInt64, _ m: WireMessage, progress: [RequestProgress] = []) -> [Frame] {
                 WireCodec.encode(Envelope(requestID: id, sender: "w0", message: m, progress: progress)).zmqFrames()
             }
@@ -71,7 +76,7 @@ final class ResendTests: XCTestCase {
                 }
                 if now >= nextBeat {
                     nextBeat = now + interval
-                    try data.send(frames(0, .heartbeat(sequence: 1, sentUnixNanos: 0), progress: progress))
+                    try beats.send(frames(0, .heartbeat(sequence: 1, sentUnixNanos: 0), progress: progress))
                 }
                 guard let got = try data.receive(timeout: 0.005) else { continue }
                 let e = try WireCodec.decode(frames: got[...])
@@ -130,6 +135,39 @@ final class ResendTests: XCTestCase {
         XCTAssertEqual(fake.exports, 2)
         XCTAssertEqual(c.counters.resends, 1, "\(resends)")
         XCTAssertTrue(resends.first?.contains("no reply after") ?? false, "\(resends)")
+    }
+
+    /// A real `thor worker`: after answering a request, its beats name it as answered, with the
+    /// reply's size in bytes, on both its connections (what the coordinator's resend clock reads).
+    func testRealWorkerBeatsNameWhatItAnswered() throws {
+        let raw = try RawCoordinator(workerID: "progress", arguments: ["--heartbeat-interval", "0.05"])
+        defer {
+            raw.stop()
+            XCTAssertTrue(processIsGone(raw.pid), "worker outlived the test")
+        }
+        guard case .register = try raw.receive().message else { return XCTFail("expected Register first") }
+        let spec = ExpertSpec(modelDim: 8, hiddenDim: 16, activation: .gelu, seed: 3)
+        guard case .ack = try raw.call(.assign(Assignment(spec: spec, keys: [ExpertKey(layer: 0, expert: 0)]))).1.message else {
+            return XCTFail("Assign")
+        }
+        let f = WireCodec.encode(Envelope(requestID: 777, sender: "coordinator", session: 0x5e55, message: .exportRequest(keys: [])))
+        guard case .expertStates = try raw.sendRaw(f.zmqFrames()).message else { return XCTFail("Export") }
+        var seen: [String: RequestProgress] = [:]   // route → the entry for request 777
+        let end = MonotonicClock.seconds() + 10
+        while seen.count < 2, MonotonicClock.seconds() < end {
+            guard let frames = try raw.router.receive(timeout: 1), frames.count >= 2,
+                  let e = try? WireCodec.decode(frames: frames.dropFirst()), e.requestID == 0 else { continue }
+            if let p = e.progress.first(where: { $0.requestID == 777 }) { seen[frames[0].string] = p }
+        }
+        XCTAssertEqual(seen.count, 2, "both connections' beats name the request: \(seen)")
+        // 1 expert: 4 tensors, each with 2 Adam moments, as Float32, plus the envelope.
+        let parameters: Int = 8 * 16 + 16 + 16 * 8 + 8
+        let stateBytes = UInt64(3 * 4 * parameters)
+        for (route, p) in seen {
+            XCTAssertEqual(p.session, 0x5e55, route)
+            XCTAssertTrue(p.answered, route)
+            XCTAssertGreaterThan(p.replyBytes, stateBytes, route)
+        }
     }
 
     /// The worker's I/O thread reads the session and request id from an Envelope frame's first
