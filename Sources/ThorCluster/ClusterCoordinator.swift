@@ -164,12 +164,7 @@ public final class ClusterCoordinator {
             }
             try socket.setRouterMandatory(true)
             try socket.setHighWaterMarks(send: 0, receive: 0)
-            // The transport's own PING timeout only for connections dead a long while: libzmq counts only
-            // whole messages as the traffic that answers a PING, so a short timeout closed the data
-            // connection under a large reply still arriving, and the reply was lost with it
-            // (docs/reliability.md, "Resending only what was lost"). Liveness is judged by the beats.
-            try socket.setHeartbeat(interval: heartbeatInterval,
-                                    timeout: max(heartbeatInterval * Double(max(1, heartbeatLiveness)), Self.transportTimeout))
+            try socket.setHeartbeat(interval: heartbeatInterval, timeout: heartbeatInterval * Double(max(1, heartbeatLiveness)))
             try socket.bind(endpoint)
             self.endpoint = try socket.lastEndpoint()
         } catch let e as ZMQError {
@@ -186,10 +181,6 @@ public final class ClusterCoordinator {
         socket.close()
         zap?.stop()
     }
-
-    /// Seconds after which libzmq drops a connection that answered none of its PINGs (ZMTP
-    /// heartbeats; at least the liveness window): longer than any reply takes to arrive.
-    public static let transportTimeout = 60.0
 
     /// Seconds of silence after which a worker is dead.
     public var livenessWindow: Double { heartbeatInterval * Double(max(1, heartbeatLiveness)) }

@@ -96,14 +96,16 @@ final class ResendTests: XCTestCase {
     }
 
     private func coordinator() throws -> ClusterCoordinator {
-        let c = try ClusterCoordinator(bind: "tcp://127.0.0.1:*", heartbeatInterval: 0.05, heartbeatLiveness: 4)
+        // A 2 s liveness window: libzmq's PING timeout (the same window) must not drop the data
+        // connection while the 108 MB reply crosses it (docs/reliability.md, "Left: …").
+        let c = try ClusterCoordinator(bind: "tcp://127.0.0.1:*", heartbeatInterval: 0.1, heartbeatLiveness: 20)
         c.deadlines.initialRetry = 0.3   // a short retry: anything slower than 0.3 s was resent before beats told progress
         return c
     }
 
     /// A 100+ MB Export that the worker computes for 1 s and whose reply then takes 1 s more to
-    /// arrive (its beats say so all along) is sent once. Without progress in the beats, the
-    /// coordinator sent it again every 0.3 s (3 times; fails with exports == 4).
+    /// arrive (its beats, every 0.05 s, say so all along) is sent once. Without progress in the
+    /// beats, the coordinator sent it again every 0.3 s (3 times; fails with exports == 4).
     func testLargeSlowExportIsSentOnce() throws {
         let c = try coordinator()
         var resends: [String] = []
