@@ -269,6 +269,9 @@ public final class ClusterCoordinator {
         var sentAt: [UInt64: Double] = [:]
         var attempts: [UInt64: Int] = [:]
         var clocks: [UInt64: ResendClock] = [:], requestBytes: [UInt64: Int] = [:], resendCount = 0
+        // Bytes sent to each worker in this exchange so far: a request crosses its connection after
+        // those before it (a Step behind a 50 MB ApplyGradients), so its clock allows for them all.
+        var bytesTo: [String: Int] = [:]
         heardProgress.removeAll(); reconnected.removeAll()
         // The process (incarnation) each request was sent to: only it owes the reply. A worker
         // that registered again as a new process during the exchange holds none of that state.
@@ -298,7 +301,8 @@ public final class ClusterCoordinator {
                                                   shard: Self.shard(of: r.message, shard)), dtype: dtype)
             if action == .corrupt, let p = frame.pointer { FaultInjector.corrupt(UnsafeMutableRawBufferPointer(start: p, count: frame.count)) }
             counters.bytesSent += frame.totalCount
-            clocks[id] = ResendClock(sentAt: sentAt[id]!, bytes: frame.totalCount)
+            bytesTo[r.worker, default: 0] += frame.totalCount
+            clocks[id] = ResendClock(sentAt: sentAt[id]!, bytes: bytesTo[r.worker]!)
             requestBytes[id] = frame.totalCount
             let sendStart = monotonicSeconds()
             defer { sendSeconds += monotonicSeconds() - sendStart }

@@ -6,7 +6,9 @@ import ThorWire
 /// A ZeroMQ connection loses no message while it holds, so a resend helps only when a message was
 /// lost: a dropped connection (then the worker registers again and everything it owed is resent at
 /// once) or a fault injector's drop. The clock runs from the last evidence about the request:
-/// - sent: `base` plus the time its bytes need on the link;
+/// - sent: `base` plus the time its bytes, and those sent before it to the same worker in the
+///   exchange, need on the link (one connection delivers in order: a Step sent behind a 50 MB
+///   ApplyGradients reaches the worker only after it);
 /// - a beat saying the worker is serving it (received, queued or computing): restarts with `base`
 ///   (a worker busy with a request for minutes is never asked again while it beats);
 /// - a beat saying the worker answered it with a reply of B bytes: from the last of the above
