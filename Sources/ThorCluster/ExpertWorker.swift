@@ -322,7 +322,7 @@ public final class ExpertWorker: @unchecked Sendable {
     /// The last replies (`ReplyCache`), so a request sent again is never applied twice.
     /// Touched only by the compute thread.
     lazy var replyCache = ReplyCache(maxBytes: options.replyCacheBytes ?? ReplyCache.defaultMaxBytes(options.limits))
-    /// The shard count of the last Forward or Backward that carried one (for the Assign check of
+    /// The shard count of the last Forward or Backward (1 without a shard; for the Assign check of
     /// per-shard gradient buffers). Touched only by the compute thread.
     private var lastShardCount = 1
 
@@ -454,7 +454,11 @@ public final class ExpertWorker: @unchecked Sendable {
         }
         try options.limits.check(batches, spec: h.spec, hostedExperts: h.experts.count, shardBuffers: h.shardGradientBuffers,
                                  newShardBuffers: new, shard: shard, what: what)
-        if let s = shard, (try? s.validate()) != nil { lastShardCount = s.count }
+        if let s = shard {
+            if (try? s.validate()) != nil { lastShardCount = s.count }
+        } else {
+            lastShardCount = 1   // the whole batch: the run is at C = 1 (again)
+        }
     }
 
     /// Protocol 4: only Forward and Backward carry a shard, and it must be in range.
