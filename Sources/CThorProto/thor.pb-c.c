@@ -1312,6 +1312,51 @@ void   thor__worker_timings__free_unpacked
   assert(message->base.descriptor == &thor__worker_timings__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   thor__request_progress__init
+                     (Thor__RequestProgress         *message)
+{
+  static const Thor__RequestProgress init_value = THOR__REQUEST_PROGRESS__INIT;
+  *message = init_value;
+}
+size_t thor__request_progress__get_packed_size
+                     (const Thor__RequestProgress *message)
+{
+  assert(message->base.descriptor == &thor__request_progress__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t thor__request_progress__pack
+                     (const Thor__RequestProgress *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &thor__request_progress__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t thor__request_progress__pack_to_buffer
+                     (const Thor__RequestProgress *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &thor__request_progress__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Thor__RequestProgress *
+       thor__request_progress__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Thor__RequestProgress *)
+     protobuf_c_message_unpack (&thor__request_progress__descriptor,
+                                allocator, len, data);
+}
+void   thor__request_progress__free_unpacked
+                     (Thor__RequestProgress *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &thor__request_progress__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   thor__envelope__init
                      (Thor__Envelope         *message)
 {
@@ -2958,7 +3003,71 @@ const ProtobufCMessageDescriptor thor__worker_timings__descriptor =
   (ProtobufCMessageInit) thor__worker_timings__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor thor__envelope__field_descriptors[25] =
+static const ProtobufCFieldDescriptor thor__request_progress__field_descriptors[3] =
+{
+  {
+    "session",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Thor__RequestProgress, session),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "request_id",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Thor__RequestProgress, request_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "reply_bytes",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Thor__RequestProgress, reply_bytes),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned thor__request_progress__field_indices_by_name[] = {
+  2,   /* field[2] = reply_bytes */
+  1,   /* field[1] = request_id */
+  0,   /* field[0] = session */
+};
+static const ProtobufCIntRange thor__request_progress__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 3 }
+};
+const ProtobufCMessageDescriptor thor__request_progress__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "thor.RequestProgress",
+  "RequestProgress",
+  "Thor__RequestProgress",
+  "thor",
+  sizeof(Thor__RequestProgress),
+  3,
+  thor__request_progress__field_descriptors,
+  thor__request_progress__field_indices_by_name,
+  1,  thor__request_progress__number_ranges,
+  (ProtobufCMessageInit) thor__request_progress__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor thor__envelope__field_descriptors[26] =
 {
   {
     "protocol_version",
@@ -3260,6 +3369,18 @@ static const ProtobufCFieldDescriptor thor__envelope__field_descriptors[25] =
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "progress",
+    50,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Thor__Envelope, n_progress),
+    offsetof(Thor__Envelope, progress),
+    &thor__request_progress__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned thor__envelope__field_indices_by_name[] = {
   19,   /* field[19] = ack */
@@ -3277,6 +3398,7 @@ static const unsigned thor__envelope__field_indices_by_name[] = {
   21,   /* field[21] = gradients_request */
   17,   /* field[17] = heartbeat */
   16,   /* field[16] = import_state */
+  25,   /* field[25] = progress */
   0,   /* field[0] = protocol_version */
   4,   /* field[4] = register */
   1,   /* field[1] = request_id */
@@ -3288,13 +3410,14 @@ static const unsigned thor__envelope__field_indices_by_name[] = {
   24,   /* field[24] = timings */
   13,   /* field[13] = zero_gradients */
 };
-static const ProtobufCIntRange thor__envelope__number_ranges[4 + 1] =
+static const ProtobufCIntRange thor__envelope__number_ranges[5 + 1] =
 {
   { 1, 0 },
   { 10, 4 },
   { 30, 23 },
   { 40, 24 },
-  { 0, 25 }
+  { 50, 25 },
+  { 0, 26 }
 };
 const ProtobufCMessageDescriptor thor__envelope__descriptor =
 {
@@ -3304,10 +3427,10 @@ const ProtobufCMessageDescriptor thor__envelope__descriptor =
   "Thor__Envelope",
   "thor",
   sizeof(Thor__Envelope),
-  25,
+  26,
   thor__envelope__field_descriptors,
   thor__envelope__field_indices_by_name,
-  4,  thor__envelope__number_ranges,
+  5,  thor__envelope__number_ranges,
   (ProtobufCMessageInit) thor__envelope__init,
   NULL,NULL,NULL    /* reserved[123] */
 };

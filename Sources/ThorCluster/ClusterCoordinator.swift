@@ -18,6 +18,8 @@ public struct TransportCounters: Sendable, Equatable {
     public var bytesSent: Int = 0
     public var bytesReceived: Int = 0
     public var requests: Int = 0
+    /// Requests sent again (`ClusterCoordinator.onResend` says to whom and why).
+    public var resends: Int = 0
     public init() {}
 }
 
@@ -134,6 +136,10 @@ public final class ClusterCoordinator {
     private var routes: [String: String] = [:]          // worker id → routing id
     private var workerByRoute: [String: String] = [:]   // routing id → worker id
     private var lastHeard: [String: Double] = [:]
+    /// What the beats heard during an exchange said about its pending requests (`ResendClock`),
+    /// and workers of the exchange that registered again on a new connection (same process).
+    private var heardProgress: [UInt64: (worker: String, at: Double, progress: RequestProgress)] = [:]
+    private var reconnected: Set<String> = []
     /// A second incarnation of a registered id, judged once the first has had a liveness window to speak.
     private var contested: [String: (registration: Registration, since: Double)] = [:]
 
@@ -250,40 +256,6 @@ public final class ClusterCoordinator {
         } while monotonicSeconds() < end
     }
 
-    /// Sends every request, then gathers all replies. Returns the replies in request
-    /// order. Error replies become `ClusterError.remote` (the first one in request order,
-    /// after all replies arrived); a worker that misses the deadline, stops beating or
-    /// exits makes it throw (`.timeout` for the deadline, `.workerLost` otherwise).
-    public func exchange(_ requests: [(worker: String, message: WireMessage)], operation: String,
-                         timeout: Double, dtype: WireDType = .f32) throws -> [WireMessage] {
-        for r in requests where registrations[r.worker] == nil { throw ClusterError.unknownWorker(r.worker) }
-        let outcomes = try exchangeTolerant(requests, operation: operation, timeout: timeout, dtype: dtype)
-        var timedOut: [String] = []
-        for (i, o) in outcomes.enumerated() {
-            if case .lost(let reason) = o {
-                if reason.hasPrefix(Self.deadlineReason) { timedOut.append(requests[i].worker); continue }
-                throw ClusterError.workerLost(worker: requests[i].worker, operation: operation, reason: reason)
-            }
-        }
-        if !timedOut.isEmpty { throw ClusterError.timeout(operation: operation, workers: timedOut, seconds: timeout) }
-        for (i, o) in outcomes.enumerated() {
-            if case .error(let code, let message)? = o.message {
-                throw ClusterError.remote(worker: requests[i].worker, operation: operation, code: code, message: message)
-            }
-        }
-        return outcomes.map { $0.message! }
-    }
-
-    static let deadlineReason = "no reply within the deadline"
-
-    /// The shard an Envelope carrying `message` names: `shard` on Forward and Backward, unless it is the whole batch.
-    public static func shard(of message: WireMessage, _ shard: Shard) -> Shard? {
-        switch message {
-        case .forward, .backward: return shard == .whole ? nil : shard
-        default: return nil
-        }
-    }
-
     /// Sends every request to the workers not declared dead and gathers their replies
     /// until each has answered or been declared dead (missed beats, exited process,
     /// unreachable, or no reply within `timeout` seconds, default: the learned deadline
@@ -296,6 +268,11 @@ public final class ClusterCoordinator {
         var pending: [UInt64: Int] = [:]
         var sentAt: [UInt64: Double] = [:]
         var attempts: [UInt64: Int] = [:]
+        var clocks: [UInt64: ResendClock] = [:], requestBytes: [UInt64: Int] = [:], resendCount = 0
+        // Bytes sent to each worker in this exchange so far: a request crosses its connection after
+        // those before it (a Step behind a 50 MB ApplyGradients), so its clock allows for them all.
+        var bytesTo: [String: Int] = [:]
+        heardProgress.removeAll(); reconnected.removeAll()
         // The process (incarnation) each request was sent to: only it owes the reply. A worker
         // that registered again as a new process during the exchange holds none of that state.
         var owedBy: [UInt64: UInt64] = [:]
@@ -316,6 +293,7 @@ public final class ClusterCoordinator {
         func send(_ i: Int, id: UInt64, action: FaultAction) throws -> Bool {
             let r = requests[i]
             sentAt[id] = monotonicSeconds()
+            clocks[id] = ResendClock(sentAt: sentAt[id]!, bytes: 0)
             if traced, firstSent[id] == nil { firstSent[id] = sentAt[id] }
             if action == .drop || isCut(r.worker) { return true }
             guard let route = routes[r.worker] else { return true }
@@ -323,6 +301,9 @@ public final class ClusterCoordinator {
                                                   shard: Self.shard(of: r.message, shard)), dtype: dtype)
             if action == .corrupt, let p = frame.pointer { FaultInjector.corrupt(UnsafeMutableRawBufferPointer(start: p, count: frame.count)) }
             counters.bytesSent += frame.totalCount
+            bytesTo[r.worker, default: 0] += frame.totalCount
+            clocks[id] = ResendClock(sentAt: sentAt[id]!, bytes: bytesTo[r.worker]!)
+            requestBytes[id] = frame.totalCount
             let sendStart = monotonicSeconds()
             defer { sendSeconds += monotonicSeconds() - sendStart }
             do {
@@ -341,6 +322,8 @@ public final class ClusterCoordinator {
         func resend(_ id: UInt64, why: String) throws {
             guard let i = pending[id], lost[requests[i].worker] == nil, !replaced(id, i) else { return }
             attempts[id, default: 0] += 1
+            counters.resends += 1
+            resendCount += 1
             onResend?(requests[i].worker, operation, why)
             _ = try send(i, id: id, action: .none)
         }
@@ -375,12 +358,13 @@ public final class ClusterCoordinator {
         var decodeSeconds = 0.0
         let waitStart = t0
         defer {
+            heardProgress.removeAll(); reconnected.removeAll()
             let wait = monotonicSeconds() - waitStart - decodeSeconds
             counters.waitSeconds += wait
             counters.decodeSeconds += decodeSeconds
             if traced {
                 traces?.append(ExchangeTrace(operation: operation, phase: phase, started: traceStart, sent: traceSent,
-                                             finished: monotonicSeconds(), replies: traceReplies))
+                                             finished: monotonicSeconds(), replies: traceReplies, resends: resendCount))
             }
             if let phases, let timer = phaseTimer {
                 timer.add(phases.wait, wait)
@@ -455,20 +439,32 @@ public final class ClusterCoordinator {
                 }
                 pending[id] = nil
                 outcomes[i] = .reply(message)
+                if attempts[id] == nil, let t = sentAt[id] {  // one send, one reply: a measured transfer
+                    deadlines.recordTransfer(bytes: (requestBytes[id] ?? 0) + received.bytes,
+                                             seconds: received.arrivedAt - t - (received.timings.map { $0.decode + $0.queue + $0.compute + $0.encode } ?? 0))
+                }
                 if traced {
                     traceReplies.append(ExchangeTrace.Reply(worker: worker, sentAt: firstSent[id] ?? traceStart,
                                                             arrivedAt: received.arrivedAt, decodeSeconds: seconds,
                                                             timings: received.timings))
                 }
             }
-            // Lazy Pirate: a request unanswered for longer than its kind usually takes, to a worker
-            // that is alive, is sent again (a lost request; a repeat is answered from the reply cache).
-            let retryAfter = deadlines.retryAfter(for: operation)
+            // Lazy Pirate, told by the beats (`ResendClock`): a request to a live worker is sent again
+            // (a repeat is answered from the reply cache) when its connection was re-established, or
+            // when nothing was heard of it for longer than its kind usually takes plus its bytes' time on
+            // the link; never while the worker's beats say it is serving it.
+            for (id, h) in heardProgress { if let i = pending[id], requests[i].worker == h.worker { clocks[id]?.observe(h.progress, at: h.at) } }
+            heardProgress.removeAll()
+            let retryBase = max(deadlines.retryAfter(for: operation), 2 * heartbeatInterval)
             let tr = monotonicSeconds()
-            for (id, i) in pending where tr - (sentAt[id] ?? tr) > retryAfter && attempts[id, default: 0] < maxResends
-                && lost[requests[i].worker] == nil && !replaced(id, i) {
-                try resend(id, why: "no reply after \(decimal(tr - sentAt[id]!, 2)) s")
+            for (id, i) in pending where attempts[id, default: 0] < maxResends && lost[requests[i].worker] == nil && !replaced(id, i) {
+                if reconnected.contains(requests[i].worker) {
+                    try resend(id, why: "its connection was re-established")
+                } else if clocks[id]?.due(now: tr, base: retryBase, estimator: deadlines) == true {
+                    try resend(id, why: "no reply after \(decimal(tr - sentAt[id]!, 2)) s")
+                }
             }
+            reconnected.removeAll()
             // Liveness both ways: beat to the workers we wait on; a silent or exited one is dead.
             checkChildren()
             if !contested.isEmpty { settleContested() }
@@ -576,6 +572,8 @@ public final class ClusterCoordinator {
         /// When the reply's frames came out of the socket, and the worker's timings it carried.
         var arrivedAt = 0.0
         var timings: WorkerTimings? = nil
+        /// The reply's bytes (all its frames).
+        var bytes = 0
         /// A worker that answered a frame it could not decode (an Error naming no request).
         var refusedBy: String? = nil
         /// A worker whose frame this coordinator could not decode (damaged on the way).
@@ -603,7 +601,8 @@ public final class ClusterCoordinator {
         var route = frames[0].string
         let onBeatChannel = BeatChannel.dataRoute(of: route)
         if let dataRoute = onBeatChannel { route = dataRoute }
-        counters.bytesReceived += frames.dropFirst().reduce(0) { $0 + $1.count }
+        let frameBytes = frames.dropFirst().reduce(0) { $0 + $1.count }
+        counters.bytesReceived += frameBytes
         let t0 = monotonicSeconds()
         var decoded = try? WireCodec.decode(frames: frames.dropFirst(), maxFrameBytes: maxFrameBytes)
         if let e = decoded, damaging.contains(e.requestID) {
@@ -628,6 +627,7 @@ public final class ClusterCoordinator {
             } else if registrations[r.workerID]?.incarnation == r.incarnation, lost[r.workerID] == nil {
                 registrations[r.workerID] = r  // a reconnect of a worker in service
                 lastHeard[r.workerID] = monotonicSeconds()
+                reconnected.insert(r.workerID)  // what its old connection held may be lost
             } else {
                 admit(r)
             }
@@ -635,6 +635,11 @@ public final class ClusterCoordinator {
         }
         guard let worker = workerByRoute[route], !isCut(worker) else { return .handled }
         lastHeard[worker] = monotonicSeconds()
+        if envelope.requestID == 0 {
+            for p in envelope.progress where p.session == session && pending[p.requestID] != nil {
+                heardProgress[p.requestID] = (worker, arrivalTime, p)
+            }
+        }
         if let l = lost[worker], lastHeard[worker]! - l.declaredAt > livenessWindow, var r = registrations[worker] {
             // Declared dead, yet beating again (it was starved or hung, and its connection held):
             // a candidate to rejoin with state transfer. What it holds is unknown until it registers again.
@@ -648,7 +653,7 @@ public final class ClusterCoordinator {
         guard envelope.requestID != 0, pending[envelope.requestID] != nil else { return .handled }  // a beat, stale or duplicate
         if phaseTimer?.isEnabled ?? true { recordTimings(envelope.timings, of: worker) }
         return Received(any: true, reply: (envelope.requestID, worker, envelope.message, seconds),
-                        arrivedAt: arrivalTime, timings: envelope.timings)
+                        arrivedAt: arrivalTime, timings: envelope.timings, bytes: frameBytes)
     }
 
     private func recordTimings(_ timings: WorkerTimings?, of worker: String) {
@@ -656,30 +661,5 @@ public final class ClusterCoordinator {
         totals.replies += 1
         if let t = timings { totals.timings = totals.timings + t; totals.timedReplies += 1 }
         workerTotals[worker] = totals
-    }
-
-    /// Sends a Heartbeat to every live registered worker at once and waits for all echoes;
-    /// returns, per worker, the seconds until all had answered (an upper bound on its
-    /// round trip). Throws naming the workers that did not answer.
-    public func heartbeat(timeout: Double) throws -> [String: Double] {
-        var result: [String: Double] = [:]
-        let start = monotonicSeconds()
-        let ids = liveWorkerIDs.filter { isAlive($0) }
-        let replies = try exchange(ids.enumerated().map { (worker: $1, message: .heartbeat(sequence: UInt64($0 + 1), sentUnixNanos: unixNanoseconds())) },
-                                   operation: "Heartbeat", timeout: timeout)
-        let elapsed = monotonicSeconds() - start
-        for (i, (id, r)) in zip(ids, replies).enumerated() {
-            guard case .heartbeat(let seq, _) = r, seq == UInt64(i + 1) else {
-                throw ClusterError.unexpectedReply(worker: id, operation: "Heartbeat", detail: "got \(r.name)")
-            }
-            result[id] = elapsed
-        }
-        return result
-    }
-
-    /// Asks every live registered worker to exit; waits up to `timeout` seconds for their Acks.
-    public func shutdownWorkers(reason: String, timeout: Double = 2) {
-        let requests = liveWorkerIDs.map { (worker: $0, message: WireMessage.shutdown(reason: reason)) }
-        _ = try? exchangeTolerant(requests, operation: "Shutdown", timeout: timeout)
     }
 }

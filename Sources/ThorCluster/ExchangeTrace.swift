@@ -35,10 +35,13 @@ public struct ExchangeTrace: Sendable {
     public var finished: Double
     /// Replies in arrival order.
     public var replies: [Reply]
+    /// Requests of this exchange sent again (`ClusterCoordinator.onResend`).
+    public var resends: Int
 
-    public init(operation: String, phase: FaultPhase, started: Double, sent: Double, finished: Double, replies: [Reply]) {
+    public init(operation: String, phase: FaultPhase, started: Double, sent: Double, finished: Double, replies: [Reply],
+                resends: Int = 0) {
         self.operation = operation; self.phase = phase; self.started = started; self.sent = sent
-        self.finished = finished; self.replies = replies
+        self.finished = finished; self.replies = replies; self.resends = resends
     }
 
     /// The reply that came last (the one the exchange waited for).

@@ -27,6 +27,8 @@ public struct WorkerOptions: Sendable {
     public var maxFrameBytes: Int = WireCodec.defaultMaxFrameBytes
     /// Memory budget and per-tensor element limit, checked before a request allocates.
     public var limits = WorkerLimits()
+    /// Bytes the reply cache may hold (`ReplyCache`; nil: an eighth of `limits.memoryBudgetBytes`).
+    public var replyCacheBytes: Int? = nil
     /// How often the loop checks signals, the parent and the connection (seconds).
     public var pollInterval: Double = 0.05
     /// Seconds between the worker's liveness beats (sent also while it computes).
@@ -164,6 +166,7 @@ public final class ExpertWorker: @unchecked Sendable {
         try send(Envelope(requestID: 0, sender: options.workerID, message: .register(registration)), on: socket)
 
         var connected = false, everConnected = false, handshakes = 0, beat: UInt64 = 0
+        var progress = RequestProgressTracker()  // what the beats say this worker holds
         var disconnectedSince = monotonicSeconds()
         var nextBeat = monotonicSeconds() + options.heartbeatInterval
         while true {
@@ -192,7 +195,7 @@ public final class ExpertWorker: @unchecked Sendable {
             }
             if ready[0] {
                 while let frames = try socket.receive(timeout: 0) {
-                    if let exit = try handleOnIOThread(frames, socket: socket, pipe: pipe) {
+                    if let exit = try handleOnIOThread(frames, socket: socket, pipe: pipe, progress: &progress) {
                         try? socket.setLinger(milliseconds: 1000)  // let the Ack go out
                         return exit
                     }
@@ -200,6 +203,7 @@ public final class ExpertWorker: @unchecked Sendable {
             }
             if ready[2] {
                 while let reply = try pipe.receive(timeout: 0) {
+                    progress.answered(reply)
                     if reply.count >= 1, reply[0].count > 0 { try socket.send(reply) }
                 }
             }
@@ -208,7 +212,8 @@ public final class ExpertWorker: @unchecked Sendable {
                 if connected {
                     beat += 1
                     let e = Envelope(requestID: 0, sender: options.workerID, session: status.session,
-                                     message: .heartbeat(sequence: beat, sentUnixNanos: unixNanoseconds()))
+                                     message: .heartbeat(sequence: beat, sentUnixNanos: unixNanoseconds()),
+                                     progress: progress.report())
                     try send(e, on: socket)
                     try? beats.send(WireCodec.encode(e).zmqFrames(), dontWait: true)
                     while (try? beats.receive(timeout: 0)) != nil {}  // nothing is sent to it; never let it pile up
@@ -260,7 +265,8 @@ public final class ExpertWorker: @unchecked Sendable {
 
     /// Answers heartbeats, Shutdown and refusals at once (never queued behind compute);
     /// hands every other message to the compute thread. Returns an exit reason to stop.
-    private func handleOnIOThread(_ frames: [Frame], socket: Socket, pipe: Socket) throws -> WorkerExit? {
+    private func handleOnIOThread(_ frames: [Frame], socket: Socket, pipe: Socket,
+                                  progress: inout RequestProgressTracker) throws -> WorkerExit? {
         if frames.count == 1, frames[0].count <= 512,
            let e = try? frames[0].withUnsafeBytes({ try WireCodec.decode($0, maxFrameBytes: options.maxFrameBytes) }) {
             switch e.message {
@@ -274,6 +280,7 @@ public final class ExpertWorker: @unchecked Sendable {
         // Not for us to answer here: queue it for the compute thread (zero-copy over inproc),
         // with its arrival time (8 bytes, last frame) for the reply's queue timing.
         var arrival = MonotonicClock.seconds().bitPattern.littleEndian
+        progress.handedOn(frames)
         try pipe.send(frames + [withUnsafeBytes(of: &arrival) { Frame(copying: $0) }])
         return nil
     }
@@ -312,12 +319,12 @@ public final class ExpertWorker: @unchecked Sendable {
         handle(frames, arrivedAt: arrivedAt, cachingReplies: false)
     }
 
-    /// The last few replies by (session, shard, request id), so a request the coordinator sends again
-    /// (it lost the reply, or the request took longer than it expected) is answered without being
-    /// applied twice, and another shard's request with the same id is never taken for it.
+    /// The last replies (`ReplyCache`), so a request sent again is never applied twice.
     /// Touched only by the compute thread.
-    private var recentReplies: [(session: UInt64, shard: Shard?, id: UInt64, message: WireMessage, dtype: WireDType)] = []
-    static let recentReplyCount = 4
+    lazy var replyCache = ReplyCache(maxBytes: options.replyCacheBytes ?? ReplyCache.defaultMaxBytes(options.limits))
+    /// The shard count of the last Forward or Backward (1 without a shard; for the Assign check of
+    /// per-shard gradient buffers). Touched only by the compute thread.
+    private var lastShardCount = 1
 
     func handle(_ frames: [Frame], arrivedAt: Double?, cachingReplies: Bool) -> (EncodedFrame?, WorkerExit?) {
         let start = MonotonicClock.seconds()
@@ -325,22 +332,20 @@ public final class ExpertWorker: @unchecked Sendable {
         var computeStart = start, cpuStart = 0.0
         var session: UInt64 = 0
         var shard: Shard? = nil
-        func remember(_ id: UInt64, _ m: WireMessage, _ dtype: WireDType) {
-            guard cachingReplies, id != 0 else { return }
-            recentReplies.append((session, shard, id, m, dtype))
-            if recentReplies.count > Self.recentReplyCount { recentReplies.removeFirst() }
+        func remember(_ id: UInt64, _ m: WireMessage, _ dtype: WireDType, _ frame: EncodedFrame) -> EncodedFrame {
+            guard cachingReplies, id != 0 else { return frame }
+            replyCache.store(.init(session: session, shard: shard, id: id, message: m, dtype: dtype, bytes: frame.totalCount))
+            return frame
         }
         func reply(_ id: UInt64, _ m: WireMessage, dtype: WireDType = .f32) -> EncodedFrame {
-            remember(id, m, dtype)
-            return WireCodec.encode(Envelope(requestID: id, sender: options.workerID, message: m), dtype: dtype)
+            remember(id, m, dtype, WireCodec.encode(Envelope(requestID: id, sender: options.workerID, message: m), dtype: dtype))
         }
         /// A computed request's reply, with the timings up to now (encode measured while packing).
         func timed(_ id: UInt64, _ m: WireMessage, dtype: WireDType = .f32) -> EncodedFrame {
-            remember(id, m, dtype)
             timings.compute = MonotonicClock.seconds() - computeStart
             timings.computeCPU = processCPUSeconds() - cpuStart
-            return WireCodec.encode(Envelope(requestID: id, sender: options.workerID, message: m), dtype: dtype,
-                                    measuringEncodeOf: timings)
+            return remember(id, m, dtype, WireCodec.encode(Envelope(requestID: id, sender: options.workerID, message: m),
+                                                           dtype: dtype, measuringEncodeOf: timings))
         }
         let envelope: Envelope
         do {
@@ -358,7 +363,8 @@ public final class ExpertWorker: @unchecked Sendable {
         if envelope.session != 0, envelope.sender == "coordinator" { status.session = envelope.session }
         session = envelope.session
         shard = envelope.shard
-        if cachingReplies, id != 0, let r = recentReplies.last(where: { $0.session == session && $0.shard == shard && $0.id == id }) {
+        if cachingReplies { replyCache.noteShards(shard) }
+        if cachingReplies, id != 0, let r = replyCache.lookup(session: session, shard: shard, id: id) {
             log("request \(id) again: answered from the reply cache")
             return (WireCodec.encode(Envelope(requestID: id, sender: options.workerID, message: r.message), dtype: r.dtype), nil)
         }
@@ -366,17 +372,17 @@ public final class ExpertWorker: @unchecked Sendable {
             try checkShard(envelope)
             switch envelope.message {
             case .assign(let a):
-                try options.limits.check(a)
+                try options.limits.check(a, shards: lastShardCount)
                 try assign(a)
                 status.hosted = host?.keys ?? []
                 return (reply(id, .ack), nil)
             case .forward(let layer, let training, let batches, let dtype):
-                try checkSize(batches, "Forward")
+                try checkSize(batches, "Forward", shard: shard, layer: layer, allocating: false)
                 let outs = try assigned().forward(layer: layer, shard: shard ?? .whole, batches: batches, training: training)
                 let result = zip(batches, outs).map { ExpertBatch(expert: $0.expert, tokens: $1) }
                 return (timed(id, .forwardReply(layer: layer, outputs: result), dtype: dtype ?? .f32), nil)
             case .backward(let layer, let gradients, let dtype):
-                try checkSize(gradients, "Backward")
+                try checkSize(gradients, "Backward", shard: shard, layer: layer, allocating: true)
                 let outs = try assigned().backward(layer: layer, shard: shard ?? .whole, gradients: gradients)
                 let result = zip(gradients, outs).map { ExpertBatch(expert: $0.expert, tokens: $1) }
                 return (timed(id, .backwardReply(layer: layer, inputGradients: result), dtype: dtype ?? .f32), nil)
@@ -438,9 +444,21 @@ public final class ExpertWorker: @unchecked Sendable {
         }
     }
 
-    private func checkSize(_ batches: [ExpertBatch], _ what: String) throws {
+    /// Checks a Forward or Backward against the limits, counting the per-shard gradient buffers
+    /// allocated and, for a Backward of a shard > 0 (`allocating`), those it would allocate.
+    private func checkSize(_ batches: [ExpertBatch], _ what: String, shard: Shard?, layer: Int, allocating: Bool) throws {
         let h = try assigned()
-        try options.limits.check(batches, spec: h.spec, hostedExperts: h.experts.count, what: what)
+        var new = 0
+        if allocating, let s = shard, s.index > 0 {
+            new = batches.filter { $0.tokens.rows > 0 && !h.hasShardGradient(shard: s.index, key: ExpertKey(layer: layer, expert: $0.expert)) }.count
+        }
+        try options.limits.check(batches, spec: h.spec, hostedExperts: h.experts.count, shardBuffers: h.shardGradientBuffers,
+                                 newShardBuffers: new, shard: shard, what: what)
+        if let s = shard {
+            if (try? s.validate()) != nil { lastShardCount = s.count }
+        } else {
+            lastShardCount = 1   // the whole batch: the run is at C = 1 (again)
+        }
     }
 
     /// Protocol 4: only Forward and Backward carry a shard, and it must be in range.

@@ -48,8 +48,10 @@ public struct WorkerLimits: Sendable, Equatable {
     }
 
     /// Checks an `Assign` before any expert is built: every expert matrix within the
-    /// element limit, and the experts' weights, gradients and Adam moments within the budget.
-    public func check(_ a: Assignment) throws {
+    /// element limit, and the experts' weights, gradients and Adam moments within the budget,
+    /// with the C − 1 per-shard gradient copies a step of `shards` = C micro-batch shards may
+    /// allocate (docs/data-parallel.md, "Per-shard worker state"; C as last seen by the worker).
+    public func check(_ a: Assignment, shards: Int = 1) throws {
         let s = a.spec
         let f1 = s.activation.firstProjectionWidth(dFF: s.hiddenDim)
         for (name, rows, cols) in [("w1", s.modelDim, f1), ("w2", s.hiddenDim, s.modelDim)] {
@@ -60,17 +62,26 @@ public struct WorkerLimits: Sendable, Equatable {
             }
         }
         let perExpert = WorkerLimits.expertBytes(s)
-        let (total, o) = perExpert.multipliedReportingOverflow(by: a.keys.count)
-        guard !o, total <= memoryBudgetBytes else {
+        let copies = max(0, shards - 1)
+        let perShard = WorkerLimits.shardGradientBytes(s).multipliedReportingOverflow(by: copies)
+        let each = perExpert.addingReportingOverflow(perShard.partialValue)
+        let (total, o) = each.partialValue.multipliedReportingOverflow(by: a.keys.count)
+        guard !o, !each.overflow, !perShard.overflow, total <= memoryBudgetBytes else {
+            let shardNote = copies == 0 ? "" : " and \(copies) per-shard gradient cop\(copies == 1 ? "y" : "ies") "
+                + "(\(WorkerLimits.shardGradientBytes(s)) bytes each, for steps of \(shards) micro-batch shards)"
             throw tooLarge("Assign: \(a.keys.count) experts of \(perExpert) bytes each (d=\(s.modelDim), d_ff=\(s.hiddenDim), "
-                           + "weights + gradients + Adam moments) need \(o ? "more than \(Int.max)" : String(total)) bytes; "
+                           + "weights + gradients + Adam moments)\(shardNote) need "
+                           + "\(o || each.overflow || perShard.overflow ? "more than \(Int.max)" : String(total)) bytes; "
                            + "this worker's memory budget is \(memoryBudgetBytes) bytes")
         }
     }
 
     /// Checks a forward or backward request against the element limit and, with the
-    /// hosted experts' memory, against the budget (outputs and kept activations per row).
-    public func check(_ batches: [ExpertBatch], spec s: ExpertSpec, hostedExperts: Int, what: String) throws {
+    /// hosted experts' memory and their per-shard gradient buffers (`shardBuffers` allocated,
+    /// `newShardBuffers` more that this request of `shard` would allocate), against the budget
+    /// (outputs and kept activations per row).
+    public func check(_ batches: [ExpertBatch], spec s: ExpertSpec, hostedExperts: Int,
+                      shardBuffers: Int = 0, newShardBuffers: Int = 0, shard: Shard? = nil, what: String) throws {
         let f1 = s.activation.firstProjectionWidth(dFF: s.hiddenDim)
         let perRow = 4 * (2 * s.modelDim + f1 + s.hiddenDim)
         var rows = 0
@@ -88,10 +99,22 @@ public struct WorkerLimits: Sendable, Equatable {
         }
         let experts = WorkerLimits.expertBytes(s).multipliedReportingOverflow(by: hostedExperts)
         let activations = rows.multipliedReportingOverflow(by: perRow)
-        let (total, o) = experts.partialValue.addingReportingOverflow(activations.partialValue)
-        guard !experts.overflow, !activations.overflow, !o, total <= memoryBudgetBytes else {
+        let buffers = WorkerLimits.shardGradientBytes(s).multipliedReportingOverflow(by: shardBuffers + newShardBuffers)
+        let (held, o1) = experts.partialValue.addingReportingOverflow(buffers.partialValue)
+        if newShardBuffers > 0 {
+            guard !experts.overflow, !buffers.overflow, !o1, held <= memoryBudgetBytes else {
+                let need = buffers.overflow || o1 || experts.overflow ? "more than \(Int.max)" : String(held)
+                throw tooLarge("\(what) of \(shard.map { "\($0)" } ?? "a shard"): \(newShardBuffers) new per-shard gradient "
+                               + "buffer\(newShardBuffers == 1 ? "" : "s") of \(WorkerLimits.shardGradientBytes(s)) bytes each, besides "
+                               + "\(shardBuffers) allocated and \(experts.partialValue) bytes of experts, need \(need) bytes; "
+                               + "this worker's memory budget is \(memoryBudgetBytes) bytes")
+            }
+        }
+        let (total, o) = held.addingReportingOverflow(activations.partialValue)
+        guard !experts.overflow, !activations.overflow, !buffers.overflow, !o1, !o, total <= memoryBudgetBytes else {
+            let shardNote = shardBuffers + newShardBuffers == 0 ? "" : " and \(buffers.partialValue) bytes of per-shard gradient buffers"
             throw tooLarge("\(what): \(rows) rows need \(activations.partialValue) bytes of activations besides "
-                           + "\(experts.partialValue) bytes of experts; this worker's memory budget is \(memoryBudgetBytes) bytes")
+                           + "\(experts.partialValue) bytes of experts\(shardNote); this worker's memory budget is \(memoryBudgetBytes) bytes")
         }
     }
 
@@ -115,6 +138,13 @@ public struct WorkerLimits: Sendable, Equatable {
         let (p, o1) = (a.partialValue + f1 + s.modelDim).addingReportingOverflow(b.partialValue)
         let (bytes, o2) = p.multipliedReportingOverflow(by: 16)
         return o1 || o2 ? .max : bytes
+    }
+
+    /// Bytes of one expert's gradient buffer for one shard > 0: its parameters once, Float32
+    /// (a quarter of `expertBytes`). Saturates at `Int.max`.
+    public static func shardGradientBytes(_ s: ExpertSpec) -> Int {
+        let b = expertBytes(s)
+        return b == .max ? .max : b / 4
     }
 
     private func tooLarge(_ m: String) -> WorkerRequestError { WorkerRequestError(code: .tooLarge, message: m) }

@@ -318,6 +318,10 @@ public final class ExpertHost: @unchecked Sendable {
     /// Shard buffers allocated (kept across steps for reuse; dropped with their experts).
     public var shardGradientBuffers: Int { shardGradients.count }
 
+    /// Whether shard `shard`'s gradient buffer of expert `key` is allocated (a backward of that
+    /// shard with rows for it allocates none then; `WorkerLimits` counts the others first).
+    public func hasShardGradient(shard: Int, key: ExpertKey) -> Bool { shardGradients[ShardExpert(shard: shard, key: key)] != nil }
+
     public func squaredGradientNorms() -> [ExpertKey: Double] {
         foldShardGradients()
         // One expert per task on the host's threads; each norm is the same serial sum whichever

@@ -53,8 +53,13 @@ extension WireCodec {
                                     computeCPU: t.compute_cpu_seconds, encode: t.encode_seconds)
         }
         let shard = env.shard.map { Shard(index: Int($0.pointee.index), count: Int($0.pointee.count)) }
+        let progress = (0..<env.n_progress).compactMap { i in
+            env.progress[i].map { RequestProgress(session: $0.pointee.session, requestID: $0.pointee.request_id,
+                                                  replyBytes: $0.pointee.reply_bytes) }
+        }
         return Envelope(requestID: env.request_id, sender: string(env.sender), session: env.session,
-                        message: message, version: env.protocol_version, timings: timings, shard: shard)
+                        message: message, version: env.protocol_version, timings: timings, shard: shard,
+                        progress: progress)
     }
 
     static func string(_ p: UnsafeMutablePointer<CChar>?) -> String {

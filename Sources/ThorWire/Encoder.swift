@@ -135,6 +135,17 @@ public enum WireCodec {
                     p.pointee.encode_seconds = t.encode
                 }
             }
+            if !envelope.progress.isEmpty {
+                let list = arena.array(UnsafeMutablePointer<Thor__RequestProgress>?.self, count: envelope.progress.count)
+                for (i, r) in envelope.progress.enumerated() {
+                    list[i] = arena.make(Thor__RequestProgress.self) { p in
+                        thor__request_progress__init(p)
+                        p.pointee.session = r.session; p.pointee.request_id = r.requestID; p.pointee.reply_bytes = r.replyBytes
+                    }
+                }
+                e.pointee.n_progress = envelope.progress.count
+                e.pointee.progress = list
+            }
             let size = thor__envelope__get_packed_size(e)
             let out = malloc(max(size, 1))!
             // pack_to_buffer, not pack: protobuf-c's `pack` writes each nested message after a
@@ -164,6 +175,7 @@ public enum WireCodec {
     public static func encode(_ envelope: Envelope, dtype: WireDType = .f32, measuringEncodeOf timings: WorkerTimings) -> EncodedFrame {
         let start = MonotonicClock.seconds()
         var e = envelope
+        e.progress = []  // beats only; field 50 would follow the timings
         var t = timings
         t.encode = placeholderEncodeSeconds  // non-zero: proto3 packs it, 9 bytes (tag + fixed64)
         e.timings = t

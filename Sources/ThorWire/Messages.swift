@@ -187,12 +187,30 @@ public struct Envelope: @unchecked Sendable {
     /// Forward and Backward: the micro-batch shard the request belongs to (`Envelope.shard`,
     /// field 30, protocol 4); nil: the whole batch. Decoded as sent, unchecked (the worker checks it).
     public var shard: Shard?
+    /// A worker's beat: the requests it is serving or has just answered (`RequestProgress`, field 50).
+    public var progress: [RequestProgress]
 
     public init(requestID: UInt64, sender: String = "", session: UInt64 = 0, message: WireMessage,
-                version: UInt32 = thorProtocolVersion, timings: WorkerTimings? = nil, shard: Shard? = nil) {
+                version: UInt32 = thorProtocolVersion, timings: WorkerTimings? = nil, shard: Shard? = nil,
+                progress: [RequestProgress] = []) {
         self.version = version; self.requestID = requestID; self.sender = sender
         self.session = session; self.message = message; self.timings = timings; self.shard = shard
+        self.progress = progress
     }
+}
+
+/// A request a worker holds, as its beats report it: received and not yet answered
+/// (`replyBytes` 0), or answered with a reply of `replyBytes` bytes handed to the transport.
+public struct RequestProgress: Sendable, Equatable, Hashable {
+    /// The coordinator (session) that sent it, and its id there.
+    public var session: UInt64
+    public var requestID: UInt64
+    public var replyBytes: UInt64
+    public init(session: UInt64, requestID: UInt64, replyBytes: UInt64 = 0) {
+        self.session = session; self.requestID = requestID; self.replyBytes = replyBytes
+    }
+    /// Whether the reply has left the worker (it is on its way, or was lost with a connection).
+    public var answered: Bool { replyBytes > 0 }
 }
 
 /// Why a frame or tensor was rejected.

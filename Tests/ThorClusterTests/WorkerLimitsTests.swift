@@ -125,6 +125,40 @@ final class WorkerLimitsTests: XCTestCase {
         XCTAssertLessThan(w.residentBytes(), 200 << 20, "the refused requests must not have been allocated")
     }
 
+    /// With C micro-batch shards a worker holds up to C − 1 gradient copies of its experts
+    /// (docs/data-parallel.md, "Per-shard worker state"). A Backward of a shard > 0 whose new
+    /// buffers would pass the budget is refused with TOO_LARGE naming the shard, what it needs and
+    /// the budget, and changes nothing; an Assign after a C = 3 step counts 2 copies per expert.
+    /// (Before, the buffers were allocated unchecked: the Backward of shard 1 was answered.)
+    func testPerShardGradientBuffersCountAgainstTheBudget() throws {
+        let experts = 2 * WorkerLimits.expertBytes(spec), buffer = WorkerLimits.shardGradientBytes(spec)
+        let f1 = spec.activation.firstProjectionWidth(dFF: spec.hiddenDim)
+        let activations = 6 * 4 * (2 * spec.modelDim + f1 + spec.hiddenDim)   // 3 rows for each of 2 experts
+        XCTAssertLessThan(activations, 2 * buffer)
+        let budget = experts + activations + (2 * buffer - activations) / 2   // fits the requests, not 2 buffers more
+        let w = try RawCoordinator.registered(["--memory-budget", String(budget)])
+        defer { w.stop() }
+        guard case .ack = try w.request(.assign(Assignment(spec: spec, keys: keys))).message else { return XCTFail("Assign") }
+        func call(_ m: WireMessage, shard: Int, id: UInt64) throws -> Envelope {
+            let f = WireCodec.encode(Envelope(requestID: id, sender: "coordinator", session: 5, message: m, shard: Shard(index: shard, count: 3)))
+            return try w.sendRaw(f.zmqFrames())
+        }
+        let x = [rows(3), rows(3, expert: 1)]
+        for s in 0..<3 {
+            guard case .forwardReply = try call(.forward(layer: 0, training: true, batches: x, replyDType: nil), shard: s, id: UInt64(10 + s)).message else {
+                return XCTFail("forward of shard \(s)")
+            }
+        }
+        let g = WireMessage.backward(layer: 0, gradients: x, replyDType: nil)
+        guard case .backwardReply = try call(g, shard: 0, id: 20).message else { return XCTFail("shard 0 computes into the experts' gradients") }
+        expectTooLarge(try call(g, shard: 1, id: 21), ["shard 1 of 3", "2 new per-shard gradient buffers of \(buffer) bytes",
+                                                       "need \(experts + 2 * buffer) bytes", "memory budget is \(budget) bytes"])
+        // Nothing changed: its forward's activations still wait (the same refusal, not NO_PENDING_FORWARD).
+        expectTooLarge(try call(g, shard: 1, id: 22), ["shard 1 of 3"])
+        expectTooLarge(try w.request(.assign(Assignment(spec: spec, keys: keys))),
+                       ["2 per-shard gradient copies", "3 micro-batch shards", "memory budget is \(budget) bytes"])
+    }
+
     /// Wire fuzz: random frames, mutated valid frames and oversized dimensions in every message
     /// type. Every frame gets one reply, nothing crashes, the experts are unchanged and the
     /// worker's resident memory stays bounded. A few seconds.

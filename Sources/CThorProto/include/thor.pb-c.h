@@ -44,6 +44,7 @@ typedef struct Thor__Shutdown Thor__Shutdown;
 typedef struct Thor__Ack Thor__Ack;
 typedef struct Thor__Error Thor__Error;
 typedef struct Thor__WorkerTimings Thor__WorkerTimings;
+typedef struct Thor__RequestProgress Thor__RequestProgress;
 typedef struct Thor__Envelope Thor__Envelope;
 
 
@@ -606,6 +607,25 @@ struct  Thor__WorkerTimings
     , 0, 0, 0, 0, 0 }
 
 
+/*
+ * A request a worker holds, reported in its beats (Envelope.progress): received and not yet
+ * answered (reply_bytes = 0), or answered with a reply of reply_bytes bytes handed to the transport.
+ */
+struct  Thor__RequestProgress
+{
+  ProtobufCMessage base;
+  /*
+   * the coordinator that sent it
+   */
+  uint64_t session;
+  uint64_t request_id;
+  uint64_t reply_bytes;
+};
+#define THOR__REQUEST_PROGRESS__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&thor__request_progress__descriptor) \
+    , 0, 0, 0 }
+
+
 typedef enum {
   THOR__ENVELOPE__BODY__NOT_SET = 0,
   THOR__ENVELOPE__BODY_REGISTER = 10,
@@ -662,6 +682,13 @@ struct  Thor__Envelope
    * from coordinator frames). Numbered above the body so it is packed last.
    */
   Thor__WorkerTimings *timings;
+  /*
+   * Worker beats (request id 0) only: the requests the worker is serving or has just answered,
+   * so the coordinator does not send again what a live worker is still busy with (optional;
+   * absent from older workers, ignored by older coordinators).
+   */
+  size_t n_progress;
+  Thor__RequestProgress **progress;
   Thor__Envelope__BodyCase body_case;
   union {
     Thor__Register *register_;
@@ -687,7 +714,7 @@ struct  Thor__Envelope
 };
 #define THOR__ENVELOPE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&thor__envelope__descriptor) \
-    , 0, 0, (char *)protobuf_c_empty_string, 0, NULL, NULL, THOR__ENVELOPE__BODY__NOT_SET, {0} }
+    , 0, 0, (char *)protobuf_c_empty_string, 0, NULL, NULL, 0,NULL, THOR__ENVELOPE__BODY__NOT_SET, {0} }
 
 
 /* Thor__Tensor methods */
@@ -1241,6 +1268,25 @@ Thor__WorkerTimings *
 void   thor__worker_timings__free_unpacked
                      (Thor__WorkerTimings *message,
                       ProtobufCAllocator *allocator);
+/* Thor__RequestProgress methods */
+void   thor__request_progress__init
+                     (Thor__RequestProgress         *message);
+size_t thor__request_progress__get_packed_size
+                     (const Thor__RequestProgress   *message);
+size_t thor__request_progress__pack
+                     (const Thor__RequestProgress   *message,
+                      uint8_t             *out);
+size_t thor__request_progress__pack_to_buffer
+                     (const Thor__RequestProgress   *message,
+                      ProtobufCBuffer     *buffer);
+Thor__RequestProgress *
+       thor__request_progress__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   thor__request_progress__free_unpacked
+                     (Thor__RequestProgress *message,
+                      ProtobufCAllocator *allocator);
 /* Thor__Envelope methods */
 void   thor__envelope__init
                      (Thor__Envelope         *message);
@@ -1349,6 +1395,9 @@ typedef void (*Thor__Error_Closure)
 typedef void (*Thor__WorkerTimings_Closure)
                  (const Thor__WorkerTimings *message,
                   void *closure_data);
+typedef void (*Thor__RequestProgress_Closure)
+                 (const Thor__RequestProgress *message,
+                  void *closure_data);
 typedef void (*Thor__Envelope_Closure)
                  (const Thor__Envelope *message,
                   void *closure_data);
@@ -1391,6 +1440,7 @@ extern const ProtobufCMessageDescriptor thor__shutdown__descriptor;
 extern const ProtobufCMessageDescriptor thor__ack__descriptor;
 extern const ProtobufCMessageDescriptor thor__error__descriptor;
 extern const ProtobufCMessageDescriptor thor__worker_timings__descriptor;
+extern const ProtobufCMessageDescriptor thor__request_progress__descriptor;
 extern const ProtobufCMessageDescriptor thor__envelope__descriptor;
 
 PROTOBUF_C__END_DECLS
