@@ -30,6 +30,8 @@ public final class DataParallelLeader {
     /// Shard results that arrived early (a follower runs ahead while the leader checkpoints).
     private var early: [GroupMessage] = []
     private var stopped = false
+    /// The placement the followers route by (`connect`).
+    private var sentPlacement: Placement?
 
     /// A group of `count` coordinators on this machine: binds the group socket and picks the followers'
     /// endpoints in a private temporary directory (ipc) or on loopback ports (tcp).
@@ -123,12 +125,14 @@ public final class DataParallelLeader {
             }
             hellos.insert(m.rank)
         }
+        sentPlacement = placement
         let text = GroupMessage.placementText(placement, replication: replication)
         for rank in 1..<count { try group.send(GroupMessage(.placement, step: step, text: text), to: rank) }
         var ready = Set<Int>()
         while ready.count < count - 1 {
             let m = try next("the follower coordinators' workers")
-            if m.kind == .ready { ready.insert(m.rank) }
+            // A follower starts its first shard as soon as it is ready: keep what it sends meanwhile.
+            if m.kind == .ready { ready.insert(m.rank) } else if m.kind == .shardDone { early.append(m) }
         }
     }
 
@@ -137,6 +141,7 @@ public final class DataParallelLeader {
     /// runs with data-parallel coordinators instead of `accumulate`.
     func accumulate(_ model: TranslationModel, batch: Seq2SeqBatch, step next: Int,
                     phases: PhaseTimer) throws -> (translationLoss: Double, auxiliary: AuxiliaryLosses) {
+        try checkPlacement(model, step: next)
         let shards = try MicroBatches.split(batch, into: count, step: next)
         let totals = ShardTotals(model, shards: shards)
         let dropout = model.network.dropoutState
@@ -151,6 +156,8 @@ public final class DataParallelLeader {
             guard m.kind == .shardDone else { continue }
             if m.step == next { results[m.rank] = m } else if m.step > next { early.append(m) }
         }
+        // A fail-over during the step moved experts the followers still send to the old hosts.
+        try checkPlacement(model, step: next)
         let parameters = model.parameters
         let total = parameters.reduce(0) { $0 + $1.count }
         for rank in 1..<count {
@@ -168,6 +175,17 @@ public final class DataParallelLeader {
             }
         }
         return ShardOutcome.combine(outcomes, totals: totals)
+    }
+
+    /// Throws when the leader's placement is no longer the one the followers route by: a worker was
+    /// lost (or joined) and its experts moved. Several coordinators do not survive that yet (docs/data-parallel.md,
+    /// step 4): the run stops with this error instead of summing shards computed on different hosts.
+    func checkPlacement(_ model: TranslationModel, step: Int) throws {
+        guard let remote = model.backend as? RemoteExpertBackend, let sent = sentPlacement, remote.placement != sent else { return }
+        let gone = sent.workers.filter { !remote.placement.workers.contains($0) }
+        throw ClusterError.placement("step \(step): the experts' placement changed (workers lost: \(gone.isEmpty ? "none" : gone.joined(separator: ", "))) "
+            + "while \(count) data-parallel coordinators share the workers; surviving a worker loss with several coordinators is not "
+            + "built yet (docs/data-parallel.md, step 4): resume from the last checkpoint")
     }
 
     /// After the workers committed step `step`: the summed gradient, learning rate and clip scale to every follower.
