@@ -99,7 +99,7 @@ public final class DataParallelLeader {
         let end = Date().timeIntervalSince1970 + timeout
         while true {
             if let m = try group.receive(timeout: 0.1) {
-                if m.kind == .failed { throw TrainingError.invalidConfiguration("follower coordinator \(m.rank) failed: \(m.text)") }
+                if m.kind == .failed { throw DataParallelError("follower coordinator \(m.rank) failed: \(m.text)") }
                 return m
             }
             if let gone = exitedFollower() { throw ClusterError.launch(gone + " while the leader waited for \(what)") }
@@ -118,10 +118,10 @@ public final class DataParallelLeader {
             let m = try next("the follower coordinators' hello")
             guard m.kind == .hello else { continue }
             guard m.step == step else {
-                throw TrainingError.invalidConfiguration("follower coordinator \(m.rank) starts at step \(m.step), the leader at step \(step)")
+                throw DataParallelError("follower coordinator \(m.rank) starts at step \(m.step), the leader at step \(step)")
             }
             guard m.text == hash else {
-                throw TrainingError.invalidConfiguration("follower coordinator \(m.rank) built other dense parameters (SHA-256 \(m.text.prefix(16))…, the leader's \(hash.prefix(16))…): same configuration and seed?")
+                throw DataParallelError("follower coordinator \(m.rank) built other dense parameters (SHA-256 \(m.text.prefix(16))…, the leader's \(hash.prefix(16))…): same configuration and seed?")
             }
             hellos.insert(m.rank)
         }
@@ -163,7 +163,7 @@ public final class DataParallelLeader {
         for rank in 1..<count {
             let m = results[rank]!
             guard let g = m.payload, g.count == total else {
-                throw TrainingError.invalidConfiguration("follower coordinator \(rank) sent \(m.payload?.count ?? 0) gradient values, expected \(total)")
+                throw DataParallelError("follower coordinator \(rank) sent \(m.payload?.count ?? 0) gradient values, expected \(total)")
             }
             outcomes.append(try ShardOutcome(numbers: m.numbers, layers: totals.layerTotals.count))
             g.withUnsafeBufferPointer { src in
@@ -204,7 +204,7 @@ public final class DataParallelLeader {
             if m.kind == .shardDone { early.append(m); continue }
             guard m.kind == .hash else { continue }
             guard m.step == step, m.text == mine else {
-                throw TrainingError.invalidConfiguration("follower coordinator \(m.rank)'s dense parameters differ from the leader's at step \(step) "
+                throw DataParallelError("follower coordinator \(m.rank)'s dense parameters differ from the leader's at step \(step) "
                     + "(SHA-256 \(m.text.prefix(16))… at its step \(m.step), the leader's \(mine.prefix(16))…): the run stops")
             }
             seen.insert(m.rank)
@@ -271,7 +271,7 @@ extension ShardOutcome {
 
     init(numbers n: [Double], layers: Int) throws {
         guard n.count == 4 + layers else {
-            throw TrainingError.invalidConfiguration("a follower's shard result has \(n.count) numbers, expected \(4 + layers)")
+            throw DataParallelError("a follower's shard result has \(n.count) numbers, expected \(4 + layers)")
         }
         func opt(_ v: Double) -> Double? { v.isNaN ? nil : v }
         self.init(lossSum: n[0], task: opt(n[1]), taskBalance: opt(n[2]), tokenBalance: opt(n[3]), dynamic: n[4...].map(opt))
@@ -304,4 +304,10 @@ extension TrainingRun {
         }
         return group
     }
+}
+
+/// A data-parallel run that cannot go on: a follower failed or exited, or the coordinators disagree.
+public struct DataParallelError: Error, CustomStringConvertible {
+    public let description: String
+    init(_ description: String) { self.description = "data-parallel coordinators: " + description }
 }

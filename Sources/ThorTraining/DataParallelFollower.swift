@@ -136,7 +136,7 @@ public final class DataParallelFollower {
                 case .apply:
                     guard m.step == n, m.numbers.count == 2, let g = m.payload, g.count == total else {
                         try? group.send(GroupMessage(.failed, text: "an apply message for step \(m.step) with \(m.payload?.count ?? 0) values; expected step \(n) with \(total)"))
-                        throw TrainingError.invalidConfiguration("follower \(o.rank): bad apply message from the leader")
+                        throw DataParallelError("follower \(o.rank): a bad apply message from the leader")
                     }
                     g.withUnsafeBufferPointer { src in
                         var offset = 0

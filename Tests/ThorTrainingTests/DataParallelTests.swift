@@ -99,6 +99,41 @@ final class DataParallelTests: XCTestCase, ThorProcessTest {
         try assertSameCheckpoint(reference, resumed, "resumed with 2 coordinators")
     }
 
+    /// The process ids of this process's children whose command line contains `word`.
+    func children(running word: String) -> [pid_t] {
+        childProcesses().filter { pid in
+            let cmd = (try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8)) ?? ""
+            return cmd.split(separator: "\0").contains { $0 == word }
+        }
+    }
+
+    /// A follower killed mid-run, or a worker: the run stops with an error naming it (surviving either
+    /// is step 4), and nothing it started is left running.
+    func testKilledFollowerOrWorkerStopsTheRunClearlyWithNothingLeft() throws {
+        let before = Set(childProcesses())
+        for (victim, expected) in [("coordinator", "follower coordinator 1"), ("worker", "w1")] {
+            var o = options(2, workers: 2, steps: 40)
+            o.coordinators = 2
+            o.saveDirectory = scratch + "/kill-" + victim
+            let run = TrainingRun(options: o)
+            run.info = { _ in }
+            run.result = { _ in }
+            run.onStep = { [unowned self] p in
+                guard p.step == 3 else { return }
+                // The worker process with id w1 (a grandchild via the cluster's spawn is still a child here).
+                let pids = victim == "coordinator" ? self.children(running: "coordinator")
+                    : self.children(running: "worker").filter { pid in
+                        ((try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8)) ?? "").contains("w1\0") }
+                XCTAssertEqual(pids.count, 1, victim)
+                for pid in pids { kill(pid, SIGKILL) }
+            }
+            XCTAssertThrowsError(try run.run(), victim) { error in
+                XCTAssertTrue("\(error)".contains(expected), "\(victim): \(error)")
+            }
+            XCTAssertEqual(Set(childProcesses()).subtracting(before), [], "\(victim): every follower and worker is gone")
+        }
+    }
+
     /// Bad coordinator counts and combinations are refused before anything starts, naming what is wrong.
     func testBadCoordinatorSettingsAreRefusedClearly() throws {
         let before = Set(childProcesses())
