@@ -11,7 +11,7 @@ import Glibc
 /// of raw little-endian f32 (the dense gradients).
 public struct GroupMessage: Sendable, Equatable {
     public enum Kind: UInt8, Sendable {
-        /// Follower → leader, once: its rank, step and parameter hash (text).
+        /// Follower → leader, once: its rank, step, and text "PARAMETERS_SHA256 CONFIGURATION_SHA256".
         case hello = 1
         /// Leader → follower: the placement (text, `GroupMessage.placementText`) and replication.
         case placement = 2

@@ -111,8 +111,9 @@ public final class DataParallelLeader {
 
     /// Waits for every follower's hello (its parameters must hash like `parameters`), sends each the
     /// placement, and waits until every follower has every placement worker registered.
-    public func connect(placement: Placement, replication: ReplicationMode, parameters: [Parameter], step: Int) throws {
-        let hash = Self.hash(parameters)
+    public func connect(placement: Placement, replication: ReplicationMode, parameters: [Parameter], step: Int,
+                        configuration: ThorConfiguration) throws {
+        let hash = Self.hash(parameters), configHash = Self.hash(configuration)
         var hellos = Set<Int>()
         while hellos.count < count - 1 {
             let m = try next("the follower coordinators' hello")
@@ -120,8 +121,13 @@ public final class DataParallelLeader {
             guard m.step == step else {
                 throw DataParallelError("follower coordinator \(m.rank) starts at step \(m.step), the leader at step \(step)")
             }
-            guard m.text == hash else {
-                throw DataParallelError("follower coordinator \(m.rank) built other dense parameters (SHA-256 \(m.text.prefix(16))…, the leader's \(hash.prefix(16))…): same configuration and seed?")
+            let words = m.text.split(separator: " ").map(String.init)
+            guard words.count == 2, words[1] == configHash else {
+                throw DataParallelError("follower coordinator \(m.rank) runs another configuration (resolved, SHA-256 "
+                    + "\((words.last ?? "").prefix(16))…, the leader's \(configHash.prefix(16))…): give it the leader's (`thor train --print-config`)")
+            }
+            guard words[0] == hash else {
+                throw DataParallelError("follower coordinator \(m.rank) built other dense parameters (SHA-256 \(words[0].prefix(16))…, the leader's \(hash.prefix(16))…): same configuration and seed?")
             }
             hellos.insert(m.rank)
         }
@@ -248,6 +254,11 @@ public final class DataParallelLeader {
             }
         }
         return out
+    }
+
+    /// SHA-256 (hex) of a resolved configuration's JSON (every coordinator must run the same one).
+    public static func hash(_ configuration: ThorConfiguration) -> String {
+        SHA256.hash(data: Array(configuration.jsonString.utf8)).map { String(format: "%02x", $0) }.joined()
     }
 
     /// SHA-256 (hex) of every dense parameter's value and Adam moments, in parameter order.

@@ -80,7 +80,9 @@ public final class DataParallelFollower {
         }
         let phases = PhaseTimer()
         coordinator.phaseTimer = phases
-        try group.send(GroupMessage(.hello, step: step, text: DataParallelLeader.hash(model.parameters)))
+        // Hello: the SHA-256 of its dense parameters and of its resolved configuration (the leader compares both).
+        try group.send(GroupMessage(.hello, step: step, text: DataParallelLeader.hash(model.parameters) + " "
+                                        + DataParallelLeader.hash(configuration)))
         var parentGone: Bool { o.parentPID.map { getppid() != $0 } ?? false }
         /// The leader's next message; polls this coordinator's socket (worker beats) meanwhile.
         func next() throws -> GroupMessage? {

@@ -223,7 +223,7 @@ public final class TrainingRun {
             describe(model)
             if let group = runtime.dataParallel, let remote = runtime.remote {
                 try group.connect(placement: remote.placement, replication: remote.replication,
-                                  parameters: model.parameters, step: trainer.step)
+                                  parameters: model.parameters, step: trainer.step, configuration: configuration)
                 trainer.dataParallel = group
                 info("data-parallel: \(group.count) coordinators (this leader + \(group.count - 1) followers at "
                      + group.followerEndpoints.joined(separator: ", ") + "), coordinator c takes shard c of every batch")

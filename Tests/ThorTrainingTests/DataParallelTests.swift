@@ -3,6 +3,7 @@ import Foundation
 import ThorTensor
 import ThorCluster
 import ThorTraining
+import ThorModel
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -131,6 +132,41 @@ final class DataParallelTests: XCTestCase, ThorProcessTest {
                 XCTAssertTrue("\(error)".contains(expected), "\(victim): \(error)")
             }
             XCTAssertEqual(Set(childProcesses()).subtracting(before), [], "\(victim): every follower and worker is gone")
+        }
+    }
+
+    /// A follower (`thor coordinator`, started by hand) with another configuration or other weights is
+    /// refused at its hello, naming what differs; the same configuration is admitted.
+    func testFollowerWithAnotherConfigurationIsRefusedAtHello() throws {
+        var c = tinyConfiguration(workers: 0)
+        c.training.microBatches = 2
+        let s = try Setup(c)
+        let placement = try Placement(keys: TranslationModel.expertKeys(for: s.configuration), workers: ["w0"], strategy: .roundRobin)
+        var other = s.configuration
+        other.training.seed += 1
+        for (name, conf, expected) in [("other-seed", other, "another configuration"), ("same", s.configuration, "")] {
+            let leader = try DataParallelLeader(count: 2, transport: .tcp)
+            leader.timeout = 60
+            defer { leader.shutdown(reason: "test over") }
+            let file = scratch + "/\(name).json"
+            try conf.jsonString.write(toFile: file, atomically: true, encoding: .utf8)
+            let pid = try thor(["coordinator", "--rank", "1", "--coordinators", "2", "--leader", leader.group.endpoint,
+                                "--bind", leader.followerEndpoints[0], "--config", file, "--parent-pid", String(getpid()),
+                                "--timeout", "2"], log: scratch + "/\(name).log")
+            if expected.isEmpty {
+                // Admitted: it then waits for worker w0, which never comes, and says so within its --timeout.
+                XCTAssertThrowsError(try leader.connect(placement: placement, replication: .shippedGradients,
+                                                        parameters: s.model.parameters, step: 0, configuration: s.configuration)) {
+                    XCTAssertTrue("\($0)".contains("follower coordinator 1 failed") && "\($0)".contains("w0"), "\($0)")
+                }
+            } else {
+                XCTAssertThrowsError(try leader.connect(placement: placement, replication: .shippedGradients,
+                                                        parameters: s.model.parameters, step: 0, configuration: s.configuration)) {
+                    XCTAssertTrue("\($0)".contains(expected), "\($0)")
+                }
+            }
+            leader.shutdown(reason: "test over")
+            XCTAssertNotNil(wait(pid, seconds: 10), "\(name): the follower exits when told to stop")
         }
     }
 
