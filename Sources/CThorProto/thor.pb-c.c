@@ -3524,7 +3524,7 @@ const ProtobufCEnumDescriptor thor__activation__descriptor =
   thor__activation__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCEnumValue thor__error_code__enum_values_by_number[14] =
+static const ProtobufCEnumValue thor__error_code__enum_values_by_number[15] =
 {
   { "ERROR_CODE_UNSPECIFIED", "THOR__ERROR_CODE__ERROR_CODE_UNSPECIFIED", 0 },
   { "ERROR_CODE_MALFORMED", "THOR__ERROR_CODE__ERROR_CODE_MALFORMED", 1 },
@@ -3540,11 +3540,12 @@ static const ProtobufCEnumValue thor__error_code__enum_values_by_number[14] =
   { "ERROR_CODE_INTERNAL", "THOR__ERROR_CODE__ERROR_CODE_INTERNAL", 11 },
   { "ERROR_CODE_DUPLICATE_WORKER_ID", "THOR__ERROR_CODE__ERROR_CODE_DUPLICATE_WORKER_ID", 12 },
   { "ERROR_CODE_BAD_SHARD", "THOR__ERROR_CODE__ERROR_CODE_BAD_SHARD", 13 },
+  { "ERROR_CODE_NOT_LEADER", "THOR__ERROR_CODE__ERROR_CODE_NOT_LEADER", 60 },
 };
 static const ProtobufCIntRange thor__error_code__value_ranges[] = {
-{0, 0},{0, 14}
+{0, 0},{60, 14},{0, 15}
 };
-static const ProtobufCEnumValueIndex thor__error_code__enum_values_by_name[14] =
+static const ProtobufCEnumValueIndex thor__error_code__enum_values_by_name[15] =
 {
   { "ERROR_CODE_BAD_SHARD", 13 },
   { "ERROR_CODE_BAD_TENSOR", 4 },
@@ -3553,6 +3554,7 @@ static const ProtobufCEnumValueIndex thor__error_code__enum_values_by_name[14] =
   { "ERROR_CODE_MALFORMED", 1 },
   { "ERROR_CODE_MISSING_STATE", 8 },
   { "ERROR_CODE_NOT_ASSIGNED", 9 },
+  { "ERROR_CODE_NOT_LEADER", 14 },
   { "ERROR_CODE_NO_PENDING_FORWARD", 7 },
   { "ERROR_CODE_SHAPE_MISMATCH", 6 },
   { "ERROR_CODE_TOO_LARGE", 3 },
@@ -3568,11 +3570,11 @@ const ProtobufCEnumDescriptor thor__error_code__descriptor =
   "ErrorCode",
   "Thor__ErrorCode",
   "thor",
-  14,
+  15,
   thor__error_code__enum_values_by_number,
-  14,
+  15,
   thor__error_code__enum_values_by_name,
-  1,
+  2,
   thor__error_code__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };

@@ -17,7 +17,7 @@ public struct ThorCommand: ParsableCommand {
         """,
         version: "thor \(thorVersion) (wire protocol version \(thorProtocolVersion))",
         subcommands: [TrainCommand.self, TranslateCommand.self, EvalCommand.self,
-                      BenchCommand.self, WorkerCommand.self, ClusterCommand.self, KeysCommand.self, DataCommand.self,
+                      BenchCommand.self, WorkerCommand.self, CoordinatorCommand.self, ClusterCommand.self, KeysCommand.self, DataCommand.self,
                       ExperimentCommand.self, ChaosCommand.self]
     )
     public init() {}

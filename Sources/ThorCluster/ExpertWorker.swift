@@ -11,8 +11,13 @@ import Darwin
 
 /// How an expert worker connects and when it gives up.
 public struct WorkerOptions: Sendable {
-    /// The coordinator's ROUTER endpoint (`tcp://host:port` or `ipc://path`).
+    /// The coordinator's ROUTER endpoint (`tcp://host:port` or `ipc://path`). With data-parallel
+    /// coordinators (docs/data-parallel.md, step 3) this is the leader's.
     public var endpoint: String
+    /// The follower coordinators' endpoints (data-parallel ranks 1, 2, … in order; empty: one
+    /// coordinator). The worker keeps a link to each (`thor worker --coordinator`); over these links
+    /// only Forward, Backward, Export and Heartbeat are served, anything else is refused (`NOT_LEADER`).
+    public var followerEndpoints: [String] = []
     /// Name in logs and registrations; unique among the coordinator's live workers.
     public var workerID: String
     /// Experts of one request computed concurrently (results do not depend on it).
@@ -130,22 +135,14 @@ public final class ExpertWorker: @unchecked Sendable {
     /// With `signals`, SIGTERM/SIGINT end the loop cleanly (`.signal`).
     public func run(signals: TerminationSignals? = nil) throws -> WorkerExit {
         try Endpoint.validate(options.endpoint)
+        for e in options.followerEndpoints { try Endpoint.validate(e) }
         let context = try ZMQContext()
-        let socket = try Socket(context: context, type: .dealer)
-        defer { socket.close() }
-        try socket.setRoutingID(Registration.routingID(workerID: options.workerID, incarnation: incarnation))
-        try socket.setHighWaterMarks(send: 0, receive: 0)
-        try socket.setReconnectInterval(milliseconds: 100)
-        try socket.setHeartbeat(interval: options.heartbeatInterval,
-                                timeout: options.heartbeatInterval * Double(max(1, options.heartbeatLiveness)))
-        let hardLimit = options.maxFrameBytes > Int.max / 10 ? -1 : Int64(options.maxFrameBytes) * 10
-        try socket.setMaxMessageSize(hardLimit)
-        if let s = options.security { try socket.makeCurveClient(keyPair: s.keyPair, serverPublicKey: s.serverPublicKey) }
-        let monitor = try socket.monitor(events: [.handshakeSucceeded, .disconnected, .handshakeFailedAuth, .handshakeFailedProtocol])
-        defer { monitor.close() }
-        // Beats also go out on a connection of their own, where they never wait behind a reply in flight.
-        let beats = try connectBeatChannel(context: context)
-        defer { beats.close() }
+        // Link 0 is the (leader) coordinator, links 1… the follower coordinators (`WorkerLinks.swift`).
+        var links: [WorkerLink] = []
+        defer { for l in links { l.close() } }
+        for endpoint in [options.endpoint] + options.followerEndpoints {
+            links.append(try WorkerLink(endpoint: endpoint, worker: self, context: context))
+        }
         // The compute thread's end of the request pipe.
         let pipeEndpoint = "inproc://thor-worker-compute-\(incarnation)"
         let pipe = try Socket(context: context, type: .pair)
@@ -161,76 +158,83 @@ public final class ExpertWorker: @unchecked Sendable {
             try? pipe.send([Frame()], dontWait: true)
             pthread_join(compute, nil)
         }
-        try socket.connect(options.endpoint)
-        log("connecting to \(options.endpoint)")
-        try send(Envelope(requestID: 0, sender: options.workerID, message: .register(registration)), on: socket)
+        for l in links {
+            try l.socket.connect(l.endpoint)
+            log("connecting to \(l.endpoint)")
+            try send(Envelope(requestID: 0, sender: options.workerID, message: .register(registration)), on: l.socket)
+        }
 
-        var connected = false, everConnected = false, handshakes = 0, beat: UInt64 = 0
+        var beat: UInt64 = 0
         var progress = RequestProgressTracker()  // what the beats say this worker holds
-        var disconnectedSince = monotonicSeconds()
         var nextBeat = monotonicSeconds() + options.heartbeatInterval
         while true {
             let wait = max(0, min(options.pollInterval, nextBeat - monotonicSeconds()))
-            let ready = try Socket.poll([socket, monitor, pipe], timeout: wait)
-            if ready[1] {
-                while let event = try monitor.receiveEvent(timeout: 0) {
+            let ready = try Socket.poll(links.flatMap { [$0.socket, $0.monitor] } + [pipe], timeout: wait)
+            for (i, link) in links.enumerated() where ready[2 * i + 1] {
+                while let event = try link.monitor.receiveEvent(timeout: 0) {
                     if event.kind.contains(.handshakeSucceeded) {
-                        connected = true
-                        everConnected = true
-                        handshakes += 1
+                        link.connected = true
+                        link.everConnected = true
+                        link.handshakes += 1
                         log("connected to \(event.endpoint)")
                         // After a reconnect the coordinator may be new: announce ourselves again.
-                        if handshakes > 1 {
-                            try send(Envelope(requestID: 0, sender: options.workerID, message: .register(registration)), on: socket)
+                        if link.handshakes > 1 {
+                            try send(Envelope(requestID: 0, sender: options.workerID, message: .register(registration)), on: link.socket)
                         }
                     } else if let refusal = securityRefusal(event) {
                         return .refused(refusal)
                     } else if event.kind.contains(.disconnected) {
                         // A failed attempt that never connected does not restart the orphan clock.
-                        if connected { disconnectedSince = monotonicSeconds() }
-                        connected = false
+                        if link.connected { link.disconnectedSince = monotonicSeconds() }
+                        link.connected = false
                         log("disconnected from \(event.endpoint)")
                     }
                 }
             }
-            if ready[0] {
-                while let frames = try socket.receive(timeout: 0) {
-                    if let exit = try handleOnIOThread(frames, socket: socket, pipe: pipe, progress: &progress) {
-                        try? socket.setLinger(milliseconds: 1000)  // let the Ack go out
+            for (i, link) in links.enumerated() where ready[2 * i] {
+                while let frames = try link.socket.receive(timeout: 0) {
+                    if let exit = try handleOnIOThread(frames, link: i, socket: link.socket, pipe: pipe, progress: &progress) {
+                        for l in links { try? l.socket.setLinger(milliseconds: 1000) }  // let the Ack go out
                         return exit
                     }
                 }
             }
-            if ready[2] {
-                while let reply = try pipe.receive(timeout: 0) {
+            if ready[2 * links.count] {
+                while var reply = try pipe.receive(timeout: 0) {
+                    // The compute thread appends the link the request came over (4 bytes, last frame).
+                    let tag = reply.popLast()
                     progress.answered(reply)
-                    if reply.count >= 1, reply[0].count > 0 { try socket.send(reply) }
+                    guard let tag, tag.count == 4 else { continue }
+                    let i = Int(UInt32(littleEndian: tag.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }))
+                    if reply.count >= 1, reply[0].count > 0, links.indices.contains(i) { try links[i].socket.send(reply) }
                 }
             }
             if monotonicSeconds() >= nextBeat {
                 nextBeat = monotonicSeconds() + options.heartbeatInterval
-                if connected {
-                    beat += 1
+                beat += 1
+                for link in links where link.connected {
                     let e = Envelope(requestID: 0, sender: options.workerID, session: status.session,
                                      message: .heartbeat(sequence: beat, sentUnixNanos: unixNanoseconds()),
                                      progress: progress.report())
-                    try send(e, on: socket)
-                    try? beats.send(WireCodec.encode(e).zmqFrames(), dontWait: true)
-                    while (try? beats.receive(timeout: 0)) != nil {}  // nothing is sent to it; never let it pile up
+                    try send(e, on: link.socket)
+                    try? link.beats.send(WireCodec.encode(e).zmqFrames(), dontWait: true)
+                    while (try? link.beats.receive(timeout: 0)) != nil {}  // nothing is sent to it; never let it pile up
                 }
             }
             if let s = signals?.received { return .signal(s) }
             if let p = options.parentPID, getppid() != p { return .parentGone }
-            if !connected, options.orphanTimeout > 0, monotonicSeconds() - disconnectedSince > options.orphanTimeout {
-                return everConnected ? .orphaned(seconds: options.orphanTimeout)
-                                     : .neverConnected(endpoint: options.endpoint, seconds: options.orphanTimeout)
+            // Any coordinator gone for the orphan timeout ends the worker: the run needs every one.
+            for link in links where !link.connected && options.orphanTimeout > 0
+                && monotonicSeconds() - link.disconnectedSince > options.orphanTimeout {
+                return link.everConnected ? .orphaned(seconds: options.orphanTimeout)
+                                          : .neverConnected(endpoint: link.endpoint, seconds: options.orphanTimeout)
             }
         }
     }
 
     /// The beat connection (`BeatChannel`): a DEALER with the data connection's settings, connected to the
     /// coordinator's endpoint, on which the I/O thread sends only its liveness beats.
-    private func connectBeatChannel(context: ZMQContext) throws -> Socket {
+    func connectBeatChannel(context: ZMQContext, endpoint: String) throws -> Socket {
         let beats = try Socket(context: context, type: .dealer)
         do {
             try beats.setRoutingID(BeatChannel.route(forDataRoute: Registration.routingID(workerID: options.workerID, incarnation: incarnation)))
@@ -240,7 +244,7 @@ public final class ExpertWorker: @unchecked Sendable {
                                    timeout: options.heartbeatInterval * Double(max(1, options.heartbeatLiveness)))
             try beats.setMaxMessageSize(64 * 1024)
             if let s = options.security { try beats.makeCurveClient(keyPair: s.keyPair, serverPublicKey: s.serverPublicKey) }
-            try beats.connect(options.endpoint)
+            try beats.connect(endpoint)
         } catch {
             beats.close()
             throw error
@@ -265,13 +269,13 @@ public final class ExpertWorker: @unchecked Sendable {
 
     /// Answers heartbeats, Shutdown and refusals at once (never queued behind compute);
     /// hands every other message to the compute thread. Returns an exit reason to stop.
-    private func handleOnIOThread(_ frames: [Frame], socket: Socket, pipe: Socket,
+    private func handleOnIOThread(_ frames: [Frame], link: Int, socket: Socket, pipe: Socket,
                                   progress: inout RequestProgressTracker) throws -> WorkerExit? {
         if frames.count == 1, frames[0].count <= 512,
            let e = try? frames[0].withUnsafeBytes({ try WireCodec.decode($0, maxFrameBytes: options.maxFrameBytes) }) {
             switch e.message {
             case .heartbeat, .shutdown, .error:
-                let (reply, exit) = handle(frames)
+                let (reply, exit) = handle(frames, arrivedAt: nil, cachingReplies: false, link: link)
                 if let reply { try socket.send(reply.zmqFrames()) }
                 return exit
             default: break
@@ -281,7 +285,7 @@ public final class ExpertWorker: @unchecked Sendable {
         // with its arrival time (8 bytes, last frame) for the reply's queue timing.
         var arrival = MonotonicClock.seconds().bitPattern.littleEndian
         progress.handedOn(frames)
-        try pipe.send(frames + [withUnsafeBytes(of: &arrival) { Frame(copying: $0) }])
+        try pipe.send(frames + [withUnsafeBytes(of: &arrival) { Frame(copying: $0) }, WorkerLink.tag(link)])
         return nil
     }
 
@@ -294,13 +298,15 @@ public final class ExpertWorker: @unchecked Sendable {
         while !status.stop {
             guard var frames = try? pipe.receive(timeout: 0.2) else { continue }
             if status.stop { return }
+            // The I/O thread appended the link (4 bytes, last frame) the request came over.
+            let link = frames.popLast().map { WorkerLink.index(of: $0) } ?? 0
             // The I/O thread appended the arrival time (8 bytes) as the last frame of every message.
             var arrival: Double? = nil
             if let last = frames.popLast(), last.count == 8 {
                 arrival = Double(bitPattern: UInt64(littleEndian: last.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }))
             }
-            let (reply, _) = handle(frames, arrivedAt: arrival, cachingReplies: true)
-            try? pipe.send(reply?.zmqFrames() ?? [Frame()])
+            let (reply, _) = handle(frames, arrivedAt: arrival, cachingReplies: true, link: link)
+            try? pipe.send((reply?.zmqFrames() ?? [Frame()]) + [WorkerLink.tag(link)])
         }
     }
 
@@ -315,8 +321,10 @@ public final class ExpertWorker: @unchecked Sendable {
     /// Replies to requests that computed (Forward, Backward, GradNorm, Gradients, Step, Zero,
     /// Export, Import, Apply) carry this worker's `WorkerTimings` of the request; `arrivedAt`
     /// (a `MonotonicClock` reading on the I/O thread) gives its queue time (0 without it).
-    public func handle(_ frames: [Frame], arrivedAt: Double? = nil) -> (EncodedFrame?, WorkerExit?) {
-        handle(frames, arrivedAt: arrivedAt, cachingReplies: false)
+    /// `link`: the coordinator the frames came from (0: the leader, the only one of a
+    /// single-coordinator run; ≥ 1: a follower, refused leader-only requests).
+    public func handle(_ frames: [Frame], arrivedAt: Double? = nil, link: Int = 0) -> (EncodedFrame?, WorkerExit?) {
+        handle(frames, arrivedAt: arrivedAt, cachingReplies: false, link: link)
     }
 
     /// The last replies (`ReplyCache`), so a request sent again is never applied twice.
@@ -326,7 +334,7 @@ public final class ExpertWorker: @unchecked Sendable {
     /// per-shard gradient buffers). Touched only by the compute thread.
     private var lastShardCount = 1
 
-    func handle(_ frames: [Frame], arrivedAt: Double?, cachingReplies: Bool) -> (EncodedFrame?, WorkerExit?) {
+    func handle(_ frames: [Frame], arrivedAt: Double?, cachingReplies: Bool, link: Int = 0) -> (EncodedFrame?, WorkerExit?) {
         let start = MonotonicClock.seconds()
         var timings = WorkerTimings(queue: arrivedAt.map { max(0, start - $0) } ?? 0)
         var computeStart = start, cpuStart = 0.0
@@ -360,7 +368,7 @@ public final class ExpertWorker: @unchecked Sendable {
         computeStart = MonotonicClock.seconds()
         timings.decode = computeStart - start
         cpuStart = processCPUSeconds()
-        if envelope.session != 0, envelope.sender == "coordinator" { status.session = envelope.session }
+        if envelope.session != 0, envelope.sender == "coordinator", link == 0 { status.session = envelope.session }
         session = envelope.session
         shard = envelope.shard
         if cachingReplies { replyCache.noteShards(shard) }
@@ -370,6 +378,7 @@ public final class ExpertWorker: @unchecked Sendable {
         }
         do {
             try checkShard(envelope)
+            try Self.checkLeaderOnly(envelope.message, link: link)
             switch envelope.message {
             case .assign(let a):
                 try options.limits.check(a, shards: lastShardCount)

@@ -19,6 +19,10 @@ public final class ExpertRuntime {
         }
     }
 
+    /// Data-parallel coordinators (docs/data-parallel.md, step 3): the followers this run's leader started
+    /// (stopped first by `shutdown`).
+    public var dataParallel: DataParallelLeader?
+
     /// The distributed backend (nil for in-process experts).
     public var remote: RemoteExpertBackend? { backend as? RemoteExpertBackend }
 
@@ -42,7 +46,8 @@ public final class ExpertRuntime {
     /// namespaces; `transport` is then tcp over their links) and replicas go to different nodes.
     public init(configuration: ThorConfiguration, workers: Int, threads: Int,
                 transport: LocalCluster.Transport = .ipc, placement strategy: Placement.Strategy = .roundRobin,
-                binary: String? = nil, replicas: Int? = nil, liveness: Liveness = Liveness()) throws {
+                binary: String? = nil, replicas: Int? = nil, liveness: Liveness = Liveness(),
+                extraWorkerArguments: [String] = []) throws {
         let spec = TranslationModel.expertSpec(for: configuration)
         let keys = TranslationModel.expertKeys(for: configuration)
         coordinator = nil
@@ -51,6 +56,7 @@ public final class ExpertRuntime {
             cluster = nil
         } else {
             let c = try LocalCluster(workers: workers, transport: transport, threadsPerWorker: threads, binary: binary,
+                                     extraArguments: extraWorkerArguments,
                                      heartbeatInterval: liveness.heartbeatInterval, heartbeatLiveness: liveness.heartbeatLiveness,
                                      emulatedNodes: configuration.cluster.emulatedNodes)
             c.restartBudget = liveness.restartBudget
@@ -108,6 +114,7 @@ public final class ExpertRuntime {
 
     /// Stops the worker processes (if any; external workers are sent Shutdown). Also done on deinit.
     public func shutdown() {
+        dataParallel?.shutdown(reason: "training finished")
         cluster?.shutdown()
         coordinator?.shutdownWorkers(reason: "training finished")
     }

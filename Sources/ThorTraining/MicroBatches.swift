@@ -82,57 +82,13 @@ extension Trainer {
                            phases: PhaseTimer) throws -> (translationLoss: Double, auxiliary: AuxiliaryLosses) {
         let count = shards.count
         let parameters = model.parameters
-        let layers = model.moe.layers, taskLevel = model.moe.taskLevel
-        let decoderOnly = model.configuration.model.architecture == .decoderOnly
-        // Non-pad tokens of each shard a layer sees: encoder layers the source, decoder layers the
-        // target (a prefix-LM's one stack: both).
-        func tokens(_ b: Seq2SeqBatch, _ layer: MoELayer) -> Int {
-            let src = Int(b.sourceMask.reduce(0, +)), tgt = b.targetTokens
-            return decoderOnly ? src + tgt : (layer.side == .encoder ? src : tgt)
-        }
-        let layerTotals = layers.map { l in shards.reduce(0) { $0 + tokens($1, l) } }
-        let targetTotal = shards.reduce(0) { $0 + $1.targetTokens }
-        let sentenceTotal = shards.reduce(0) { $0 + $1.batchSize }
-        let backend = model.backend
-        defer {
-            for l in layers { l.microBatchShare = (1, 1) }
-            taskLevel?.sentenceShare = 1
-            backend.shard = .whole
-        }
+        let totals = ShardTotals(model, shards: shards)
+        let dropout = model.network.dropoutState
         var sums: [Tensor] = []
-        var lossSum = 0.0
-        var task: Double?, taskBalance: Double?, tokenBalance: Double?
-        var dynamic = [Double?](repeating: nil, count: layers.count)
-        func add(_ x: inout Double?, _ v: Double?) { if let v { x = (x ?? 0) + v } }
-        for (c, shard) in shards.enumerated() {
-            let shares = layers.indices.map { Float(tokens(shard, layers[$0])) / Float(layerTotals[$0]) }
-            for (l, s) in zip(layers, shares) { l.microBatchShare = (s, 1 / Float(count)) }
-            taskLevel?.sentenceShare = Float(shard.batchSize) / Float(sentenceTotal)
-            // The experts keep this shard's activations and gradients apart (docs/data-parallel.md, step 2).
-            if count > 1 { backend.shard = Shard(index: c, count: count) }
-
-            var clock = MonotonicClock.seconds()
-            var sections = phases.sectionSeconds()
-            let ce = try model.network.forward(shard, training: true)
-            clock = phases.recordResidual(.attention, passStart: clock, sectionsBefore: sections)
-            let aux = model.moe.auxiliaryLosses
-            let shardLoss = Double(ce.loss) + aux.weighted(by: model.configuration.losses)
-            guard shardLoss.isFinite else {
-                let culprit = try firstNonFiniteWeight(model)
-                try model.zeroGradients()
-                throw TrainingError.nonFinite(step: next, quantity: "loss of micro-batch \(c) (\(shardLoss))", tensor: culprit)
-            }
-            lossSum += ce.lossSum
-            add(&task, aux.task.map { $0 * Double(shard.batchSize) / Double(sentenceTotal) })
-            add(&taskBalance, aux.taskBalance.map { $0 / Double(count) })
-            add(&tokenBalance, aux.tokenBalance.map { $0 / Double(count) })
-            for (i, l) in layers.enumerated() {
-                add(&dynamic[i], l.lastLosses.dynamic.map { $0 * Double(tokens(shard, l)) / Double(layerTotals[i]) })
-            }
-
-            sections = phases.sectionSeconds(backward: true)
-            try model.network.backward(lossScale: Float(ce.tokenCount) / Float(targetTotal))
-            _ = phases.recordResidual(.attentionBackward, passStart: clock, sectionsBefore: sections)
+        var outcomes: [ShardOutcome] = []
+        for c in shards.indices {
+            outcomes.append(try runShard(model, shards[c], index: c, totals: totals, dropoutAtStepStart: dropout,
+                                         step: next, phases: phases))
             // g = g_0; g += g_c: the running sum waits in `sums` while the next shard's gradient
             // is computed from zero in `grad`; the last shard's is added to it in place.
             if count > 1 {
@@ -146,9 +102,134 @@ extension Trainer {
                 if c < count - 1 { model.network.zeroGradients() }
             }
         }
+        if count > 1 { model.network.dropoutState = ShardTotals.dropoutState(after: count, from: dropout) }
+        return ShardOutcome.combine(outcomes, totals: totals)
+    }
+
+    /// Forward and backward of shard `c` of a step's `totals.count` shards, from zero gradients, weighted
+    /// by the whole batch's totals (`MicroBatches`), with the shard's own dropout stream (see
+    /// `ShardTotals.dropoutState`). What each data-parallel coordinator runs for its shard, and the
+    /// in-process micro-batch step for each of its shards: the same code, the same bits.
+    static func runShard(_ model: TranslationModel, _ shard: Seq2SeqBatch, index c: Int, totals: ShardTotals,
+                         dropoutAtStepStart: UInt64, step next: Int, phases: PhaseTimer) throws -> ShardOutcome {
+        let count = totals.count
+        let layers = model.moe.layers, taskLevel = model.moe.taskLevel
+        let backend = model.backend
+        defer {
+            for l in layers { l.microBatchShare = (1, 1) }
+            taskLevel?.sentenceShare = 1
+            backend.shard = .whole
+        }
+        let shares = layers.indices.map { Float(totals.tokens(shard, layers[$0])) / Float(totals.layerTotals[$0]) }
+        for (l, s) in zip(layers, shares) { l.microBatchShare = (s, 1 / Float(count)) }
+        taskLevel?.sentenceShare = Float(shard.batchSize) / Float(totals.sentenceTotal)
+        // The experts keep this shard's activations and gradients apart (docs/data-parallel.md, step 2).
+        if count > 1 {
+            backend.shard = Shard(index: c, count: count)
+            model.network.dropoutState = ShardTotals.dropoutState(shard: c, from: dropoutAtStepStart)
+        }
+
+        var clock = MonotonicClock.seconds()
+        var sections = phases.sectionSeconds()
+        let ce = try model.network.forward(shard, training: true)
+        clock = phases.recordResidual(.attention, passStart: clock, sectionsBefore: sections)
+        let aux = model.moe.auxiliaryLosses
+        let shardLoss = Double(ce.loss) + aux.weighted(by: model.configuration.losses)
+        guard shardLoss.isFinite else {
+            let culprit = try firstNonFiniteWeight(model)
+            try model.zeroGradients()
+            throw TrainingError.nonFinite(step: next, quantity: "loss of micro-batch \(c) (\(shardLoss))", tensor: culprit)
+        }
+        var outcome = ShardOutcome(lossSum: ce.lossSum,
+                                   task: aux.task.map { $0 * Double(shard.batchSize) / Double(totals.sentenceTotal) },
+                                   taskBalance: aux.taskBalance.map { $0 / Double(count) },
+                                   tokenBalance: aux.tokenBalance.map { $0 / Double(count) }, dynamic: [])
+        for (i, l) in layers.enumerated() {
+            outcome.dynamic.append(l.lastLosses.dynamic.map { $0 * Double(totals.tokens(shard, l)) / Double(totals.layerTotals[i]) })
+        }
+
+        sections = phases.sectionSeconds(backward: true)
+        try model.network.backward(lossScale: Float(ce.tokenCount) / Float(totals.targetTotal))
+        _ = phases.recordResidual(.attentionBackward, passStart: clock, sectionsBefore: sections)
+        return outcome
+    }
+}
+
+/// The whole batch's totals a shard's losses are weighted by (`MicroBatches`): every coordinator
+/// computes them from the whole sampled batch, whichever shard it runs.
+struct ShardTotals {
+    let count: Int
+    let layerTotals: [Int]
+    let targetTotal: Int
+    let sentenceTotal: Int
+    let decoderOnly: Bool
+    let sides: [Side]
+
+    init(_ model: TranslationModel, shards: [Seq2SeqBatch]) {
+        count = shards.count
+        decoderOnly = model.configuration.model.architecture == .decoderOnly
+        sides = model.moe.layers.map(\.side)
+        targetTotal = shards.reduce(0) { $0 + $1.targetTokens }
+        sentenceTotal = shards.reduce(0) { $0 + $1.batchSize }
+        var totals: [Int] = []
+        for i in sides.indices {
+            totals.append(shards.reduce(0) { [decoderOnly, sides] in $0 + Self.tokens($1, side: sides[i], decoderOnly: decoderOnly) })
+        }
+        layerTotals = totals
+    }
+
+    /// Non-pad tokens of `b` a layer sees: encoder layers the source, decoder layers the target
+    /// (a prefix-LM's one stack: both).
+    static func tokens(_ b: Seq2SeqBatch, side: Side, decoderOnly: Bool) -> Int {
+        let src = Int(b.sourceMask.reduce(0, +)), tgt = b.targetTokens
+        return decoderOnly ? src + tgt : (side == .encoder ? src : tgt)
+    }
+
+    func tokens(_ b: Seq2SeqBatch, _ layer: MoELayer) -> Int { Self.tokens(b, side: layer.side, decoderOnly: decoderOnly) }
+
+    /// Draws reserved for each shard's dropout masks: shard c of a step draws from the step's starting
+    /// state advanced by `c · 2^40` (far more than any shard uses), so that a shard's masks do not depend
+    /// on the other shards' sizes — a data-parallel coordinator draws its shard's masks without knowing
+    /// how many the shards before it took.
+    static let drawsPerShard = 1 << 40
+
+    /// The dropout generator's state at the start of shard `c`'s forward.
+    static func dropoutState(shard c: Int, from start: UInt64) -> UInt64 {
+        var g = RandomGenerator(seed: start)
+        g.advance(by: c * drawsPerShard)
+        return g.state
+    }
+
+    /// The generator's state after a step of `count` shards (every coordinator's alike).
+    static func dropoutState(after count: Int, from start: UInt64) -> UInt64 { dropoutState(shard: count, from: start) }
+}
+
+/// One shard's contributions to the step's losses, already weighted (see `MicroBatches`).
+struct ShardOutcome: Equatable {
+    /// Σ of the shard's token losses (`L_mt` is Σ over shards / N).
+    var lossSum: Double
+    var task: Double?
+    var taskBalance: Double?
+    var tokenBalance: Double?
+    /// Per MoE layer.
+    var dynamic: [Double?]
+
+    /// The step's `L_mt` and auxiliary losses: the shards' contributions added in shard order.
+    static func combine(_ outcomes: [ShardOutcome], totals: ShardTotals) -> (translationLoss: Double, auxiliary: AuxiliaryLosses) {
+        func add(_ x: inout Double?, _ v: Double?) { if let v { x = (x ?? 0) + v } }
+        var lossSum = 0.0
+        var task: Double?, taskBalance: Double?, tokenBalance: Double?
+        var dynamic = [Double?](repeating: nil, count: totals.layerTotals.count)
+        for o in outcomes {
+            lossSum += o.lossSum
+            add(&task, o.task)
+            add(&taskBalance, o.taskBalance)
+            add(&tokenBalance, o.tokenBalance)
+            for i in dynamic.indices where i < o.dynamic.count { add(&dynamic[i], o.dynamic[i]) }
+        }
         let dyn = dynamic.compactMap { $0 }
         let auxiliary = AuxiliaryLosses(task: task, taskBalance: taskBalance, tokenBalance: tokenBalance,
                                         dynamic: dyn.isEmpty ? nil : dyn.reduce(0, +) / Double(dyn.count))
-        return (lossSum / Double(max(1, targetTotal)), auxiliary)
+        return (lossSum / Double(max(1, totals.targetTotal)), auxiliary)
     }
 }

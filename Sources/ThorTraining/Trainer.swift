@@ -32,6 +32,9 @@ public final class Trainer {
     /// the cluster coordinator record their sections into it; the trainer the passes' rest,
     /// the gradient norm and the optimizer step. Timing never changes a result.
     public let phases = PhaseTimer()
+    /// Data-parallel coordinators (docs/data-parallel.md, step 3): this trainer is their leader and runs
+    /// shard 0 of each step; the followers' shards come from `dataParallel` (nil: one coordinator).
+    public var dataParallel: DataParallelLeader?
 
     /// Starts at step 0, or continues from `checkpoint` (weights, moments, data position, RNG).
     public init(model: TranslationModel, data: TranslationData, checkpoint: RunCheckpoint? = nil) throws {
@@ -62,6 +65,8 @@ public final class Trainer {
 
     /// Writes a checkpoint of the current state.
     public func saveCheckpoint(to directory: String) throws {
+        // Every coordinator must hold the same dense parameters (else the checkpoint is only the leader's).
+        try dataParallel?.verifyParameters(model.parameters, step: step)
         try RunCheckpoint.save(model: model, tokenizer: data.tokenizer, state: state, to: directory)
     }
 
@@ -105,6 +110,8 @@ public final class Trainer {
             do {
                 return try trainStep(on: batch)
             } catch let e as ClusterError {
+                // The followers' shards of this step are spent: redoing a step needs them too (step 4).
+                if dataParallel != nil { throw e }
                 let duringCommit = committing
                 switch e {
                 case .stepAborted:
@@ -163,7 +170,7 @@ public final class Trainer {
 
     /// One optimizer step on `batch`.
     public func trainStep(on batch: Seq2SeqBatch) throws -> StepResult {
-        let result = try Self.optimizerStep(model, on: batch, step: step + 1, phases: phases) { self.committing = $0 }
+        let result = try Self.optimizerStep(model, on: batch, step: step + 1, phases: phases, dataParallel: dataParallel) { self.committing = $0 }
         step = result.step
         model.moe.activateTaskLevel(afterSteps: step)  // what a dev evaluation after this step routes with
         return result
@@ -175,7 +182,7 @@ public final class Trainer {
     /// the coordinator. What `trainStep(on:)` runs, and `thor bench train` measures. The pass's
     /// attention (the part not timed inside the MoE layers), gradient norm and optimizer go to `phases`.
     public static func optimizerStep(_ model: TranslationModel, on batch: Seq2SeqBatch, step next: Int,
-                                     phases: PhaseTimer = PhaseTimer(),
+                                     phases: PhaseTimer = PhaseTimer(), dataParallel: DataParallelLeader? = nil,
                                      committing: (Bool) -> Void = { _ in }) throws -> StepResult {
         let t = model.configuration.training
         model.moe.activateTaskLevel(afterSteps: next - 1)  // off during routing.task_warmup_steps
@@ -196,6 +203,10 @@ public final class Trainer {
             sections = phases.sectionSeconds(backward: true)
             try model.network.backward(lossScale: 1)
             clock = phases.recordResidual(.attentionBackward, passStart: clock, sectionsBefore: sections)
+        } else if let dataParallel {
+            // Data-parallel coordinators: shard 0 here, the others' gradients added in shard order.
+            (translationLoss, aux) = try dataParallel.accumulate(model, batch: batch, step: next, phases: phases)
+            clock = MonotonicClock.seconds()
         } else {
             // Micro-batches: the same step on the batch's C shards, gradients summed in shard order.
             let shards = try MicroBatches.split(batch, into: t.microBatches, step: next)
@@ -232,6 +243,7 @@ public final class Trainer {
         committing(true)
         try model.backend.step(learningRate: lr, clipScale: clip, step: next)
         committing(false)
+        try dataParallel?.broadcast(model.parameters, learningRate: lr, clipScale: clip, step: next)
         Adam.update(model.parameters, learningRate: lr, clipScale: clip, step: next, settings: t.adam, threads: Parallel.processors)
         phases.add(.optimizer, since: clock)
         let tokens = Int(batch.sourceMask.reduce(0, +) + batch.targetMask.reduce(0, +))

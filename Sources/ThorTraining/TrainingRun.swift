@@ -40,6 +40,9 @@ public final class TrainingRun {
         public var metricsPort: Int?
         /// The address the metrics endpoint listens on (IPv4; loopback by default).
         public var metricsAddress = "127.0.0.1"
+        /// Data-parallel coordinators (docs/data-parallel.md, step 3): this process is the leader and starts
+        /// `coordinators − 1` follower processes; needs local workers and `training.micro_batches` = this.
+        public var coordinators = 1
         public init(configuration: ThorConfiguration) { self.configuration = configuration }
     }
 
@@ -218,6 +221,13 @@ public final class TrainingRun {
             let model = try TranslationModel(configuration: configuration, backend: runtime.backend)
             let trainer = try Trainer(model: model, data: data, checkpoint: checkpoint)
             describe(model)
+            if let group = runtime.dataParallel, let remote = runtime.remote {
+                try group.connect(placement: remote.placement, replication: remote.replication,
+                                  parameters: model.parameters, step: trainer.step, configuration: configuration)
+                trainer.dataParallel = group
+                info("data-parallel: \(group.count) coordinators (this leader + \(group.count - 1) followers at "
+                     + group.followerEndpoints.joined(separator: ", ") + "), coordinator c takes shard c of every batch")
+            }
             let metrics = try directory.map { try $0.open(configuration: configuration, resumingAt: checkpoint?.state.step) }
             return Session(configuration: configuration, data: data, runtime: runtime, model: model,
                            trainer: trainer, metrics: metrics)
@@ -250,8 +260,17 @@ public final class TrainingRun {
                  + "\(runtime.remote?.replicas ?? 1) replicas per expert, on expert loss: \(cluster.onExpertLoss.rawValue)")
             return runtime
         }
-        let runtime = try ExpertRuntime(configuration: configuration, workers: cluster.workers, threads: cluster.expertThreads,
-                                        transport: options.transport, placement: options.placement, liveness: options.liveness)
+        let group = try startFollowers(configuration)
+        let runtime: ExpertRuntime
+        do {
+            runtime = try ExpertRuntime(configuration: configuration, workers: cluster.workers, threads: cluster.expertThreads,
+                                        transport: options.transport, placement: options.placement, liveness: options.liveness,
+                                        extraWorkerArguments: group?.workerArguments ?? [])
+        } catch {
+            group?.shutdown(reason: "the workers did not start")
+            throw error
+        }
+        runtime.dataParallel = group
         if let c = runtime.cluster {
             info("cluster: coordinator + \(c.workerIDs.count) expert workers at \(c.coordinator.endpoint), "
                  + "\(runtime.remote?.replicas ?? 1) replicas per expert, on expert loss: \(cluster.onExpertLoss.rawValue)")

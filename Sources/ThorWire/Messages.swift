@@ -34,6 +34,10 @@ public enum WireErrorCode: UInt32, Sendable, Equatable, CaseIterable {
     /// A shard out of range, another shard count within one step, a shard on a message that takes
     /// none, or a GradNorm / Gradients / Step while a shard's backward is missing (protocol 4).
     case badShard = 13
+    /// Data-parallel coordinators (docs/data-parallel.md, step 3): a request only the leader may send
+    /// (Assign, Import, Step, ZeroGradients, GradNorm, Gradients, ApplyGradients, Shutdown) came over a
+    /// follower coordinator's link. Nothing changed.
+    case notLeader = 60
 }
 
 /// A worker announcing itself (sent on connect and after every reconnect).

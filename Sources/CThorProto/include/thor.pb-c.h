@@ -127,7 +127,11 @@ typedef enum _Thor__ErrorCode {
   /*
    * shard out of range, another shard count within a step, a shard on a message that takes none, or a shard whose backward is missing at GradNorm/Gradients/Step
    */
-  THOR__ERROR_CODE__ERROR_CODE_BAD_SHARD = 13
+  THOR__ERROR_CODE__ERROR_CODE_BAD_SHARD = 13,
+  /*
+   * data-parallel: a request only the leader coordinator may send (Assign, Import, Step, ZeroGradients, GradNorm, Gradients, ApplyGradients, Shutdown) came from another coordinator
+   */
+  THOR__ERROR_CODE__ERROR_CODE_NOT_LEADER = 60
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(THOR__ERROR_CODE)
 } Thor__ErrorCode;
 

@@ -39,6 +39,9 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Expert-worker processes to start (0: experts in this process). Default: cluster.workers (2).")
     var workers: Int?
 
+    @Option(help: ArgumentHelp("Data-parallel coordinators (docs/data-parallel.md): this process leads and starts C − 1 follower coordinators (`thor coordinator`); coordinator c takes shard c of every batch, all share the workers. Sets training.micro_batches = C (another value is refused): the checkpoint equals the in-process run with C micro-batches, byte for byte.", valueName: "C"))
+    var coordinators: Int = 1
+
     @Option(help: "Optimizer steps to run (training.max_steps).")
     var maxSteps: Int?
 
@@ -144,6 +147,7 @@ struct TrainCommand: ParsableCommand {
         var o = try ThorConfiguration.overrides(overrides)
         if let workers { o["cluster.workers"] = String(workers) }
         if let maxSteps { o["training.max_steps"] = String(maxSteps) }
+        if coordinators > 1, o["training.micro_batches"] == nil { o["training.micro_batches"] = String(coordinators) }
         if let seed { o["training.seed"] = String(seed) }
         if let variant { o["routing.variant"] = variant }
         if let replicas { o["cluster.replicas"] = String(replicas) }
@@ -178,6 +182,14 @@ struct TrainCommand: ParsableCommand {
         if let metricsPort, !(0...65535).contains(metricsPort) {
             throw ValidationError("--metrics-port must be a TCP port (0–65535), got \(metricsPort)")
         }
+        guard coordinators >= 1 else { throw ValidationError("--coordinators must be at least 1, got \(coordinators)") }
+        if coordinators > 1 {
+            if let given = try fileKeys().merging(ThorConfiguration.overrides(overrides), uniquingKeysWith: { $1 })["training.micro_batches"], given != String(coordinators) {
+                throw ValidationError("--coordinators \(coordinators) needs training.micro_batches = \(coordinators) (coordinator c takes shard c of \(coordinators)), got \(given)")
+            }
+            if bind != nil { throw ValidationError("--coordinators with --bind is not supported yet: start `thor coordinator` and `thor worker --coordinator` by hand") }
+            if faultPlan != nil { throw ValidationError("--coordinators with --fault-plan is not supported yet (docs/data-parallel.md, step 4)") }
+        }
         guard restartBudget >= 0 else { throw ValidationError("--restart-budget must be ≥ 0, got \(restartBudget)") }
         guard let mode = ReplicationMode(rawValue: replication) else {
             throw ValidationError("--replication must be \(ReplicationMode.allCases.map(\.rawValue).joined(separator: " or ")), got '\(replication)'")
@@ -202,6 +214,7 @@ struct TrainCommand: ParsableCommand {
         }
         options.metricsPort = metricsPort
         options.metricsAddress = metricsAddress
+        options.coordinators = coordinators
         let run = TrainingRun(options: options)
         if !noProgress {
             // One bar on stderr; info lines end its line first.

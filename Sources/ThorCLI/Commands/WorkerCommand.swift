@@ -41,6 +41,10 @@ struct WorkerCommand: ParsableCommand {
     @Option(name: .long, help: "Coordinator endpoint: tcp://HOST:PORT or ipc://PATH.")
     var connect: String
 
+    @Option(name: .long, parsing: .singleValue,
+            help: ArgumentHelp("A follower coordinator of a data-parallel run (docs/data-parallel.md), in rank order 1, 2, …; repeatable. --connect is then the leader's. Only Forward, Backward, Export and Heartbeat are served over these links.", valueName: "endpoint"))
+    var coordinator: [String] = []
+
     @Option(name: .long, help: "Worker id, unique in the cluster (default: HOSTNAME-PID).")
     var id: String?
 
@@ -79,6 +83,12 @@ struct WorkerCommand: ParsableCommand {
 
     func validate() throws {
         do { try Endpoint.validate(connect) } catch { throw ValidationError("--connect: \(error)") }
+        for e in coordinator {
+            do { try Endpoint.validate(e) } catch { throw ValidationError("--coordinator: \(error)") }
+        }
+        guard Set(coordinator + [connect]).count == coordinator.count + 1 else {
+            throw ValidationError("--connect and every --coordinator must be different endpoints")
+        }
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1, got \(threads)") }
         guard orphanTimeout >= 0 else { throw ValidationError("--orphan-timeout must be >= 0, got \(orphanTimeout)") }
         if let m = memoryBudget { guard m > 0 else { throw ValidationError("--memory-budget must be positive, got \(m)") } }
@@ -97,6 +107,7 @@ struct WorkerCommand: ParsableCommand {
     func run() throws {
         let signals = TerminationSignals()
         var options = WorkerOptions(endpoint: connect, workerID: id ?? WorkerCommand.defaultID())
+        options.followerEndpoints = coordinator
         options.threads = threads
         options.parentPID = parentPid
         options.orphanTimeout = orphanTimeout
