@@ -57,7 +57,8 @@ let package = Package(
                 swiftSettings: optimize),
         // Training loop, checkpoints of a whole run, evaluation: glues model, data and cluster.
         .target(name: "ThorTraining",
-                dependencies: ["ThorTensor", "ThorExperts", "ThorModel", "ThorData", "ThorCheckpoint", "ThorCluster"],
+                dependencies: ["ThorTensor", "ThorExperts", "ThorModel", "ThorData", "ThorCheckpoint", "ThorCluster",
+                               .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: optimize),
         .target(name: "ThorCLI",
                 dependencies: ["ThorTensor", "ThorExperts", "ThorModel", "ThorData", "ThorCheckpoint", "ThorWire",
