@@ -83,6 +83,8 @@ public final class ClusterCoordinator {
     public private(set) var workerIDs: [String] = []
     /// Time and bytes of every exchange so far.
     public var counters = TransportCounters()
+    /// Shared-memory links to workers on this host (protocol 5; `enabled = false` declines every offer).
+    public let sharedLinks = SharedLinks()
     /// Where forward and backward exchanges record encode / send / wait / decode (nil: nowhere).
     public var phaseTimer: PhaseTimer?
     /// Forward and backward exchanges are appended here while it is not nil (`ExchangeTrace`).
@@ -202,6 +204,7 @@ public final class ClusterCoordinator {
         let now = monotonicSeconds()
         let loss = WorkerLoss(worker: worker, reason: reason, silentSeconds: now - (lastHeard[worker] ?? now), declaredAt: now)
         lost[worker] = loss
+        sharedLinks.drop(route: routes[worker])
         joined.removeAll { $0 == worker }
         onLoss?(loss)
     }
@@ -320,7 +323,8 @@ public final class ClusterCoordinator {
             if action == .drop || isCut(r.worker) { return true }
             guard let route = routes[r.worker] else { return true }
             let frame = WireCodec.encode(Envelope(requestID: id, sender: "coordinator", session: session, message: r.message,
-                                                  shard: Self.shard(of: r.message, shard)), dtype: dtype)
+                                                  shard: Self.shard(of: r.message, shard), sharedRegion: sharedLinks.token(route: route)),
+                                         dtype: dtype, shared: sharedLinks.writer(route: route))
             if action == .corrupt, let p = frame.pointer { FaultInjector.corrupt(UnsafeMutableRawBufferPointer(start: p, count: frame.count)) }
             counters.bytesSent += frame.totalCount
             let sendStart = monotonicSeconds()
@@ -554,7 +558,8 @@ public final class ClusterCoordinator {
     private func admit(_ r: Registration) {
         let id = r.workerID
         let isNew = registrations[id] == nil
-        if let old = routes[id] { workerByRoute[old] = nil }
+        if let old = routes[id] { workerByRoute[old] = nil; if old != r.routingID { sharedLinks.drop(route: old) } }
+        sharedLinks.accept(r)
         routes[id] = r.routingID
         workerByRoute[r.routingID] = id
         let changed = registrations[id]?.incarnation != r.incarnation
@@ -605,7 +610,7 @@ public final class ClusterCoordinator {
         if let dataRoute = onBeatChannel { route = dataRoute }
         counters.bytesReceived += frames.dropFirst().reduce(0) { $0 + $1.count }
         let t0 = monotonicSeconds()
-        var decoded = try? WireCodec.decode(frames: frames.dropFirst(), maxFrameBytes: maxFrameBytes)
+        var decoded = try? WireCodec.decode(frames: frames.dropFirst(), maxFrameBytes: maxFrameBytes, shared: sharedLinks.reader(route: route))
         if let e = decoded, damaging.contains(e.requestID) {
             let header = Frame(copying: frames[1].bytes)
             FaultInjector.corrupt(UnsafeMutableRawBufferPointer(mutating: header.bytes))

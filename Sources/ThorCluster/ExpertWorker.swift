@@ -38,6 +38,10 @@ public struct WorkerOptions: Sendable {
     public var verbose: Bool = false
     /// Keys for a CURVE-secured coordinator (nil: unsecured links).
     public var security: WorkerSecurity? = nil
+    /// Offer a shared-memory region for tensors (protocol 5; `THOR_SHARED_MEMORY=0` or
+    /// `thor worker --no-shared-memory` turn it off), and the bytes of each of its two rings.
+    public var sharedMemory: Bool = SharedRegion.enabledByEnvironment
+    public var sharedRingBytes: Int = SharedRegion.defaultRingBytes
 
     public init(endpoint: String, workerID: String) {
         self.endpoint = endpoint
@@ -105,6 +109,8 @@ public final class ExpertWorker: @unchecked Sendable {
     public let incarnation: UInt64
     private var placementEpoch: UInt64 = 0
     let status = WorkerStatus()
+    /// The shared-memory region offered to the coordinator (created by `run`; nil: frames only).
+    private(set) var sharedMemory: WorkerSharedMemory?
 
     public init(options: WorkerOptions) {
         self.options = options
@@ -120,7 +126,7 @@ public final class ExpertWorker: @unchecked Sendable {
         Registration(workerID: options.workerID, threads: options.threads,
                      capacityBytes: UInt64(max(0, options.limits.memoryBudgetBytes)), pid: Int(getpid()),
                      hostname: currentHostname(), incarnation: incarnation, hosted: status.hosted,
-                     session: status.session, committedStep: status.committedStep)
+                     session: status.session, committedStep: status.committedStep, sharedRegion: sharedMemory?.region.offer)
     }
 
     /// Connects, registers and serves until Shutdown, a termination signal, the
@@ -128,6 +134,8 @@ public final class ExpertWorker: @unchecked Sendable {
     /// With `signals`, SIGTERM/SIGINT end the loop cleanly (`.signal`).
     public func run(signals: TerminationSignals? = nil) throws -> WorkerExit {
         try Endpoint.validate(options.endpoint)
+        sharedMemory = WorkerSharedMemory.create(options, log: log)
+        defer { sharedMemory?.region.unlink() }
         let context = try ZMQContext()
         let socket = try Socket(context: context, type: .dealer)
         defer { socket.close() }
@@ -191,6 +199,7 @@ public final class ExpertWorker: @unchecked Sendable {
                 }
             }
             if ready[0] {
+                sharedMemory?.region.unlink()  // the coordinator has mapped it, or declined it
                 while let frames = try socket.receive(timeout: 0) {
                     if let exit = try handleOnIOThread(frames, socket: socket, pipe: pipe) {
                         try? socket.setLinger(milliseconds: 1000)  // let the Ack go out
@@ -325,6 +334,7 @@ public final class ExpertWorker: @unchecked Sendable {
         var computeStart = start, cpuStart = 0.0
         var session: UInt64 = 0
         var shard: Shard? = nil
+        var replyRing: SharedRingWriter? = nil
         func remember(_ id: UInt64, _ m: WireMessage, _ dtype: WireDType) {
             guard cachingReplies, id != 0 else { return }
             recentReplies.append((session, shard, id, m, dtype))
@@ -332,7 +342,7 @@ public final class ExpertWorker: @unchecked Sendable {
         }
         func reply(_ id: UInt64, _ m: WireMessage, dtype: WireDType = .f32) -> EncodedFrame {
             remember(id, m, dtype)
-            return WireCodec.encode(Envelope(requestID: id, sender: options.workerID, message: m), dtype: dtype)
+            return WireCodec.encode(Envelope(requestID: id, sender: options.workerID, message: m), dtype: dtype, shared: replyRing)
         }
         /// A computed request's reply, with the timings up to now (encode measured while packing).
         func timed(_ id: UInt64, _ m: WireMessage, dtype: WireDType = .f32) -> EncodedFrame {
@@ -340,11 +350,11 @@ public final class ExpertWorker: @unchecked Sendable {
             timings.compute = MonotonicClock.seconds() - computeStart
             timings.computeCPU = processCPUSeconds() - cpuStart
             return WireCodec.encode(Envelope(requestID: id, sender: options.workerID, message: m), dtype: dtype,
-                                    measuringEncodeOf: timings)
+                                    measuringEncodeOf: timings, shared: replyRing)
         }
         let envelope: Envelope
         do {
-            envelope = try WireCodec.decode(frames: frames[...], maxFrameBytes: options.maxFrameBytes)
+            envelope = try WireCodec.decode(frames: frames[...], maxFrameBytes: options.maxFrameBytes, shared: sharedMemory?.requests)
         } catch let e as WireError {
             log("rejected a frame: \(e)")
             return (reply(e.requestID, .error(code: e.code, message: e.description)), nil)
@@ -358,9 +368,11 @@ public final class ExpertWorker: @unchecked Sendable {
         if envelope.session != 0, envelope.sender == "coordinator" { status.session = envelope.session }
         session = envelope.session
         shard = envelope.shard
+        replyRing = sharedMemory?.replyRing(for: envelope)
         if cachingReplies, id != 0, let r = recentReplies.last(where: { $0.session == session && $0.shard == shard && $0.id == id }) {
             log("request \(id) again: answered from the reply cache")
-            return (WireCodec.encode(Envelope(requestID: id, sender: options.workerID, message: r.message), dtype: r.dtype), nil)
+            return (WireCodec.encode(Envelope(requestID: id, sender: options.workerID, message: r.message), dtype: r.dtype,
+                                     shared: replyRing), nil)
         }
         do {
             try checkShard(envelope)
