@@ -172,16 +172,17 @@ final class SharedMemoryTests: XCTestCase {
     /// posix_fallocate failing (here: RLIMIT_FSIZE below the region's size, as a too small
     /// /dev/shm would) and a missing directory are errors, and leave no file behind.
     func testRegionThatCannotBeCreatedIsAnErrorAndLeavesNoFile() throws {
+        let fsize = __rlimit_resource_t(RLIMIT_FSIZE.rawValue)
         var old = rlimit()
-        getrlimit(RLIMIT_FSIZE, &old)
+        getrlimit(fsize, &old)
         let oldHandler = signal(SIGXFSZ, SIG_IGN)
         var small = old
         small.rlim_cur = 1 << 20
-        setrlimit(RLIMIT_FSIZE, &small)
+        setrlimit(fsize, &small)
         XCTAssertThrowsError(try SharedRegion.create(ringBytes: 1 << 20)) { e in
             XCTAssertTrue("\(e)".contains("posix_fallocate"), "\(e)")
         }
-        setrlimit(RLIMIT_FSIZE, &old)
+        setrlimit(fsize, &old)
         signal(SIGXFSZ, oldHandler)
         XCTAssertEqual(leftovers([getpid()]), [])
         SharedRegion.directory = "/nonexistent-thor-shm"
