@@ -204,7 +204,6 @@ public final class ClusterCoordinator {
         let now = monotonicSeconds()
         let loss = WorkerLoss(worker: worker, reason: reason, silentSeconds: now - (lastHeard[worker] ?? now), declaredAt: now)
         lost[worker] = loss
-        sharedLinks.drop(route: routes[worker])
         joined.removeAll { $0 == worker }
         onLoss?(loss)
     }
@@ -528,7 +527,8 @@ public final class ClusterCoordinator {
 
     private func checkChildren() {
         guard let watch = childWatch else { return }
-        for (w, reason) in watch() { declareLost(w, reason: reason) }
+        // An exited process sends nothing more: its shared-memory link goes (a silent one may come back and keeps it).
+        for (w, reason) in watch() { declareLost(w, reason: reason); sharedLinks.drop(route: routes[w]) }
     }
 
     /// Decides contested ids: the old incarnation still beating → the newcomer is refused
