@@ -640,9 +640,10 @@ public final class ClusterCoordinator {
         }
         guard let worker = workerByRoute[route], !isCut(worker) else { return .handled }
         lastHeard[worker] = monotonicSeconds()
-        if let l = lost[worker], lastHeard[worker]! - l.declaredAt > livenessWindow, var r = registrations[worker] {
-            // Declared dead, yet beating again (it was starved or hung, and its connection held):
-            // a candidate to rejoin with state transfer. What it holds is unknown until it registers again.
+        if let l = lost[worker], onBeatChannel == nil, lastHeard[worker]! - l.declaredAt > livenessWindow, var r = registrations[worker] {
+            // Declared dead, yet beating again (it was starved or hung, and its connection held): a candidate to
+            // rejoin with state transfer. What it holds is unknown until it registers again. Only its data connection
+            // revives it: a beat on the beat connection may come before the data connection is back (then a request fails).
             r.hosted = []
             r.committedStep = -1
             admit(r)
