@@ -50,7 +50,7 @@ let package = Package(
                 swiftSettings: optimize),
         .target(name: "ThorCheckpoint", dependencies: ["ThorTensor", .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: optimize),
-        .target(name: "ThorWire", dependencies: ["ThorTensor", "ThorExperts", "CThorProto"], swiftSettings: optimize),
+        .target(name: "ThorWire", dependencies: ["ThorTensor", "ThorExperts", "CThorProto", "CThorKernels"], swiftSettings: optimize),
         .target(name: "ThorTransport", dependencies: ["CZMQ"], swiftSettings: optimize),
         .target(name: "ThorCluster",
                 dependencies: ["ThorTensor", "ThorExperts", "ThorWire", "ThorTransport", "ThorCheckpoint"],

@@ -1402,7 +1402,7 @@ void   thor__envelope__free_unpacked
   assert(message->base.descriptor == &thor__envelope__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor thor__tensor__field_descriptors[4] =
+static const ProtobufCFieldDescriptor thor__tensor__field_descriptors[7] =
 {
   {
     "shape",
@@ -1452,17 +1452,57 @@ static const ProtobufCFieldDescriptor thor__tensor__field_descriptors[4] =
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "ring",
+    40,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Thor__Tensor, ring),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "position",
+    41,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Thor__Tensor, position),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "length",
+    42,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Thor__Tensor, length),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned thor__tensor__field_indices_by_name[] = {
   2,   /* field[2] = data */
   1,   /* field[1] = dtype */
   3,   /* field[3] = frame */
+  6,   /* field[6] = length */
+  5,   /* field[5] = position */
+  4,   /* field[4] = ring */
   0,   /* field[0] = shape */
 };
-static const ProtobufCIntRange thor__tensor__number_ranges[1 + 1] =
+static const ProtobufCIntRange thor__tensor__number_ranges[2 + 1] =
 {
   { 1, 0 },
-  { 0, 4 }
+  { 40, 4 },
+  { 0, 7 }
 };
 const ProtobufCMessageDescriptor thor__tensor__descriptor =
 {
@@ -1472,10 +1512,10 @@ const ProtobufCMessageDescriptor thor__tensor__descriptor =
   "Thor__Tensor",
   "thor",
   sizeof(Thor__Tensor),
-  4,
+  7,
   thor__tensor__field_descriptors,
   thor__tensor__field_indices_by_name,
-  1,  thor__tensor__number_ranges,
+  2,  thor__tensor__number_ranges,
   (ProtobufCMessageInit) thor__tensor__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
@@ -1850,7 +1890,7 @@ const ProtobufCMessageDescriptor thor__shard__descriptor =
   (ProtobufCMessageInit) thor__shard__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor thor__register__field_descriptors[9] =
+static const ProtobufCFieldDescriptor thor__register__field_descriptors[12] =
 {
   {
     "worker_id",
@@ -1960,6 +2000,42 @@ static const ProtobufCFieldDescriptor thor__register__field_descriptors[9] =
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "shared_region",
+    40,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Thor__Register, shared_region),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "shared_region_token",
+    41,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Thor__Register, shared_region_token),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "shared_ring_bytes",
+    42,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Thor__Register, shared_ring_bytes),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned thor__register__field_indices_by_name[] = {
   2,   /* field[2] = capacity_bytes */
@@ -1969,13 +2045,17 @@ static const unsigned thor__register__field_indices_by_name[] = {
   5,   /* field[5] = incarnation */
   3,   /* field[3] = pid */
   7,   /* field[7] = session */
+  9,   /* field[9] = shared_region */
+  10,   /* field[10] = shared_region_token */
+  11,   /* field[11] = shared_ring_bytes */
   1,   /* field[1] = threads */
   0,   /* field[0] = worker_id */
 };
-static const ProtobufCIntRange thor__register__number_ranges[1 + 1] =
+static const ProtobufCIntRange thor__register__number_ranges[2 + 1] =
 {
   { 1, 0 },
-  { 0, 9 }
+  { 40, 9 },
+  { 0, 12 }
 };
 const ProtobufCMessageDescriptor thor__register__descriptor =
 {
@@ -1985,10 +2065,10 @@ const ProtobufCMessageDescriptor thor__register__descriptor =
   "Thor__Register",
   "thor",
   sizeof(Thor__Register),
-  9,
+  12,
   thor__register__field_descriptors,
   thor__register__field_indices_by_name,
-  1,  thor__register__number_ranges,
+  2,  thor__register__number_ranges,
   (ProtobufCMessageInit) thor__register__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
@@ -3067,7 +3147,7 @@ const ProtobufCMessageDescriptor thor__request_progress__descriptor =
   (ProtobufCMessageInit) thor__request_progress__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor thor__envelope__field_descriptors[26] =
+static const ProtobufCFieldDescriptor thor__envelope__field_descriptors[27] =
 {
   {
     "protocol_version",
@@ -3370,6 +3450,18 @@ static const ProtobufCFieldDescriptor thor__envelope__field_descriptors[26] =
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
   {
+    "shared_region",
+    41,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Thor__Envelope, shared_region),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
     "progress",
     50,
     PROTOBUF_C_LABEL_REPEATED,
@@ -3398,13 +3490,14 @@ static const unsigned thor__envelope__field_indices_by_name[] = {
   21,   /* field[21] = gradients_request */
   17,   /* field[17] = heartbeat */
   16,   /* field[16] = import_state */
-  25,   /* field[25] = progress */
+  26,   /* field[26] = progress */
   0,   /* field[0] = protocol_version */
   4,   /* field[4] = register */
   1,   /* field[1] = request_id */
   2,   /* field[2] = sender */
   3,   /* field[3] = session */
   23,   /* field[23] = shard */
+  25,   /* field[25] = shared_region */
   18,   /* field[18] = shutdown */
   12,   /* field[12] = step */
   24,   /* field[24] = timings */
@@ -3416,8 +3509,8 @@ static const ProtobufCIntRange thor__envelope__number_ranges[5 + 1] =
   { 10, 4 },
   { 30, 23 },
   { 40, 24 },
-  { 50, 25 },
-  { 0, 26 }
+  { 50, 26 },
+  { 0, 27 }
 };
 const ProtobufCMessageDescriptor thor__envelope__descriptor =
 {
@@ -3427,7 +3520,7 @@ const ProtobufCMessageDescriptor thor__envelope__descriptor =
   "Thor__Envelope",
   "thor",
   sizeof(Thor__Envelope),
-  26,
+  27,
   thor__envelope__field_descriptors,
   thor__envelope__field_indices_by_name,
   5,  thor__envelope__number_ranges,
@@ -3437,10 +3530,10 @@ const ProtobufCMessageDescriptor thor__envelope__descriptor =
 static const ProtobufCEnumValue thor__protocol_version__enum_values_by_number[2] =
 {
   { "PROTOCOL_VERSION_UNSPECIFIED", "THOR__PROTOCOL_VERSION__PROTOCOL_VERSION_UNSPECIFIED", 0 },
-  { "PROTOCOL_VERSION_CURRENT", "THOR__PROTOCOL_VERSION__PROTOCOL_VERSION_CURRENT", 4 },
+  { "PROTOCOL_VERSION_CURRENT", "THOR__PROTOCOL_VERSION__PROTOCOL_VERSION_CURRENT", 5 },
 };
 static const ProtobufCIntRange thor__protocol_version__value_ranges[] = {
-{0, 0},{4, 1},{0, 2}
+{0, 0},{5, 1},{0, 2}
 };
 static const ProtobufCEnumValueIndex thor__protocol_version__enum_values_by_name[2] =
 {

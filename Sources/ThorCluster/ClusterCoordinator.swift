@@ -85,6 +85,8 @@ public final class ClusterCoordinator {
     public private(set) var workerIDs: [String] = []
     /// Time and bytes of every exchange so far.
     public var counters = TransportCounters()
+    /// Shared-memory links to workers on this host (protocol 5; `enabled = false` declines every offer).
+    public let sharedLinks = SharedLinks()
     /// Where forward and backward exchanges record encode / send / wait / decode (nil: nowhere).
     public var phaseTimer: PhaseTimer?
     /// Forward and backward exchanges are appended here while it is not nil (`ExchangeTrace`).
@@ -298,7 +300,8 @@ public final class ClusterCoordinator {
             if action == .drop || isCut(r.worker) { return true }
             guard let route = routes[r.worker] else { return true }
             let frame = WireCodec.encode(Envelope(requestID: id, sender: "coordinator", session: session, message: r.message,
-                                                  shard: Self.shard(of: r.message, shard)), dtype: dtype)
+                                                  shard: Self.shard(of: r.message, shard), sharedRegion: sharedLinks.token(route: route)),
+                                         dtype: dtype, shared: sharedLinks.writer(route: route))
             if action == .corrupt, let p = frame.pointer { FaultInjector.corrupt(UnsafeMutableRawBufferPointer(start: p, count: frame.count)) }
             counters.bytesSent += frame.totalCount
             bytesTo[r.worker, default: 0] += frame.totalCount
@@ -520,7 +523,8 @@ public final class ClusterCoordinator {
 
     private func checkChildren() {
         guard let watch = childWatch else { return }
-        for (w, reason) in watch() { declareLost(w, reason: reason) }
+        // An exited process sends nothing more: its shared-memory link goes (a silent one may come back and keeps it).
+        for (w, reason) in watch() { declareLost(w, reason: reason); sharedLinks.drop(route: routes[w]) }
     }
 
     /// Decides contested ids: the old incarnation still beating → the newcomer is refused
@@ -550,7 +554,8 @@ public final class ClusterCoordinator {
     private func admit(_ r: Registration) {
         let id = r.workerID
         let isNew = registrations[id] == nil
-        if let old = routes[id] { workerByRoute[old] = nil }
+        if let old = routes[id] { workerByRoute[old] = nil; if old != r.routingID { sharedLinks.drop(route: old) } }
+        sharedLinks.accept(r)
         routes[id] = r.routingID
         workerByRoute[r.routingID] = id
         let changed = registrations[id]?.incarnation != r.incarnation
@@ -604,7 +609,7 @@ public final class ClusterCoordinator {
         let frameBytes = frames.dropFirst().reduce(0) { $0 + $1.count }
         counters.bytesReceived += frameBytes
         let t0 = monotonicSeconds()
-        var decoded = try? WireCodec.decode(frames: frames.dropFirst(), maxFrameBytes: maxFrameBytes)
+        var decoded = try? WireCodec.decode(frames: frames.dropFirst(), maxFrameBytes: maxFrameBytes, shared: sharedLinks.reader(route: route))
         if let e = decoded, damaging.contains(e.requestID) {
             let header = Frame(copying: frames[1].bytes)
             FaultInjector.corrupt(UnsafeMutableRawBufferPointer(mutating: header.bytes))
@@ -640,9 +645,10 @@ public final class ClusterCoordinator {
                 heardProgress[p.requestID] = (worker, arrivalTime, p)
             }
         }
-        if let l = lost[worker], lastHeard[worker]! - l.declaredAt > livenessWindow, var r = registrations[worker] {
-            // Declared dead, yet beating again (it was starved or hung, and its connection held):
-            // a candidate to rejoin with state transfer. What it holds is unknown until it registers again.
+        if let l = lost[worker], onBeatChannel == nil, lastHeard[worker]! - l.declaredAt > livenessWindow, var r = registrations[worker] {
+            // Declared dead, yet beating again (it was starved or hung, and its connection held): a candidate to
+            // rejoin with state transfer. What it holds is unknown until it registers again. Only its data connection
+            // revives it: a beat on the beat connection may come before the data connection is back (then a request fails).
             r.hosted = []
             r.committedStep = -1
             admit(r)

@@ -45,6 +45,10 @@ public struct WorkerOptions: Sendable {
     public var verbose: Bool = false
     /// Keys for a CURVE-secured coordinator (nil: unsecured links).
     public var security: WorkerSecurity? = nil
+    /// Offer a shared-memory region for tensors (protocol 5; `THOR_SHARED_MEMORY=0` or
+    /// `thor worker --no-shared-memory` turn it off), and the bytes of each of its two rings.
+    public var sharedMemory: Bool = SharedRegion.enabledByEnvironment
+    public var sharedRingBytes: Int = SharedRegion.defaultRingBytes
 
     public init(endpoint: String, workerID: String) {
         self.endpoint = endpoint
@@ -112,6 +116,8 @@ public final class ExpertWorker: @unchecked Sendable {
     public let incarnation: UInt64
     private var placementEpoch: UInt64 = 0
     let status = WorkerStatus()
+    /// The shared-memory region offered to the coordinator (created by `run`; nil: frames only).
+    private(set) var sharedMemory: WorkerSharedMemory?
 
     public init(options: WorkerOptions) {
         self.options = options
@@ -127,7 +133,7 @@ public final class ExpertWorker: @unchecked Sendable {
         Registration(workerID: options.workerID, threads: options.threads,
                      capacityBytes: UInt64(max(0, options.limits.memoryBudgetBytes)), pid: Int(getpid()),
                      hostname: currentHostname(), incarnation: incarnation, hosted: status.hosted,
-                     session: status.session, committedStep: status.committedStep)
+                     session: status.session, committedStep: status.committedStep, sharedRegion: sharedMemory?.region.offer)
     }
 
     /// Connects, registers and serves until Shutdown, a termination signal, the
@@ -136,6 +142,10 @@ public final class ExpertWorker: @unchecked Sendable {
     public func run(signals: TerminationSignals? = nil) throws -> WorkerExit {
         try Endpoint.validate(options.endpoint)
         for e in options.followerEndpoints { try Endpoint.validate(e) }
+        // One region, one writer: with several coordinators (data-parallel) tensors travel as frames,
+        // since any of them could map a region offered to all.
+        if options.followerEndpoints.isEmpty { sharedMemory = WorkerSharedMemory.create(options, log: log) }
+        defer { sharedMemory?.region.unlink() }
         let context = try ZMQContext()
         // Link 0 is the (leader) coordinator, links 1… the follower coordinators (`WorkerLinks.swift`).
         var links: [WorkerLink] = []
@@ -192,6 +202,7 @@ public final class ExpertWorker: @unchecked Sendable {
                 }
             }
             for (i, link) in links.enumerated() where ready[2 * i] {
+                if i == 0 { sharedMemory?.region.unlink() }  // the coordinator has mapped it, or declined it
                 while let frames = try link.socket.receive(timeout: 0) {
                     if let exit = try handleOnIOThread(frames, link: i, socket: link.socket, pipe: pipe, progress: &progress) {
                         for l in links { try? l.socket.setLinger(milliseconds: 1000) }  // let the Ack go out
@@ -340,24 +351,25 @@ public final class ExpertWorker: @unchecked Sendable {
         var computeStart = start, cpuStart = 0.0
         var session: UInt64 = 0
         var shard: Shard? = nil
+        var replyRing: SharedRingWriter? = nil
         func remember(_ id: UInt64, _ m: WireMessage, _ dtype: WireDType, _ frame: EncodedFrame) -> EncodedFrame {
             guard cachingReplies, id != 0 else { return frame }
             replyCache.store(.init(session: session, shard: shard, id: id, message: m, dtype: dtype, bytes: frame.totalCount))
             return frame
         }
         func reply(_ id: UInt64, _ m: WireMessage, dtype: WireDType = .f32) -> EncodedFrame {
-            remember(id, m, dtype, WireCodec.encode(Envelope(requestID: id, sender: options.workerID, message: m), dtype: dtype))
+            remember(id, m, dtype, WireCodec.encode(Envelope(requestID: id, sender: options.workerID, message: m), dtype: dtype, shared: replyRing))
         }
         /// A computed request's reply, with the timings up to now (encode measured while packing).
         func timed(_ id: UInt64, _ m: WireMessage, dtype: WireDType = .f32) -> EncodedFrame {
             timings.compute = MonotonicClock.seconds() - computeStart
             timings.computeCPU = processCPUSeconds() - cpuStart
             return remember(id, m, dtype, WireCodec.encode(Envelope(requestID: id, sender: options.workerID, message: m),
-                                                           dtype: dtype, measuringEncodeOf: timings))
+                                                           dtype: dtype, measuringEncodeOf: timings, shared: replyRing))
         }
         let envelope: Envelope
         do {
-            envelope = try WireCodec.decode(frames: frames[...], maxFrameBytes: options.maxFrameBytes)
+            envelope = try WireCodec.decode(frames: frames[...], maxFrameBytes: options.maxFrameBytes, shared: sharedMemory?.requests)
         } catch let e as WireError {
             log("rejected a frame: \(e)")
             return (reply(e.requestID, .error(code: e.code, message: e.description)), nil)
@@ -371,10 +383,12 @@ public final class ExpertWorker: @unchecked Sendable {
         if envelope.session != 0, envelope.sender == "coordinator", link == 0 { status.session = envelope.session }
         session = envelope.session
         shard = envelope.shard
+        replyRing = sharedMemory?.replyRing(for: envelope)
         if cachingReplies { replyCache.noteShards(shard) }
         if cachingReplies, id != 0, let r = replyCache.lookup(session: session, shard: shard, id: id) {
             log("request \(id) again: answered from the reply cache")
-            return (WireCodec.encode(Envelope(requestID: id, sender: options.workerID, message: r.message), dtype: r.dtype), nil)
+            return (WireCodec.encode(Envelope(requestID: id, sender: options.workerID, message: r.message), dtype: r.dtype,
+                                     shared: replyRing), nil)
         }
         do {
             try checkShard(envelope)

@@ -94,6 +94,8 @@ public final class LocalCluster {
             throw error
         }
         temporaryDirectory = tmp
+        // Emulated nodes stand for other machines: their tensors must cross the emulated links, not shared memory.
+        if emulatedNodes != nil { coordinator.sharedLinks.enabled = false }
         self.nodes = nodes
         links = nodes.map { LinkControl($0) }
         workerIDs = (0..<workers).map { "w\($0)" }

@@ -17,11 +17,12 @@ extension WireCodec {
     /// Decodes a received message (`frames` without routing ids): the Envelope frame, then
     /// the tensor frames, whose f32 bytes the decoded tensors use in place (they keep the
     /// frames alive).
-    public static func decode(frames: ArraySlice<Frame>, maxFrameBytes: Int = defaultMaxFrameBytes) throws -> Envelope {
+    public static func decode(frames: ArraySlice<Frame>, maxFrameBytes: Int = defaultMaxFrameBytes,
+                              shared: SharedTensorReader? = nil) throws -> Envelope {
         guard let header = frames.first else { throw WireError.malformed("message has no frames") }
         let payloads = frames.dropFirst().map { WirePayload(bytes: $0.bytes, owner: $0) }
         return try withExtendedLifetime(frames) {
-            try header.withUnsafeBytes { try decode($0, payloads: payloads, maxFrameBytes: maxFrameBytes) }
+            try header.withUnsafeBytes { try decode($0, payloads: payloads, maxFrameBytes: maxFrameBytes, shared: shared) }
         }
     }
 }

@@ -20,8 +20,12 @@ extension WireCodec {
     /// f32 tensors are used in place: the decoded tensor's storage is the payload's
     /// bytes and it holds the payload's owner (e.g. the received ZeroMQ frame). A payload
     /// that is not Float-aligned is copied instead.
+    ///
+    /// Protocol 5: a tensor in a shared ring (`Tensor.ring` ≠ 0) is read through `shared` (the
+    /// link's ring the peer writes), which checks the reference and lends the bytes in place;
+    /// without `shared` such a tensor is `BAD_TENSOR`.
     public static func decode(_ bytes: UnsafeRawBufferPointer, payloads: [WirePayload] = [],
-                              maxFrameBytes: Int = defaultMaxFrameBytes) throws -> Envelope {
+                              maxFrameBytes: Int = defaultMaxFrameBytes, shared: SharedTensorReader? = nil) throws -> Envelope {
         let total = payloads.reduce(bytes.count) { $0 + $1.bytes.count }
         guard total <= maxFrameBytes else { throw WireError.tooLarge(bytes: total, limit: maxFrameBytes) }
         guard bytes.count > 0 else { throw WireError.malformed("empty frame (0 bytes)") }
@@ -42,11 +46,12 @@ extension WireCodec {
             throw WireError.versionMismatch(received: env.protocol_version, expected: thorProtocolVersion,
                                             requestID: env.request_id)
         }
-        let frames = TensorFrames(payloads)
+        let frames = TensorFrames(payloads, shared: shared)
         let message = try body(env, frames)
         if let unused = frames.used.firstIndex(of: false) {
             throw WireError.malformed("tensor frame \(unused) of \(payloads.count) is not referenced by any tensor")
         }
+        if let end = frames.sharedEnd { shared?.commit(end: end) }
         var timings: WorkerTimings? = nil
         if let t = env.timings?.pointee {
             timings = WorkerTimings(decode: t.decode_seconds, queue: t.queue_seconds, compute: t.compute_seconds,
@@ -59,7 +64,7 @@ extension WireCodec {
         }
         return Envelope(requestID: env.request_id, sender: string(env.sender), session: env.session,
                         message: message, version: env.protocol_version, timings: timings, shard: shard,
-                        progress: progress)
+                        progress: progress, sharedRegion: env.shared_region)
     }
 
     static func string(_ p: UnsafeMutablePointer<CChar>?) -> String {
@@ -85,7 +90,12 @@ extension WireCodec {
     final class TensorFrames {
         let payloads: [WirePayload]
         var used: [Bool]
-        init(_ payloads: [WirePayload]) { self.payloads = payloads; used = Array(repeating: false, count: payloads.count) }
+        let shared: SharedTensorReader?
+        /// The end of the furthest shared-ring tensor of the message (nil: none).
+        var sharedEnd: UInt64?
+        init(_ payloads: [WirePayload], shared: SharedTensorReader? = nil) {
+            self.payloads = payloads; self.shared = shared; used = Array(repeating: false, count: payloads.count)
+        }
     }
 
     /// The tensor of an unpacked message, its bytes taken from its frame: f32 in place
@@ -98,6 +108,24 @@ extension WireCodec {
         }
         guard p.pointee.data.len == 0 else {
             throw WireError.badTensor("\(what): \(p.pointee.data.len) bytes inline (protocol version 3 sends tensor bytes as their own frames)")
+        }
+        if p.pointee.ring != 0 {
+            guard p.pointee.frame == 0 else {
+                throw WireError.badTensor("\(what): names both shared ring \(p.pointee.ring) and tensor frame \(p.pointee.frame)")
+            }
+            guard let reader = frames.shared else {
+                throw WireError.badTensor("\(what): is in shared ring \(p.pointee.ring), but this link has no shared region")
+            }
+            let payload = try reader.payload(ring: p.pointee.ring, position: p.pointee.position, length: p.pointee.length, what: what)
+            let n = try TensorCodec.validate(shape: shape, dtype: d, byteCount: payload.bytes.count,
+                                             what: "\(what) (shared ring \(p.pointee.ring), position \(p.pointee.position))")
+            frames.sharedEnd = max(frames.sharedEnd ?? 0, p.pointee.position + p.pointee.length)
+            let dims = shape.map { Int($0) }
+            if d == .f32, n > 0, let base = payload.bytes.baseAddress {
+                return Tensor(borrowing: UnsafeMutableRawPointer(mutating: base).assumingMemoryBound(to: Float.self),
+                              shape: dims, owner: payload.owner)
+            }
+            return try TensorCodec.decode(shape: shape, dtype: d, bytes: payload.bytes, what: what)
         }
         let index = Int(p.pointee.frame)
         guard index < frames.payloads.count else {
@@ -170,7 +198,10 @@ extension WireCodec {
             return .register(Registration(workerID: string(r.worker_id), threads: Int(r.threads),
                                           capacityBytes: r.capacity_bytes, pid: Int(r.pid), hostname: string(r.hostname),
                                           incarnation: r.incarnation, hosted: try keys(r.n_hosted, r.hosted),
-                                          session: r.session, committedStep: Int(clamping: r.committed_step)))
+                                          session: r.session, committedStep: Int(clamping: r.committed_step),
+                                          sharedRegion: r.shared_region_token == 0 ? nil
+                                            : SharedRegionOffer(name: string(r.shared_region), token: r.shared_region_token,
+                                                                ringBytes: Int(clamping: r.shared_ring_bytes))))
         case THOR__ENVELOPE__BODY_ASSIGN:
             let a = e.assign!.pointee
             guard let s = a.spec?.pointee else { throw WireError.malformed("Assign without an ExpertSpec") }

@@ -72,6 +72,8 @@ final class Arena {
     private var blocks: [UnsafeMutableRawPointer] = []
     /// Tensor frames referenced so far (`Thor__Tensor.frame` indexes this).
     var payloads: [WirePayload] = []
+    /// Where f32 tensors go instead of frames when it has room (protocol 5; nil: frames only).
+    var shared: SharedTensorWriter?
     deinit { for b in blocks { free(b) } }
 
     func raw(_ bytes: Int) -> UnsafeMutableRawPointer {
@@ -110,8 +112,11 @@ public enum WireCodec {
     /// Packs `envelope`; tensors travel as `dtype` (bf16 is lossy) in their own frames
     /// (`EncodedFrame.payloads`). f32 tensors are not copied at all: each payload is the
     /// tensor's own storage. bf16 payloads are converted into new buffers.
-    public static func encode(_ envelope: Envelope, dtype: WireDType = .f32) -> EncodedFrame {
+    /// With `shared` (a ring of the link's shared region), f32 tensors are copied into the
+    /// ring and referenced (`Tensor.ring/position/length`) while it has room; the rest go as frames.
+    public static func encode(_ envelope: Envelope, dtype: WireDType = .f32, shared: SharedTensorWriter? = nil) -> EncodedFrame {
         let arena = Arena()
+        arena.shared = shared
         // Tensors referenced by the C structs must outlive the pack: `envelope` holds them.
         return withExtendedLifetime(envelope) {
             let e = arena.make(Thor__Envelope.self) { thor__envelope__init($0) }
@@ -119,6 +124,7 @@ public enum WireCodec {
             e.pointee.request_id = envelope.requestID
             e.pointee.sender = arena.string(envelope.sender)
             e.pointee.session = envelope.session
+            e.pointee.shared_region = envelope.sharedRegion
             setBody(e, envelope.message, arena, dtype)
             if let shard = envelope.shard {
                 e.pointee.shard = arena.make(Thor__Shard.self) { p in
@@ -172,14 +178,16 @@ public enum WireCodec {
     /// very encode took (from the call until the bytes are packed): the frame is packed with a
     /// placeholder, then the 8 bytes of `encode_seconds` — the last field of the last field of
     /// the Envelope, so the frame's last 8 bytes — are overwritten with the measured value.
-    public static func encode(_ envelope: Envelope, dtype: WireDType = .f32, measuringEncodeOf timings: WorkerTimings) -> EncodedFrame {
+    public static func encode(_ envelope: Envelope, dtype: WireDType = .f32, measuringEncodeOf timings: WorkerTimings,
+                              shared: SharedTensorWriter? = nil) -> EncodedFrame {
         let start = MonotonicClock.seconds()
         var e = envelope
-        e.progress = []  // beats only; field 50 would follow the timings
+        e.progress = []      // beats only; field 50 would follow the timings
+        e.sharedRegion = 0   // requests only; field 41 would follow the timings
         var t = timings
         t.encode = placeholderEncodeSeconds  // non-zero: proto3 packs it, 9 bytes (tag + fixed64)
         e.timings = t
-        let frame = encode(e, dtype: dtype)
+        let frame = encode(e, dtype: dtype, shared: shared)
         guard let p = frame.pointer, frame.count >= 9 else { return frame }
         let tagOffset = frame.count - 9
         // Field 5, wire type 1 (64-bit): tag byte 0x29; the placeholder's bits follow.
@@ -212,7 +220,13 @@ public enum WireCodec {
             p.pointee.frame = UInt32(arena.payloads.count)
             switch dtype {
             case .f32:
-                arena.payloads.append(WirePayload(bytes: UnsafeRawBufferPointer(start: t.pointer, count: t.count * 4), owner: t))
+                let bytes = UnsafeRawBufferPointer(start: t.pointer, count: t.count * 4)
+                if t.count > 0, let place = arena.shared?.place(bytes) {
+                    p.pointee.frame = 0
+                    p.pointee.ring = place.ring; p.pointee.position = place.position; p.pointee.length = UInt64(bytes.count)
+                } else {
+                    arena.payloads.append(WirePayload(bytes: bytes, owner: t))
+                }
             case .bf16:
                 let out = MallocedBytes(count: t.count * 2)
                 TensorCodec.encodeBF16(t.pointer, count: t.count, into: out.pointer)
@@ -287,6 +301,11 @@ public enum WireCodec {
                 (p.pointee.n_hosted, p.pointee.hosted) = keys(r.hosted, arena)
                 p.pointee.session = r.session
                 p.pointee.committed_step = UInt64(max(0, r.committedStep))
+                if let o = r.sharedRegion {
+                    p.pointee.shared_region = arena.string(o.name)
+                    p.pointee.shared_region_token = o.token
+                    p.pointee.shared_ring_bytes = UInt64(o.ringBytes)
+                }
             }
         case .assign(let a):
             e.pointee.body_case = THOR__ENVELOPE__BODY_ASSIGN

@@ -2,7 +2,7 @@ import ThorTensor
 import ThorExperts
 
 /// The protocol version this build speaks (`Envelope.protocol_version`, Protos/thor.proto).
-public let thorProtocolVersion: UInt32 = 4
+public let thorProtocolVersion: UInt32 = 5
 
 /// Element type of tensors on the wire. Decoded tensors are always Float32.
 public enum WireDType: Sendable, Equatable, CaseIterable {
@@ -55,12 +55,15 @@ public struct Registration: Sendable, Equatable {
     public var session: UInt64
     /// The last optimizer step it applied (0: none).
     public var committedStep: Int
+    /// Protocol 5: the shared-memory region it offers for the link (nil: none; `SharedRegion`).
+    public var sharedRegion: SharedRegionOffer?
 
     public init(workerID: String, threads: Int, capacityBytes: UInt64 = 0, pid: Int, hostname: String,
-                incarnation: UInt64, hosted: [ExpertKey] = [], session: UInt64 = 0, committedStep: Int = 0) {
+                incarnation: UInt64, hosted: [ExpertKey] = [], session: UInt64 = 0, committedStep: Int = 0,
+                sharedRegion: SharedRegionOffer? = nil) {
         self.workerID = workerID; self.threads = threads; self.capacityBytes = capacityBytes
         self.pid = pid; self.hostname = hostname; self.incarnation = incarnation; self.hosted = hosted
-        self.session = session; self.committedStep = committedStep
+        self.session = session; self.committedStep = committedStep; self.sharedRegion = sharedRegion
     }
 
     /// The ZeroMQ routing id a worker uses: its id and incarnation, so a restarted
@@ -193,13 +196,16 @@ public struct Envelope: @unchecked Sendable {
     public var shard: Shard?
     /// A worker's beat: the requests it is serving or has just answered (`RequestProgress`, field 50).
     public var progress: [RequestProgress]
+    /// Coordinator requests (protocol 5, field 41): the token of the worker's shared region the
+    /// coordinator mapped (0: none); the worker may then answer through its reply ring.
+    public var sharedRegion: UInt64
 
     public init(requestID: UInt64, sender: String = "", session: UInt64 = 0, message: WireMessage,
                 version: UInt32 = thorProtocolVersion, timings: WorkerTimings? = nil, shard: Shard? = nil,
-                progress: [RequestProgress] = []) {
+                progress: [RequestProgress] = [], sharedRegion: UInt64 = 0) {
         self.version = version; self.requestID = requestID; self.sender = sender
         self.session = session; self.message = message; self.timings = timings; self.shard = shard
-        self.progress = progress
+        self.progress = progress; self.sharedRegion = sharedRegion
     }
 }
 

@@ -164,6 +164,7 @@ final class EmulatedNodesTests: XCTestCase {
         let nodes = try XCTUnwrap(cluster.nodes)
         XCTAssertTrue(cluster.coordinator.endpoint.hasPrefix("tcp://\(nodes.coordinatorAddress):"), cluster.coordinator.endpoint)
         XCTAssertEqual(cluster.workerNodes, [0, 0, 1, 1])
+        XCTAssertEqual(cluster.coordinator.sharedLinks.count, 0, "emulated nodes never share memory (their bytes cross the emulated links)")
         let mine = netnsInode("/proc/self/ns/net")
         for (i, id) in cluster.workerIDs.enumerated() {
             let inode = netnsInode("/proc/\(cluster.processID(of: id))/ns/net")

@@ -160,7 +160,8 @@ final class ShardedWorkerTests: XCTestCase {
         expectError(try send(w, x00, shard: Shard(index: 0, count: 0)), .badShard, ["shard 0 of 0"])
         expectError(try send(w, .gradNormRequest, shard: Shard(index: 0, count: 2)), .badShard, ["GradNormRequest", "only Forward and Backward"])
         expectError(try send(w, .step(learningRate: 1e-2, clipScale: 0.5, step: 1), shard: Shard(index: 1, count: 2)), .badShard, ["Step"])
-        expectError(try send(w, x00, version: 3), .versionMismatch, ["version 3", "version 4"])
+        expectError(try send(w, x00, version: 3), .versionMismatch, ["version 3", "version 5"])
+        expectError(try send(w, x00, version: 4), .versionMismatch, ["version 4", "version 5"])  // protocol 5: shared-memory tensors
 
         var replies: [String: [Tensor]] = [:]
         func pass(_ r: Request) throws {
@@ -275,6 +276,6 @@ final class ShardedWorkerTests: XCTestCase {
         XCTAssertEqual(try roundTrip(Envelope(requestID: 3, message: m, shard: Shard(index: 2, count: 5))).shard, Shard(index: 2, count: 5))
         XCTAssertEqual(try roundTrip(Envelope(requestID: 3, message: m, shard: Shard(index: 0, count: 1))).shard, Shard.whole)
         XCTAssertNil(try roundTrip(Envelope(requestID: 3, message: m)).shard)
-        XCTAssertEqual(thorProtocolVersion, 4)
+        XCTAssertEqual(thorProtocolVersion, 5)
     }
 }

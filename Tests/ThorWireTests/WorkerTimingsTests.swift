@@ -44,7 +44,7 @@ final class WorkerTimingsTests: XCTestCase {
     func testUnknownEnvelopeFieldsAreIgnored() throws {
         let frame = WireCodec.encode(reply(timings: nil))
         var bytes = Array(frame.bytes)
-        bytes += [0xC9, 0x02]  // tag: field 41, wire type 1 (64-bit)
+        bytes += [0x99, 0x06]  // tag: field 99 (unused; 41 is shared_region since protocol 5), wire type 1 (64-bit)
         withUnsafeBytes(of: (3.5).bitPattern.littleEndian) { bytes += $0 }
         let back = try bytes.withUnsafeBytes { try WireCodec.decode($0, payloads: frame.payloads) }
         XCTAssertNil(back.timings)

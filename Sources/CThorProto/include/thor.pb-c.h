@@ -66,8 +66,11 @@ typedef enum _Thor__ProtocolVersion {
    * 4: Forward and Backward carry their micro-batch shard (Envelope.shard); a
    *    worker keeps activations and expert gradients per shard and sums the
    *    shards in shard order at GradNorm / Gradients / Step (BAD_SHARD errors).
+   * 5: a tensor may live in a shared-memory ring of the link instead of a frame
+   *    (Tensor.ring/position/length; Register offers the region, Envelope.shared_region
+   *    names it on requests). A version 4 peer would read frame 0 for such a tensor.
    */
-  THOR__PROTOCOL_VERSION__PROTOCOL_VERSION_CURRENT = 4
+  THOR__PROTOCOL_VERSION__PROTOCOL_VERSION_CURRENT = 5
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(THOR__PROTOCOL_VERSION)
 } Thor__ProtocolVersion;
 /*
@@ -144,6 +147,11 @@ typedef enum _Thor__ErrorCode {
  * Every tensor frame is referenced by exactly one Tensor. A received f32 frame
  * is used in place as the tensor's storage (no copy); bf16 is widened into a
  * new f32 buffer.
+ * Protocol 5: with `ring` set, the bytes are not a frame but `length` bytes at monotonic
+ * byte position `position` of a ring of the link's shared-memory region (docs/protocol.md,
+ * "Protocol 5"): ring 1 carries requests (coordinator -> worker), ring 2 replies.
+ * `frame` is then unused (0). The receiver uses the bytes in place and releases them
+ * when the decoded tensor is gone.
  */
 struct  Thor__Tensor
 {
@@ -159,10 +167,22 @@ struct  Thor__Tensor
    * index of the tensor frame holding the bytes
    */
   uint32_t frame;
+  /*
+   * 0: in frame `frame`; 1: request ring; 2: reply ring
+   */
+  uint32_t ring;
+  /*
+   * monotonic byte position in the ring (offset = position mod ring size)
+   */
+  uint64_t position;
+  /*
+   * bytes = product(shape) * size(dtype)
+   */
+  uint64_t length;
 };
 #define THOR__TENSOR__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&thor__tensor__descriptor) \
-    , 0,NULL, THOR__DTYPE__DTYPE_UNSPECIFIED, {0,NULL}, 0 }
+    , 0,NULL, THOR__DTYPE__DTYPE_UNSPECIFIED, {0,NULL}, 0, 0, 0, 0 }
 
 
 struct  Thor__NamedTensor
@@ -285,10 +305,21 @@ struct  Thor__Register
    * last optimizer step it applied (0: none)
    */
   uint64_t committed_step;
+  /*
+   * Protocol 5: a shared-memory region this worker created for the link (empty: none).
+   * The coordinator opens /dev/shm/<shared_region>, checks that its header holds
+   * `shared_region_token` (same host), maps it, and unlinks the file.
+   */
+  char *shared_region;
+  uint64_t shared_region_token;
+  /*
+   * bytes of each of its two rings
+   */
+  uint64_t shared_ring_bytes;
 };
 #define THOR__REGISTER__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&thor__register__descriptor) \
-    , (char *)protobuf_c_empty_string, 0, 0, 0, (char *)protobuf_c_empty_string, 0, 0,NULL, 0, 0 }
+    , (char *)protobuf_c_empty_string, 0, 0, 0, (char *)protobuf_c_empty_string, 0, 0,NULL, 0, 0, (char *)protobuf_c_empty_string, 0, 0 }
 
 
 /*
@@ -687,6 +718,13 @@ struct  Thor__Envelope
    */
   Thor__WorkerTimings *timings;
   /*
+   * Coordinator requests (protocol 5): the token of the worker's shared region the
+   * coordinator has mapped (0: none). The request's tensors may then be in ring 1, and the
+   * worker may put its reply's tensors in ring 2. Never set on worker replies (field 40 must
+   * stay the last field packed there).
+   */
+  uint64_t shared_region;
+  /*
    * Worker beats (request id 0) only: the requests the worker is serving or has just answered,
    * so the coordinator does not send again what a live worker is still busy with (optional;
    * absent from older workers, ignored by older coordinators).
@@ -718,7 +756,7 @@ struct  Thor__Envelope
 };
 #define THOR__ENVELOPE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&thor__envelope__descriptor) \
-    , 0, 0, (char *)protobuf_c_empty_string, 0, NULL, NULL, 0,NULL, THOR__ENVELOPE__BODY__NOT_SET, {0} }
+    , 0, 0, (char *)protobuf_c_empty_string, 0, NULL, NULL, 0, 0,NULL, THOR__ENVELOPE__BODY__NOT_SET, {0} }
 
 
 /* Thor__Tensor methods */

@@ -243,6 +243,10 @@ struct BenchDistributedCommand: ParsableCommand {
         report.set("in_process_threads", localThreads)
         report.set("load_average", loadAverage())
         report.set("distributed_bit_identical_f32", identical)
+        // Protocol 5: whether tensors went through the workers' shared-memory rings (THOR_SHARED_MEMORY=0: frames only).
+        report.set("shared_memory", cluster.coordinator.sharedLinks.used)
+        report.set("shared_memory_links", cluster.coordinator.sharedLinks.count)
+        report.set("shared_memory_full_fallbacks", cluster.coordinator.sharedLinks.fullFallbacks)
         report.set("bf16_max_relative_error", Double(String(format: "%.2e", bf16Error))!)
         report.set("goal_distributed_ge_0.9_in_process", distRate >= 0.9 * inRate)
         report.set("goal_distributed_ge_0.95_in_process", distRate >= 0.95 * inRate)

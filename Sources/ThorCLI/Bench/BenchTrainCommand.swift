@@ -122,6 +122,8 @@ struct BenchTrainCommand: ParsableCommand {
             report.set("heartbeat_liveness", heartbeatLiveness)
             let silence = cases.last?.runtime.cluster?.coordinator.longestSilence.values.max() ?? 0
             report.set("longest_worker_silence_s", (silence * 1000).rounded() / 1000)
+            // Protocol 5: whether tensors went through the workers' shared-memory rings (THOR_SHARED_MEMORY=0: frames only).
+            report.set("shared_memory", cases.last?.runtime.cluster?.coordinator.sharedLinks.used ?? false)
         }
         try report.emit(json: output.json, csvPath: output.csv)
     }

@@ -81,6 +81,9 @@ struct WorkerCommand: ParsableCommand {
     @Flag(name: .long, help: "Log connection events and assignments to stderr.")
     var verbose = false
 
+    @Flag(name: .long, help: "Send tensors as ZeroMQ frames only: offer no shared-memory region to a coordinator on this host (as THOR_SHARED_MEMORY=0).")
+    var noSharedMemory = false
+
     func validate() throws {
         do { try Endpoint.validate(connect) } catch { throw ValidationError("--connect: \(error)") }
         for e in coordinator {
@@ -113,6 +116,7 @@ struct WorkerCommand: ParsableCommand {
         options.orphanTimeout = orphanTimeout
         options.maxFrameBytes = maxFrameBytes
         options.verbose = verbose
+        if noSharedMemory { options.sharedMemory = false }
         options.limits = WorkerLimits(memoryBudgetBytes: memoryBudget ?? WorkerLimits.physicalMemoryBytes(),
                                       maxTensorElements: maxTensorElements)
         options.heartbeatInterval = heartbeatInterval
