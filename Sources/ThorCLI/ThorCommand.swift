@@ -2,7 +2,7 @@ import ArgumentParser
 import ThorWire
 
 /// This build's version, printed by `thor --version` with the wire protocol version it speaks.
-public let thorVersion = "0.12.0"
+public let thorVersion = "0.13.0"
 
 /// The `thor` command line: train, translate, evaluate and benchmark THOR-MoE
 /// models, and run expert workers.
