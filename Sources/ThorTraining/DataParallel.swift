@@ -30,8 +30,12 @@ public final class DataParallelLeader {
     /// Shard results that arrived early (a follower runs ahead while the leader checkpoints).
     private var early: [GroupMessage] = []
     private var stopped = false
-    /// The placement the followers route by (`connect`, `redo`).
-    private var sentPlacement: Placement?
+    /// The placement the followers route by (`connect`, `redo`), and the process (incarnation) behind
+    /// each of its workers on the leader's links then.
+    private var sentPlacement: Placement? {
+        didSet { incarnations = [:] }
+    }
+    private var incarnations: [String: UInt64?] = [:]
     /// The step the followers are on, the attempt at it (0, then each `redo`'s), and what each follower
     /// reported of that attempt (`shardDone` or `lost`): an attempt is over when every follower reported.
     private var current = (step: 0, attempt: 0)
@@ -163,6 +167,7 @@ public final class DataParallelLeader {
     func accumulate(_ model: TranslationModel, batch: Seq2SeqBatch, step next: Int,
                     phases: PhaseTimer) throws -> (translationLoss: Double, auxiliary: AuxiliaryLosses) {
         begin(step: next)
+        if incarnations.isEmpty, !placementChanged(model), let remote = model.backend as? RemoteExpertBackend { noteIncarnations(remote) }
         if spent || placementChanged(model) { try redo(model, step: next) }
         let shards = try MicroBatches.split(batch, into: count, step: next)
         let totals = ShardTotals(model, shards: shards)
@@ -241,11 +246,20 @@ public final class DataParallelLeader {
         guard let remote = model.backend as? RemoteExpertBackend else { return }
         let c = remote.coordinator
         let named = report.text.split(separator: " ").map(String.init).filter { c.registrations[$0] != nil }
-        let end = Date().timeIntervalSince1970 + c.livenessWindow * 2 + 1
-        while named.contains(where: { c.lost[$0] == nil && c.isAlive($0) }) && Date().timeIntervalSince1970 < end {
-            try c.poll(timeout: 0.05)
+        // Gone, or back as a new process (the backend then absorbs the loss itself: it holds none of its experts).
+        func settled(_ w: String) -> Bool {
+            c.lost[w] != nil || !c.isAlive(w) || (incarnations[w].map { $0 != c.registrations[w]?.incarnation } ?? false)
         }
-        for w in named { c.declareLost(w, reason: "follower coordinator \(report.rank) lost it at step \(report.step)") }
+        let end = Date().timeIntervalSince1970 + c.livenessWindow * 2 + 1
+        while !named.allSatisfy(settled) && Date().timeIntervalSince1970 < end { try c.poll(timeout: 0.05) }
+        for w in named where c.lost[w] == nil && (incarnations[w].map { $0 == c.registrations[w]?.incarnation } ?? true) {
+            c.declareLost(w, reason: "follower coordinator \(report.rank) lost it at step \(report.step)")
+        }
+    }
+
+    /// Notes the process behind each worker of the placement just sent to the followers.
+    private func noteIncarnations(_ remote: RemoteExpertBackend) {
+        for w in remote.placement.workers { incarnations[w] = remote.coordinator.registrations[w]?.incarnation }
     }
 
     /// Rolls the step back on the workers and starts the next attempt: every follower redoes its
@@ -259,6 +273,7 @@ public final class DataParallelLeader {
         spent = false
         redone += 1
         sentPlacement = remote.placement
+        noteIncarnations(remote)
         let text = GroupMessage.placementText(remote.placement, replication: remote.replication)
         for rank in 1..<count { try group.send(GroupMessage(.redo, step: step, numbers: [Double(current.attempt)], text: text), to: rank) }
     }

@@ -115,6 +115,18 @@ public final class DataParallelFollower {
                 let totals = ShardTotals(model, shards: shards)
                 coordinator.currentStep = n
                 model.network.zeroGradients()
+                // The process behind each placement worker now: one restarted mid-attempt lost the attempt's forwards.
+                let incarnations = backend.placement.workers.map { coordinator.registrations[$0]?.incarnation }
+                func restarted(_ w: String) -> Bool {
+                    guard let i = backend.placement.workers.firstIndex(of: w) else { return false }
+                    return coordinator.registrations[w]?.incarnation != incarnations[i]
+                }
+                func report(_ named: [String]) throws {
+                    model.network.zeroGradients()
+                    model.network.dropoutState = dropout
+                    info("follower coordinator \(o.rank): step \(n) (attempt \(number)) lost worker(s) \(named.joined(separator: ", ")); waiting for the leader's redo")
+                    try group.send(GroupMessage(.lost, step: n, numbers: [Double(number)], text: named.joined(separator: " ")))
+                }
                 do {
                     let outcome = try Trainer.runShard(model, shards[o.rank], index: o.rank, totals: totals,
                                                        dropoutAtStepStart: dropout, step: n, phases: phases)
@@ -122,11 +134,11 @@ public final class DataParallelFollower {
                     try group.send(GroupMessage(.shardDone, step: n, numbers: outcome.numbers, text: String(number),
                                                 payload: DataParallelLeader.flatGradients(parameters)))
                 } catch ClusterError.expertsLost(_, let workers, _) {
-                    model.network.zeroGradients()
-                    model.network.dropoutState = dropout
-                    let named = workers.isEmpty ? backend.placement.workers.filter { !coordinator.isAlive($0) } : workers
-                    info("follower coordinator \(o.rank): step \(n) (attempt \(number)) lost worker(s) \(named.joined(separator: ", ")); waiting for the leader's redo")
-                    try group.send(GroupMessage(.lost, step: n, numbers: [Double(number)], text: named.joined(separator: " ")))
+                    try report(workers.isEmpty ? backend.placement.workers.filter { !coordinator.isAlive($0) || restarted($0) } : workers)
+                } catch ClusterError.remote(let worker, _, _, _) where restarted(worker) {
+                    // A worker that died and came back as a new process during the attempt (it refuses a
+                    // Backward whose Forward its old process got): as lost as a dead one.
+                    try report([worker])
                 }
             }
         }
