@@ -221,6 +221,11 @@ final class DataParallelTests: XCTestCase, ThorProcessTest {
         o = options(2, workers: 0)
         o.coordinators = 2
         XCTAssertThrowsError(try train(o, "no-workers")) { XCTAssertTrue("\($0)".contains("cluster.workers"), "\($0)") }
+        // A killed worker is survived with several coordinators, but a fault plan is still refused (step 4).
+        o = options(2, workers: 2)
+        o.coordinators = 2
+        o.faultPlan = FaultPlan(faults: [FaultSpec(kind: .kill, step: 2, phase: .forward, worker: "w1")])
+        XCTAssertThrowsError(try train(o, "fault-plan")) { XCTAssertTrue("\($0)".contains("fault injection"), "\($0)") }
         XCTAssertEqual(Set(childProcesses()).subtracting(before), [])
         XCTAssertFalse(FileManager.default.fileExists(atPath: scratch + "/mismatch/checkpoint-last"))
     }
