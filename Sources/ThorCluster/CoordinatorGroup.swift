@@ -18,7 +18,8 @@ public struct GroupMessage: Sendable, Equatable {
         /// Follower → leader: every placement worker registered with it.
         case ready = 3
         /// Follower → leader: its shard of `step` is done (every Backward answered); numbers are its
-        /// loss contributions, the payload its dense gradient (parameters in order).
+        /// loss contributions, the payload its dense gradient (parameters in order), text the attempt
+        /// (0, or the `redo`'s).
         case shardDone = 4
         /// Leader → followers: the step committed; numbers [learning rate, clip scale], the payload
         /// the dense gradient summed in shard order.
@@ -31,6 +32,12 @@ public struct GroupMessage: Sendable, Equatable {
         case stop = 8
         /// Follower → leader: it failed (text: why) and exits.
         case failed = 9
+        /// Follower → leader: its attempt (numbers [attempt]) at `step` met lost workers (text: their
+        /// ids, space-separated); it waits for `redo` (docs/data-parallel.md, step 4).
+        case lost = 10
+        /// Leader → followers: drop your work of `step` and redo it (numbers [attempt]) on the new
+        /// placement (text, as in `placement`); the workers' state of the step was rolled back.
+        case redo = 11
     }
     public var kind: Kind
     public var rank: Int

@@ -30,8 +30,20 @@ public final class DataParallelLeader {
     /// Shard results that arrived early (a follower runs ahead while the leader checkpoints).
     private var early: [GroupMessage] = []
     private var stopped = false
-    /// The placement the followers route by (`connect`).
-    private var sentPlacement: Placement?
+    /// The placement the followers route by (`connect`, `redo`), and the process (incarnation) behind
+    /// each of its workers on the leader's links then.
+    private var sentPlacement: Placement? {
+        didSet { incarnations = [:] }
+    }
+    private var incarnations: [String: UInt64?] = [:]
+    /// The step the followers are on, the attempt at it (0, then each `redo`'s), and what each follower
+    /// reported of that attempt (`shardDone` or `lost`): an attempt is over when every follower reported.
+    private var current = (step: 0, attempt: 0)
+    private var reports: [Int: GroupMessage] = [:]
+    /// The current attempt cannot be used (rolled back): the next `accumulate` redoes the step.
+    private var spent = false
+    /// Steps redone with the followers (a worker lost or joined mid-step).
+    public private(set) var redone = 0
 
     /// A group of `count` coordinators on this machine: binds the group socket and picks the followers'
     /// endpoints in a private temporary directory (ipc) or on loopback ports (tcp).
@@ -138,36 +150,47 @@ public final class DataParallelLeader {
         while ready.count < count - 1 {
             let m = try next("the follower coordinators' workers")
             // A follower starts its first shard as soon as it is ready: keep what it sends meanwhile.
-            if m.kind == .ready { ready.insert(m.rank) } else if m.kind == .shardDone { early.append(m) }
+            if m.kind == .ready { ready.insert(m.rank) } else if m.kind == .shardDone || m.kind == .lost { early.append(m) }
         }
     }
 
     /// Shard 0 here, the others' results gathered: the dense gradient of the whole step in every
     /// parameter's `grad` (summed in shard order) and the step's losses. What `Trainer.optimizerStep`
     /// runs with data-parallel coordinators instead of `accumulate`.
+    ///
+    /// A worker lost (or joined) changes the placement: the step is redone by every coordinator
+    /// (docs/data-parallel.md, step 4). When the leader's placement is no longer the one the followers
+    /// route by, or the attempt was rolled back, `redo` first waits until every follower reported its
+    /// attempt (none has a request in flight), rolls the workers back (ZeroGradients), and sends the new
+    /// placement with the next attempt number; a follower that met a lost worker reports `lost`, and the
+    /// leader then throws `stepAborted` (the Trainer rolls back and calls this again).
     func accumulate(_ model: TranslationModel, batch: Seq2SeqBatch, step next: Int,
                     phases: PhaseTimer) throws -> (translationLoss: Double, auxiliary: AuxiliaryLosses) {
-        try checkPlacement(model, step: next)
+        begin(step: next)
+        if incarnations.isEmpty, !placementChanged(model), let remote = model.backend as? RemoteExpertBackend { noteIncarnations(remote) }
+        if spent || placementChanged(model) { try redo(model, step: next) }
         let shards = try MicroBatches.split(batch, into: count, step: next)
         let totals = ShardTotals(model, shards: shards)
         let dropout = model.network.dropoutState
         var outcomes = [try Trainer.runShard(model, shards[0], index: 0, totals: totals, dropoutAtStepStart: dropout,
                                              step: next, phases: phases)]
         model.network.dropoutState = ShardTotals.dropoutState(after: count, from: dropout)
-        var results: [Int: GroupMessage] = [:]
-        for m in early where m.step == next { results[m.rank] = m }
-        early.removeAll { $0.step <= next }
-        while results.count < count - 1 {
-            let m = try self.next("the shards of step \(next)")
-            guard m.kind == .shardDone else { continue }
-            if m.step == next { results[m.rank] = m } else if m.step > next { early.append(m) }
+        try gather("the shards of step \(next)")
+        if let lost = reports.values.filter({ $0.kind == .lost }).min(by: { $0.rank < $1.rank }) {
+            try absorb(lost, model)
+            spent = true
+            throw ClusterError.stepAborted(worker: lost.text.split(separator: " ").first.map(String.init) ?? "?", step: next)
         }
-        // A fail-over during the step moved experts the followers still send to the old hosts.
-        try checkPlacement(model, step: next)
+        // A fail-over during the step moved experts the followers sent to the old hosts: redo the step.
+        if placementChanged(model) {
+            spent = true
+            let gone = sentPlacement!.workers.filter { !(model.backend as! RemoteExpertBackend).placement.workers.contains($0) }
+            throw ClusterError.stepAborted(worker: gone.first ?? "?", step: next)
+        }
         let parameters = model.parameters
         let total = parameters.reduce(0) { $0 + $1.count }
         for rank in 1..<count {
-            let m = results[rank]!
+            let m = reports[rank]!
             guard let g = m.payload, g.count == total else {
                 throw DataParallelError("follower coordinator \(rank) sent \(m.payload?.count ?? 0) gradient values, expected \(total)")
             }
@@ -183,15 +206,82 @@ public final class DataParallelLeader {
         return ShardOutcome.combine(outcomes, totals: totals)
     }
 
-    /// Throws when the leader's placement is no longer the one the followers route by: a worker was
-    /// lost (or joined) and its experts moved. Several coordinators do not survive that yet (docs/data-parallel.md,
-    /// step 4): the run stops with this error instead of summing shards computed on different hosts.
-    func checkPlacement(_ model: TranslationModel, step: Int) throws {
-        guard let remote = model.backend as? RemoteExpertBackend, let sent = sentPlacement, remote.placement != sent else { return }
-        let gone = sent.workers.filter { !remote.placement.workers.contains($0) }
-        throw ClusterError.placement("step \(step): the experts' placement changed (workers lost: \(gone.isEmpty ? "none" : gone.joined(separator: ", "))) "
-            + "while \(count) data-parallel coordinators share the workers; surviving a worker loss with several coordinators is not "
-            + "built yet (docs/data-parallel.md, step 4): resume from the last checkpoint")
+    /// The followers start step `step` (attempt 0) on their own once they applied the step before.
+    private func begin(step: Int) {
+        guard current.step != step else { return }
+        current = (step, 0)
+        reports = [:]
+        spent = false
+        for m in early where m.step == step && Self.attempt(of: m) == 0 { reports[m.rank] = m }
+        early.removeAll { $0.step <= step }
+    }
+
+    /// The attempt a follower's `shardDone` or `lost` belongs to.
+    private static func attempt(of m: GroupMessage) -> Int {
+        m.kind == .lost ? Int(m.numbers.first ?? -1) : (Int(m.text) ?? 0)
+    }
+
+    /// Waits until every follower reported the current attempt (keeps later steps' results for later).
+    private func gather(_ what: String) throws {
+        while reports.count < count - 1 {
+            let m = try self.next(what)
+            guard m.kind == .shardDone || m.kind == .lost else { continue }
+            if m.step == current.step, Self.attempt(of: m) == current.attempt { reports[m.rank] = m }
+            else if m.step > current.step { early.append(m) }
+        }
+    }
+
+    /// Before the Trainer rolls back step `step` (a worker lost mid-step): waits until no follower has a
+    /// request of the step in flight, so the workers' ZeroGradients is the last word on the step.
+    func quiesce(step: Int) throws {
+        begin(step: step)
+        try gather("the followers to finish step \(step) before its rollback")
+        spent = true
+    }
+
+    /// Makes the leader's placement account for the workers a follower found lost: its own links learn
+    /// of a killed worker within the liveness window (a local worker's exit at once); a worker still
+    /// answering the leader is declared lost too, since the follower cannot reach it.
+    private func absorb(_ report: GroupMessage, _ model: TranslationModel) throws {
+        guard let remote = model.backend as? RemoteExpertBackend else { return }
+        let c = remote.coordinator
+        let named = report.text.split(separator: " ").map(String.init).filter { c.registrations[$0] != nil }
+        // Gone, or back as a new process (the backend then absorbs the loss itself: it holds none of its experts).
+        func settled(_ w: String) -> Bool {
+            c.lost[w] != nil || !c.isAlive(w) || (incarnations[w].map { $0 != c.registrations[w]?.incarnation } ?? false)
+        }
+        let end = Date().timeIntervalSince1970 + c.livenessWindow * 2 + 1
+        while !named.allSatisfy(settled) && Date().timeIntervalSince1970 < end { try c.poll(timeout: 0.05) }
+        for w in named where c.lost[w] == nil && (incarnations[w].map { $0 == c.registrations[w]?.incarnation } ?? true) {
+            c.declareLost(w, reason: "follower coordinator \(report.rank) lost it at step \(report.step)")
+        }
+    }
+
+    /// Notes the process behind each worker of the placement just sent to the followers.
+    private func noteIncarnations(_ remote: RemoteExpertBackend) {
+        for w in remote.placement.workers { incarnations[w] = remote.coordinator.registrations[w]?.incarnation }
+    }
+
+    /// Rolls the step back on the workers and starts the next attempt: every follower redoes its
+    /// shard on the leader's (new) placement.
+    private func redo(_ model: TranslationModel, step: Int) throws {
+        try gather("the followers to finish step \(step) before its redo")
+        try model.backend.zeroGradients()
+        guard let remote = model.backend as? RemoteExpertBackend else { return }
+        current.attempt += 1
+        reports = [:]
+        spent = false
+        redone += 1
+        sentPlacement = remote.placement
+        noteIncarnations(remote)
+        let text = GroupMessage.placementText(remote.placement, replication: remote.replication)
+        for rank in 1..<count { try group.send(GroupMessage(.redo, step: step, numbers: [Double(current.attempt)], text: text), to: rank) }
+    }
+
+    /// Whether the leader's placement is no longer the one the followers route by (a worker lost or joined).
+    private func placementChanged(_ model: TranslationModel) -> Bool {
+        guard let remote = model.backend as? RemoteExpertBackend, let sent = sentPlacement else { return false }
+        return remote.placement != sent
     }
 
     /// After the workers committed step `step`: the summed gradient, learning rate and clip scale to every follower.
@@ -207,7 +297,7 @@ public final class DataParallelLeader {
         var seen = Set<Int>()
         while seen.count < count - 1 {
             let m = try next("the follower coordinators' parameter hashes")
-            if m.kind == .shardDone { early.append(m); continue }
+            if m.kind == .shardDone || m.kind == .lost { early.append(m); continue }
             guard m.kind == .hash else { continue }
             guard m.step == step, m.text == mine else {
                 throw DataParallelError("follower coordinator \(m.rank)'s dense parameters differ from the leader's at step \(step) "
@@ -302,7 +392,7 @@ extension TrainingRun {
         }
         guard configuration.cluster.workers >= 1 else { throw refuse("needs expert workers (cluster.workers ≥ 1): the coordinators share them") }
         if options.bind != nil { throw refuse("--bind (workers started elsewhere) is not supported with several coordinators yet; start `thor coordinator` and `thor worker --coordinator` by hand") }
-        if options.faultPlan != nil { throw refuse("fault injection with several coordinators is not supported yet (docs/data-parallel.md, step 4)") }
+        if options.faultPlan != nil { throw refuse("fault injection with several coordinators is not supported yet (docs/data-parallel.md, step 4); a killed worker is survived") }
         if configuration.cluster.emulateNodes > 0 { throw refuse("cluster.emulate_nodes is not supported with several coordinators yet") }
         let group = try DataParallelLeader(count: c, transport: options.transport)
         do {

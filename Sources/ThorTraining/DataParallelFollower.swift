@@ -108,25 +108,52 @@ public final class DataParallelFollower {
         }
         let parameters = model.parameters
         let total = parameters.reduce(0) { $0 + $1.count }
+        /// One attempt at shard `rank` of step `n`: its result, or `lost` when a worker it needed was
+        /// lost (the leader then rolls the step back and sends `redo`); other errors end the follower.
+        func attempt(_ n: Int, _ number: Int, _ shards: [Seq2SeqBatch], _ dropout: UInt64) throws {
+            try failing {
+                let totals = ShardTotals(model, shards: shards)
+                coordinator.currentStep = n
+                model.network.zeroGradients()
+                // The process behind each placement worker now: one restarted mid-attempt lost the attempt's forwards.
+                let incarnations = backend.placement.workers.map { coordinator.registrations[$0]?.incarnation }
+                func restarted(_ w: String) -> Bool {
+                    guard let i = backend.placement.workers.firstIndex(of: w) else { return false }
+                    return coordinator.registrations[w]?.incarnation != incarnations[i]
+                }
+                func report(_ named: [String]) throws {
+                    model.network.zeroGradients()
+                    model.network.dropoutState = dropout
+                    info("follower coordinator \(o.rank): step \(n) (attempt \(number)) lost worker(s) \(named.joined(separator: ", ")); waiting for the leader's redo")
+                    try group.send(GroupMessage(.lost, step: n, numbers: [Double(number)], text: named.joined(separator: " ")))
+                }
+                do {
+                    let outcome = try Trainer.runShard(model, shards[o.rank], index: o.rank, totals: totals,
+                                                       dropoutAtStepStart: dropout, step: n, phases: phases)
+                    model.network.dropoutState = ShardTotals.dropoutState(after: o.count, from: dropout)
+                    try group.send(GroupMessage(.shardDone, step: n, numbers: outcome.numbers, text: String(number),
+                                                payload: DataParallelLeader.flatGradients(parameters)))
+                } catch ClusterError.expertsLost(_, let workers, _) {
+                    try report(workers.isEmpty ? backend.placement.workers.filter { !coordinator.isAlive($0) || restarted($0) } : workers)
+                } catch ClusterError.remote(let worker, _, _, _) where restarted(worker) {
+                    // A worker that died and came back as a new process during the attempt (it refuses a
+                    // Backward whose Forward its old process got): as lost as a dead one.
+                    try report([worker])
+                }
+            }
+        }
         while true {
             let n = step + 1
+            var work: (shards: [Seq2SeqBatch], dropout: UInt64)?
             if n <= t.maxSteps {
                 try failing {
                     model.moe.activateTaskLevel(afterSteps: n - 1)
                     let batch = batches.next()
-                    let shards = try MicroBatches.split(batch, into: o.count, step: n)
-                    let totals = ShardTotals(model, shards: shards)
-                    let dropout = model.network.dropoutState
-                    coordinator.currentStep = n
-                    model.network.zeroGradients()
-                    let outcome = try Trainer.runShard(model, shards[o.rank], index: o.rank, totals: totals,
-                                                       dropoutAtStepStart: dropout, step: n, phases: phases)
-                    model.network.dropoutState = ShardTotals.dropoutState(after: o.count, from: dropout)
-                    try group.send(GroupMessage(.shardDone, step: n, numbers: outcome.numbers,
-                                                payload: DataParallelLeader.flatGradients(parameters)))
+                    work = (try MicroBatches.split(batch, into: o.count, step: n), model.network.dropoutState)
                 }
+                try attempt(n, 0, work!.shards, work!.dropout)
             }
-            // The leader's answer: the step's summed gradient, a hash request (checkpoint), or stop.
+            // The leader's answer: the step's summed gradient, a redo, a hash request (checkpoint), or stop.
             while true {
                 guard let m = try next() else { return .parentGone }
                 switch m.kind {
@@ -134,6 +161,18 @@ public final class DataParallelFollower {
                     return .stopped(m.text)
                 case .hashRequest:
                     try group.send(GroupMessage(.hash, step: step, text: DataParallelLeader.hash(parameters)))
+                    continue
+                case .redo:
+                    // A worker was lost (or joined): the workers rolled step n back; redo the shard on the new placement.
+                    guard m.step == n, let work, let number = m.numbers.first else {
+                        try? group.send(GroupMessage(.failed, text: "a redo message for step \(m.step); this coordinator is at step \(n)"))
+                        throw DataParallelError("follower \(o.rank): a bad redo message from the leader")
+                    }
+                    let (placement, mode) = try failing { try GroupMessage.placement(fromText: m.text) }
+                    backend.placement = placement
+                    backend.replication = mode
+                    try failing { try backend.waitForPlacementWorkers(timeout: o.timeout) { if parentGone { throw ClusterError.launch("parent gone") } } }
+                    try attempt(n, Int(number), work.shards, work.dropout)
                     continue
                 case .apply:
                     guard m.step == n, m.numbers.count == 2, let g = m.payload, g.count == total else {

@@ -110,9 +110,13 @@ public final class Trainer {
             do {
                 return try trainStep(on: batch)
             } catch let e as ClusterError {
-                // The followers' shards of this step are spent: redoing a step needs them too (step 4).
-                if dataParallel != nil { throw e }
                 let duringCommit = committing
+                // Data-parallel coordinators redo a step together (docs/data-parallel.md, step 4): no
+                // follower may have a request of it in flight when the workers roll it back.
+                if let dataParallel {
+                    guard case .stepAborted = e else { throw e }
+                    try dataParallel.quiesce(step: step + 1)
+                }
                 switch e {
                 case .stepAborted:
                     // A primary was lost mid-step; its replicas took over: redo the step on them.
