@@ -1,0 +1,85 @@
+import XCTest
+import Foundation
+import ThorTensor
+import ThorExperts
+import ThorWire
+import ThorTransport
+import ThorCluster
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// libzmq's PING timeout must not cut a large message in flight (docs/reliability.md, "The
+/// transport's PING timeout"): the data connections carry no ZMTP PING, liveness is judged by the
+/// beats, and a worker declared dead that beats again is told so (`DECLARED_DEAD`) and registers
+/// again with what it holds.
+final class PingTimeoutTests: XCTestCase {
+    /// 2 experts of d = 512, d_ff = 2048: each Export reply or Import request ≈ 50 MB (weights and Adam moments).
+    let spec = ExpertSpec(modelDim: 512, hiddenDim: 2048, activation: .gelu, seed: 11)
+
+    /// A worker on an emulated node behind a 200 Mbit/s link (25 MB/s: the 50 MB state crosses in about
+    /// 2 s, far longer than the 0.3 s liveness window): its Export reply and the Import of that state back
+    /// are delivered whole, once — the connection is never closed under them, nothing is sent again.
+    /// With libzmq's PING timeout at the liveness window on the data connections (as before), the
+    /// connection was dropped mid-message and the Export asked for again after the reconnect.
+    func testStateLargerThanTheLinkCarriesInALivenessWindowIsDeliveredNotCut() throws {
+        try EmulatedNodesTests.requirePrivilege()
+        let cluster = try LocalCluster(workers: 1, heartbeatInterval: 0.1, heartbeatLiveness: 3,
+                                       emulatedNodes: .init(nodes: 1, linkRate: try LinkRate(parsing: "200mbit")))
+        defer { cluster.shutdown() }
+        let c = cluster.coordinator
+        var resends: [String] = []
+        c.onResend = { w, op, why in resends.append("\(w) \(op): \(why)") }
+        var losses: [String] = []
+        c.onLoss = { losses.append("\($0.worker): \($0.reason)") }
+        let keys = Placement.allKeys(layers: 1, experts: 2)
+        let placement = try Placement(keys: keys, workers: cluster.workerIDs, strategy: .roundRobin)
+        let remote = try RemoteExpertBackend(coordinator: c, spec: spec, placement: placement)
+        let reference = InProcessExpertBackend(spec: spec, keys: keys)
+
+        let before = c.counters.bytesReceived
+        let state = try remote.exportState()
+        XCTAssertGreaterThan(c.counters.bytesReceived - before, 40_000_000, "the Export reply crossed the slow link")
+        XCTAssertEqual(Set(state.keys), Set(keys))
+        let expected = try reference.exportState()
+        for k in keys { for (name, t) in expected[k]! { assertBitwiseEqual([state[k]?[name] ?? Tensor(shape: [0])], [t], "\(k) \(name)") } }
+
+        let sent = c.counters.bytesSent
+        try remote.importState(state)  // ≈ 50 MB the other way
+        XCTAssertGreaterThan(c.counters.bytesSent - sent, 40_000_000, "the Import crossed the slow link")
+        XCTAssertEqual(resends, [], "a message was sent again: its connection was cut under it")
+        XCTAssertEqual(c.counters.resends, 0)
+        XCTAssertEqual(losses, [])
+        XCTAssertTrue(c.isAlive("w0"))
+    }
+
+    /// A real worker stopped (SIGSTOP) past the liveness window is declared dead; its connection holds
+    /// (no PING cuts it), so when it runs again only the coordinator's `DECLARED_DEAD` makes it register
+    /// again: the coordinator then knows it still holds its experts at the committed step, which is what
+    /// `--on-expert-loss wait` takes back. Without the notice it came back as a spare holding nothing
+    /// (`hosted` stayed empty, the revival by beat alone).
+    func testAWorkerStoppedPastTheWindowRegistersAgainWithWhatItHolds() throws {
+        let cluster = try LocalCluster(workers: 1, transport: .tcp, heartbeatInterval: 0.05, heartbeatLiveness: 3)
+        let pid = cluster.processID(of: "w0")
+        defer { kill(pid, SIGCONT); cluster.shutdown() }
+        let c = cluster.coordinator
+        let small = ExpertSpec(modelDim: 8, hiddenDim: 12, activation: .gelu, seed: 5)
+        let keys = Placement.allKeys(layers: 1, experts: 2)
+        XCTAssertEqual(c.registrations["w0"]?.hosted, [], "registered before it was assigned anything")
+        _ = try RemoteExpertBackend(coordinator: c, spec: small, placement: try Placement(keys: keys, workers: ["w0"], strategy: .roundRobin))
+        var registrations: [Registration] = []
+        c.onRegistration = { registrations.append($0) }
+
+        kill(pid, SIGSTOP)
+        let probe = try c.exchangeTolerant([(worker: "w0", message: .heartbeat(sequence: 1, sentUnixNanos: 0))], operation: "Heartbeat", timeout: 30)
+        XCTAssertNil(probe[0].message)
+        XCTAssertNotNil(c.lost["w0"], "declared dead while stopped")
+        try c.poll(timeout: 0.3)  // well past the window
+        kill(pid, SIGCONT)
+        for _ in 0..<200 where !(registrations.contains { !$0.hosted.isEmpty }) { try c.poll(timeout: 0.05) }
+        XCTAssertNil(c.lost["w0"], "back")
+        XCTAssertEqual(c.registrations["w0"].map { Set($0.hosted) }, Set(keys), "it registered again naming the experts it still holds")
+        XCTAssertEqual(c.registrations["w0"]?.session, c.session)
+        XCTAssertEqual(cluster.processID(of: "w0"), pid, "the same process, on the same connection")
+    }
+}
