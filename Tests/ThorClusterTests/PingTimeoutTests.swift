@@ -14,11 +14,13 @@ import Glibc
 /// beats, and a worker declared dead that beats again is told so (`DECLARED_DEAD`) and registers
 /// again with what it holds.
 final class PingTimeoutTests: XCTestCase {
-    /// 2 experts of d = 512, d_ff = 2048: each Export reply or Import request ≈ 50 MB (weights and Adam moments).
-    let spec = ExpertSpec(modelDim: 512, hiddenDim: 2048, activation: .gelu, seed: 11)
+    /// One expert of d = 1024, d_ff = 4096: its Export reply or Import request ≈ 100 MB (weights and Adam
+    /// moments), in 16 MB frames. libzmq takes a whole frame as the answer to a PING (4 MB frames, each
+    /// crossing in less than the window, were never cut), so the frames must each take longer than the window.
+    let spec = ExpertSpec(modelDim: 1024, hiddenDim: 4096, activation: .gelu, seed: 11)
 
-    /// A worker on an emulated node behind a 200 Mbit/s link (25 MB/s: the 50 MB state crosses in about
-    /// 2 s, far longer than the 0.3 s liveness window): its Export reply and the Import of that state back
+    /// A worker on an emulated node behind a 200 Mbit/s link (25 MB/s: each 16 MB frame crosses in about
+    /// 0.65 s, the 100 MB state in 4 s, against a 0.3 s liveness window): its Export reply and the Import of that state back
     /// are delivered whole, once — the connection is never closed under them, nothing is sent again.
     /// With libzmq's PING timeout at the liveness window on the data connections (as before), the
     /// connection was dropped mid-message and the Export asked for again after the reconnect.
@@ -32,21 +34,21 @@ final class PingTimeoutTests: XCTestCase {
         c.onResend = { w, op, why in resends.append("\(w) \(op): \(why)") }
         var losses: [String] = []
         c.onLoss = { losses.append("\($0.worker): \($0.reason)") }
-        let keys = Placement.allKeys(layers: 1, experts: 2)
+        let keys = Placement.allKeys(layers: 1, experts: 1)
         let placement = try Placement(keys: keys, workers: cluster.workerIDs, strategy: .roundRobin)
         let remote = try RemoteExpertBackend(coordinator: c, spec: spec, placement: placement)
         let reference = InProcessExpertBackend(spec: spec, keys: keys)
 
         let before = c.counters.bytesReceived
         let state = try remote.exportState()
-        XCTAssertGreaterThan(c.counters.bytesReceived - before, 40_000_000, "the Export reply crossed the slow link")
+        XCTAssertGreaterThan(c.counters.bytesReceived - before, 90_000_000, "the Export reply crossed the slow link")
         XCTAssertEqual(Set(state.keys), Set(keys))
         let expected = try reference.exportState()
         for k in keys { for (name, t) in expected[k]! { assertBitwiseEqual([state[k]?[name] ?? Tensor(shape: [0])], [t], "\(k) \(name)") } }
 
         let sent = c.counters.bytesSent
-        try remote.importState(state)  // ≈ 50 MB the other way
-        XCTAssertGreaterThan(c.counters.bytesSent - sent, 40_000_000, "the Import crossed the slow link")
+        try remote.importState(state)  // ≈ 100 MB the other way
+        XCTAssertGreaterThan(c.counters.bytesSent - sent, 90_000_000, "the Import crossed the slow link")
         XCTAssertEqual(resends, [], "a message was sent again: its connection was cut under it")
         XCTAssertEqual(c.counters.resends, 0)
         XCTAssertEqual(losses, [])
