@@ -174,7 +174,7 @@ public final class ClusterCoordinator {
             }
             try socket.setRouterMandatory(true)
             try socket.setHighWaterMarks(send: 0, receive: 0)
-            // No ZMTP PING on this socket: libzmq counts only a whole message as the answer to a PING, so a
+            // No ZMTP PING on this socket: libzmq counts only a whole frame as the answer to a PING, so a
             // timeout shorter than a large message's crossing closed the connection under it and lost it
             // (docs/reliability.md, "The transport's PING timeout"). Liveness is judged by the beats. (libzmq
             // still answers the PINGs of the workers' beat connections.)

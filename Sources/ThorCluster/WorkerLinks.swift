@@ -28,7 +28,7 @@ final class WorkerLink {
             try socket.setRoutingID(Registration.routingID(workerID: options.workerID, incarnation: worker.incarnation))
             try socket.setHighWaterMarks(send: 0, receive: 0)
             try socket.setReconnectInterval(milliseconds: 100)
-            // No ZMTP PING on the data connection: libzmq takes only a whole message as its answer, so a
+            // No ZMTP PING on the data connection: libzmq takes only a whole frame as its answer, so a
             // reply still crossing when the timeout ran out had its connection closed under it and was lost.
             // The beat connection keeps its PING (it carries only beats) and tells a hung coordinator.
             let hardLimit = options.maxFrameBytes > Int.max / 10 ? -1 : Int64(options.maxFrameBytes) * 10
