@@ -3617,7 +3617,7 @@ const ProtobufCEnumDescriptor thor__activation__descriptor =
   thor__activation__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCEnumValue thor__error_code__enum_values_by_number[15] =
+static const ProtobufCEnumValue thor__error_code__enum_values_by_number[16] =
 {
   { "ERROR_CODE_UNSPECIFIED", "THOR__ERROR_CODE__ERROR_CODE_UNSPECIFIED", 0 },
   { "ERROR_CODE_MALFORMED", "THOR__ERROR_CODE__ERROR_CODE_MALFORMED", 1 },
@@ -3634,14 +3634,16 @@ static const ProtobufCEnumValue thor__error_code__enum_values_by_number[15] =
   { "ERROR_CODE_DUPLICATE_WORKER_ID", "THOR__ERROR_CODE__ERROR_CODE_DUPLICATE_WORKER_ID", 12 },
   { "ERROR_CODE_BAD_SHARD", "THOR__ERROR_CODE__ERROR_CODE_BAD_SHARD", 13 },
   { "ERROR_CODE_NOT_LEADER", "THOR__ERROR_CODE__ERROR_CODE_NOT_LEADER", 60 },
+  { "ERROR_CODE_DECLARED_DEAD", "THOR__ERROR_CODE__ERROR_CODE_DECLARED_DEAD", 70 },
 };
 static const ProtobufCIntRange thor__error_code__value_ranges[] = {
-{0, 0},{60, 14},{0, 15}
+{0, 0},{60, 14},{70, 15},{0, 16}
 };
-static const ProtobufCEnumValueIndex thor__error_code__enum_values_by_name[15] =
+static const ProtobufCEnumValueIndex thor__error_code__enum_values_by_name[16] =
 {
   { "ERROR_CODE_BAD_SHARD", 13 },
   { "ERROR_CODE_BAD_TENSOR", 4 },
+  { "ERROR_CODE_DECLARED_DEAD", 15 },
   { "ERROR_CODE_DUPLICATE_WORKER_ID", 12 },
   { "ERROR_CODE_INTERNAL", 11 },
   { "ERROR_CODE_MALFORMED", 1 },
@@ -3663,11 +3665,11 @@ const ProtobufCEnumDescriptor thor__error_code__descriptor =
   "ErrorCode",
   "Thor__ErrorCode",
   "thor",
-  15,
+  16,
   thor__error_code__enum_values_by_number,
-  15,
+  16,
   thor__error_code__enum_values_by_name,
-  2,
+  3,
   thor__error_code__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };

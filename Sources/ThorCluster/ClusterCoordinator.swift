@@ -126,8 +126,14 @@ public final class ClusterCoordinator {
     /// Workers declared dead, with why; cleared when the worker registers again.
     public private(set) var lost: [String: WorkerLoss] = [:]
     /// Workers that registered (new, new incarnation, or back after being declared dead)
-    /// and are not yet used: the backend takes them at the next step boundary.
-    public private(set) var joined: [String] = []
+    /// and are not yet used: the backend takes them at the next step boundary. One revived by a
+    /// beat and told `DECLARED_DEAD` joins when its Register (what it holds) arrives, or a liveness
+    /// window after the notice (an older worker does not answer it: it joins holding nothing).
+    public var joined: [String] {
+        let now = monotonicSeconds()
+        return joinedIDs.filter { w in askedToRegister[w].map { now - $0 > livenessWindow } ?? true }
+    }
+    private var joinedIDs: [String] = []
     /// Refusals sent so far (duplicate ids), newest last.
     public private(set) var refusals: [String] = []
     /// The longest silence of each worker its liveness check saw while the coordinator waited
@@ -144,6 +150,8 @@ public final class ClusterCoordinator {
     private var reconnected: Set<String> = []
     /// A second incarnation of a registered id, judged once the first has had a liveness window to speak.
     private var contested: [String: (registration: Registration, since: Double)] = [:]
+    /// Workers revived by a beat and told `DECLARED_DEAD` (when), whose Register (what they hold) is awaited.
+    private var askedToRegister: [String: Double] = [:]
 
     /// Binds a ROUTER at `endpoint` (`tcp://127.0.0.1:*` picks a free port).
     /// With `security`, every link is CURVE-encrypted and only workers whose public key is
@@ -166,7 +174,10 @@ public final class ClusterCoordinator {
             }
             try socket.setRouterMandatory(true)
             try socket.setHighWaterMarks(send: 0, receive: 0)
-            try socket.setHeartbeat(interval: heartbeatInterval, timeout: heartbeatInterval * Double(max(1, heartbeatLiveness)))
+            // No ZMTP PING on this socket: libzmq counts only a whole frame as the answer to a PING, so a
+            // timeout shorter than a large message's crossing closed the connection under it and lost it
+            // (docs/reliability.md, "The transport's PING timeout"). Liveness is judged by the beats. (libzmq
+            // still answers the PINGs of the workers' beat connections.)
             try socket.bind(endpoint)
             self.endpoint = try socket.lastEndpoint()
         } catch let e as ZMQError {
@@ -210,12 +221,13 @@ public final class ClusterCoordinator {
         let now = monotonicSeconds()
         let loss = WorkerLoss(worker: worker, reason: reason, silentSeconds: now - (lastHeard[worker] ?? now), declaredAt: now)
         lost[worker] = loss
-        joined.removeAll { $0 == worker }
+        askedToRegister[worker] = nil
+        joinedIDs.removeAll { $0 == worker }
         onLoss?(loss)
     }
 
     /// The backend took `worker` into service (or gave up on it): it is no longer waiting to join.
-    public func acceptJoin(_ worker: String) { joined.removeAll { $0 == worker } }
+    public func acceptJoin(_ worker: String) { joinedIDs.removeAll { $0 == worker } }
 
     /// Waits until `count` workers are registered and answer a heartbeat; throws naming how
     /// many did within `timeout` seconds. A worker that registered but died (its process
@@ -232,7 +244,7 @@ public final class ClusterCoordinator {
                 let outcomes = try exchangeTolerant(probe.map { (worker: $0, message: WireMessage.heartbeat(sequence: 0, sentUnixNanos: unixNanoseconds())) },
                                                     operation: "Heartbeat", timeout: max(1, livenessWindow * 2))
                 if outcomes.allSatisfy({ $0.message != nil }) {
-                    joined.removeAll { probe.contains($0) }
+                    joinedIDs.removeAll { probe.contains($0) }
                     return
                 }
                 continue
@@ -505,6 +517,18 @@ public final class ClusterCoordinator {
         } catch {}
     }
 
+    /// Tells a worker revived by a beat that it was declared dead (`DECLARED_DEAD`, request id 0, on its
+    /// data connection): it answers with Register, naming what it holds and its committed step, so that
+    /// `--on-expert-loss wait` can take its experts back. Its connection held (no ZMTP PING cuts it), so
+    /// without this it would never register again. An older worker ignores it and stays a spare.
+    private func askRegister(_ worker: String) {
+        guard let route = routes[worker] else { return }
+        let m = "worker \(worker) was declared dead (\(lost[worker]?.reason ?? "silent")) and is heard again: register again with what you hold"
+        let f = WireCodec.encode(Envelope(requestID: 0, sender: "coordinator", session: session,
+                                          message: .error(code: .declaredDead, message: m)))
+        if (try? socket.send([Frame(route)] + f.zmqFrames(), dontWait: true)) != nil { askedToRegister[worker] = monotonicSeconds() }
+    }
+
     /// A worker whose connection is gone: when it is a child that exited, its exit status
     /// (seen within a few milliseconds) is the better reason.
     private func lostUnreachable(_ worker: String) {
@@ -565,26 +589,9 @@ public final class ClusterCoordinator {
         let wasLost = lost[id] != nil
         lost[id] = nil
         if isNew || changed || wasLost {
-            if !joined.contains(id) { joined.append(id) }
+            if !joinedIDs.contains(id) { joinedIDs.append(id) }
             onRegistration?(r)
         }
-    }
-
-    /// What one receive got: nothing within the timeout, a frame handled here, or a reply.
-    struct Received {
-        var any: Bool
-        var reply: (UInt64, String, WireMessage, Double)?
-        /// When the reply's frames came out of the socket, and the worker's timings it carried.
-        var arrivedAt = 0.0
-        var timings: WorkerTimings? = nil
-        /// The reply's bytes (all its frames).
-        var bytes = 0
-        /// A worker that answered a frame it could not decode (an Error naming no request).
-        var refusedBy: String? = nil
-        /// A worker whose frame this coordinator could not decode (damaged on the way).
-        var undecodableFrom: String? = nil
-        static let nothing = Received(any: false, reply: nil)
-        static let handled = Received(any: true, reply: nil)
     }
 
     /// Receives one frame: registrations and beats are recorded; replies to `pending`
@@ -629,6 +636,12 @@ public final class ClusterCoordinator {
             if let old = registrations[r.workerID], old.incarnation != r.incarnation, lost[r.workerID] == nil {
                 // Judged in `settleContested` once queued frames are drained.
                 if contested[r.workerID] == nil { contested[r.workerID] = (r, monotonicSeconds()) }
+            } else if registrations[r.workerID]?.incarnation == r.incarnation, lost[r.workerID] == nil,
+                      askedToRegister.removeValue(forKey: r.workerID) != nil {
+                // The answer to DECLARED_DEAD: what the revived worker holds (its connection held, nothing was lost on it).
+                registrations[r.workerID] = r
+                lastHeard[r.workerID] = monotonicSeconds()
+                onRegistration?(r)
             } else if registrations[r.workerID]?.incarnation == r.incarnation, lost[r.workerID] == nil {
                 registrations[r.workerID] = r  // a reconnect of a worker in service
                 lastHeard[r.workerID] = monotonicSeconds()
@@ -652,6 +665,7 @@ public final class ClusterCoordinator {
             r.hosted = []
             r.committedStep = -1
             admit(r)
+            askRegister(worker)
         }
         if envelope.requestID == 0, case .error(.malformed, _) = envelope.message, pending.values.isEmpty == false {
             return Received(any: true, reply: nil, refusedBy: worker)

@@ -39,7 +39,7 @@ public struct WorkerOptions: Sendable {
     /// Seconds between the worker's liveness beats (sent also while it computes).
     public var heartbeatInterval: Double = 0.25
     /// Missed intervals after which the connection to the coordinator counts as dead
-    /// (ZMTP heartbeats at the transport: a hung coordinator looks like a disconnect).
+    /// (ZMTP heartbeats on the beat connection: a hung coordinator looks like a disconnect).
     public var heartbeatLiveness: Int = 3
     /// Log lines to stderr.
     public var verbose: Bool = false
@@ -235,8 +235,9 @@ public final class ExpertWorker: @unchecked Sendable {
             if let s = signals?.received { return .signal(s) }
             if let p = options.parentPID, getppid() != p { return .parentGone }
             // Any coordinator gone for the orphan timeout ends the worker: the run needs every one.
-            for link in links where !link.connected && options.orphanTimeout > 0
-                && monotonicSeconds() - link.disconnectedSince > options.orphanTimeout {
+            for link in links { try link.pollBeatMonitor() }
+            for link in links where options.orphanTimeout > 0
+                && monotonicSeconds() - (link.unreachableSince ?? .infinity) > options.orphanTimeout {
                 return link.everConnected ? .orphaned(seconds: options.orphanTimeout)
                                           : .neverConnected(endpoint: link.endpoint, seconds: options.orphanTimeout)
             }
@@ -244,9 +245,13 @@ public final class ExpertWorker: @unchecked Sendable {
     }
 
     /// The beat connection (`BeatChannel`): a DEALER with the data connection's settings, connected to the
-    /// coordinator's endpoint, on which the I/O thread sends only its liveness beats.
-    func connectBeatChannel(context: ZMQContext, endpoint: String) throws -> Socket {
+    /// coordinator's endpoint, on which the I/O thread sends only its liveness beats; and its monitor
+    /// (attached before connecting, so no handshake goes unseen). Unlike the data connection it keeps
+    /// libzmq's PING, timing out after the liveness window: it carries only beats, so no large message can
+    /// be cut, and a coordinator hung or gone without closing the connection starts the orphan clock.
+    func connectBeatChannel(context: ZMQContext, endpoint: String) throws -> (beats: Socket, monitor: Socket) {
         let beats = try Socket(context: context, type: .dealer)
+        var monitor: Socket? = nil
         do {
             try beats.setRoutingID(BeatChannel.route(forDataRoute: Registration.routingID(workerID: options.workerID, incarnation: incarnation)))
             try beats.setHighWaterMarks(send: 64, receive: 64)  // a beat not sent while disconnected is worth nothing later
@@ -255,12 +260,14 @@ public final class ExpertWorker: @unchecked Sendable {
                                    timeout: options.heartbeatInterval * Double(max(1, options.heartbeatLiveness)))
             try beats.setMaxMessageSize(64 * 1024)
             if let s = options.security { try beats.makeCurveClient(keyPair: s.keyPair, serverPublicKey: s.serverPublicKey) }
+            monitor = try beats.monitor(events: [.handshakeSucceeded, .disconnected])
             try beats.connect(endpoint)
         } catch {
+            monitor?.close()
             beats.close()
             throw error
         }
-        return beats
+        return (beats, monitor!)
     }
 
     /// Why the coordinator's security handshake turned this worker away, if `event` says so
@@ -285,6 +292,12 @@ public final class ExpertWorker: @unchecked Sendable {
         if frames.count == 1, frames[0].count <= 512,
            let e = try? frames[0].withUnsafeBytes({ try WireCodec.decode($0, maxFrameBytes: options.maxFrameBytes) }) {
             switch e.message {
+            case .error(.declaredDead, _) where e.requestID == 0:
+                // The coordinator declared us dead (we were stopped or starved) and hears us again: tell it
+                // what we hold, so that it can take our experts back (docs/reliability.md, "Liveness").
+                log("declared dead by the coordinator of link \(link); registering again")
+                try send(Envelope(requestID: 0, sender: options.workerID, message: .register(registration)), on: socket)
+                return nil
             case .heartbeat, .shutdown, .error:
                 let (reply, exit) = handle(frames, arrivedAt: nil, cachingReplies: false, link: link)
                 if let reply { try socket.send(reply.zmqFrames()) }

@@ -15,6 +15,10 @@ final class WorkerLink {
     var everConnected = false
     var handshakes = 0
     var disconnectedSince = monotonicSeconds()
+    /// The beat connection's monitor, and since when it has been down (nil: up). Its ZMTP PING times out
+    /// on a coordinator that is hung or gone without closing the connection: the orphan clock.
+    let beatMonitor: Socket
+    var beatDownSince: Double? = monotonicSeconds()
 
     init(endpoint: String, worker: ExpertWorker, context: ZMQContext) throws {
         let options = worker.options
@@ -24,8 +28,9 @@ final class WorkerLink {
             try socket.setRoutingID(Registration.routingID(workerID: options.workerID, incarnation: worker.incarnation))
             try socket.setHighWaterMarks(send: 0, receive: 0)
             try socket.setReconnectInterval(milliseconds: 100)
-            try socket.setHeartbeat(interval: options.heartbeatInterval,
-                                    timeout: options.heartbeatInterval * Double(max(1, options.heartbeatLiveness)))
+            // No ZMTP PING on the data connection: libzmq takes only a whole frame as its answer, so a
+            // reply still crossing when the timeout ran out had its connection closed under it and was lost.
+            // The beat connection keeps its PING (it carries only beats) and tells a hung coordinator.
             let hardLimit = options.maxFrameBytes > Int.max / 10 ? -1 : Int64(options.maxFrameBytes) * 10
             try socket.setMaxMessageSize(hardLimit)
             if let s = options.security { try socket.makeCurveClient(keyPair: s.keyPair, serverPublicKey: s.serverPublicKey) }
@@ -42,7 +47,7 @@ final class WorkerLink {
         }
         do {
             // Beats also go out on a connection of their own, where they never wait behind a reply in flight.
-            beats = try worker.connectBeatChannel(context: context, endpoint: endpoint)
+            (beats, beatMonitor) = try worker.connectBeatChannel(context: context, endpoint: endpoint)
         } catch {
             monitor.close()
             socket.close()
@@ -52,7 +57,29 @@ final class WorkerLink {
         self.monitor = monitor
     }
 
+    /// Since when this coordinator has been out of reach: its data connection closed, or its beat
+    /// connection's PING unanswered (nil: reachable).
+    var unreachableSince: Double? {
+        let data = connected ? nil : disconnectedSince
+        switch (data, beatDownSince) {
+        case let (a?, b?): return min(a, b)
+        case let (a, b): return a ?? b
+        }
+    }
+
+    /// Reads the beat connection's monitor events.
+    func pollBeatMonitor() throws {
+        while let event = try beatMonitor.receiveEvent(timeout: 0) {
+            if event.kind.contains(.handshakeSucceeded) {
+                beatDownSince = nil
+            } else if event.kind.contains(.disconnected), beatDownSince == nil {
+                beatDownSince = monotonicSeconds()
+            }
+        }
+    }
+
     func close() {
+        beatMonitor.close()
         beats.close()
         monitor.close()
         socket.close()

@@ -38,6 +38,10 @@ public enum WireErrorCode: UInt32, Sendable, Equatable, CaseIterable {
     /// (Assign, Import, Step, ZeroGradients, GradNorm, Gradients, ApplyGradients, Shutdown) came over a
     /// follower coordinator's link. Nothing changed.
     case notLeader = 60
+    /// Coordinator → worker (request id 0): the coordinator declared this worker dead and hears it
+    /// again on its data connection (it was stopped or starved, and its connection held). The worker
+    /// sends Register again, with what it holds, and keeps serving (docs/reliability.md, "Liveness").
+    case declaredDead = 70
 }
 
 /// A worker announcing itself (sent on connect and after every reconnect).

@@ -96,8 +96,9 @@ final class ResendTests: XCTestCase {
     }
 
     private func coordinator() throws -> ClusterCoordinator {
-        // A 2 s liveness window: libzmq's PING timeout (the same window) must not drop the data
-        // connection while the 108 MB reply crosses it (docs/reliability.md, "Left: …").
+        // A 2 s liveness window (chosen while the data connections still had libzmq's PING timeout at
+        // the window, which dropped a connection under a frame still crossing: docs/reliability.md,
+        // "The transport's PING timeout"; they have none now).
         let c = try ClusterCoordinator(bind: "tcp://127.0.0.1:*", heartbeatInterval: 0.1, heartbeatLiveness: 20)
         c.deadlines.initialRetry = 0.3   // a short retry: anything slower than 0.3 s was resent before beats told progress
         return c

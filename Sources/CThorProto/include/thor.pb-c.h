@@ -134,7 +134,11 @@ typedef enum _Thor__ErrorCode {
   /*
    * data-parallel: a request only the leader coordinator may send (Assign, Import, Step, ZeroGradients, GradNorm, Gradients, ApplyGradients, Shutdown) came from another coordinator
    */
-  THOR__ERROR_CODE__ERROR_CODE_NOT_LEADER = 60
+  THOR__ERROR_CODE__ERROR_CODE_NOT_LEADER = 60,
+  /*
+   * coordinator -> worker (request id 0): it declared this worker dead and hears it again on its data connection; the worker sends Register again (what it holds, its committed step) and keeps serving
+   */
+  THOR__ERROR_CODE__ERROR_CODE_DECLARED_DEAD = 70
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(THOR__ERROR_CODE)
 } Thor__ErrorCode;
 
